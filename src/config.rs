@@ -1,0 +1,328 @@
+//! Operator configuration: every `.env` key, its default, and its validation, in one place.
+//!
+//! `.env` is operator input, so nothing here panics: [`Config::load`] returns a [`ConfigError`] that names
+//! the key and the value it refused, and the binary turns that into one line and exit code 2. Lookup order
+//! for each key is: the process environment, then the env file, then the documented default; a key that is
+//! absent everywhere takes its default silently, a key that is present must parse.
+//!
+//! This module must not read anything but the env file and the environment, and must not start anything.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The whole server configuration, one field group per subsystem.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `APP_NAME`, `APP_ENV`: shown in logs, not interpreted.
+    pub app: AppSettings,
+    /// `SERVER_*`: the HTTP side, the shard count and the log volume.
+    pub server: ServerSettings,
+    /// `WEBSOCKET_*`: the WebSocket listener and protocol limits.
+    pub websocket: WebSocketSettings,
+    /// `PUBLIC_*`: the static files the HTTP side serves.
+    pub public: PublicSettings,
+}
+
+/// Names the application in logs.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// `APP_NAME` (default `roomcast`).
+    pub name: String,
+    /// `APP_ENV` (default `development`).
+    pub env: String,
+}
+
+/// The HTTP listener and process-wide settings.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// `SERVER_HOST` (default `0.0.0.0`): the HTTP listener's address.
+    pub host: IpAddr,
+    /// `SERVER_PORT` (default 8080; 0 picks a free port).
+    pub port: u16,
+    /// `SERVER_REQUEST_TIMEOUT` in milliseconds (default 5000): an HTTP request, or a WebSocket upgrade
+    /// request, not fully read within this time is dropped.
+    pub request_timeout: Duration,
+    /// `SERVER_IO_THREADS` (default 0): how many WebSocket shards to start; 0 means one per available core.
+    pub io_threads: usize,
+    /// `SERVER_SESSION_TIMEOUT_SEC` (default 20): an idle HTTP keep-alive connection is closed after this.
+    pub session_timeout: Duration,
+    /// `SERVER_BENCH_MODE` (default false): silences the per-connection log lines.
+    pub bench_mode: bool,
+}
+
+/// The WebSocket listener and the protocol limits every session obeys.
+#[derive(Debug, Clone)]
+pub struct WebSocketSettings {
+    /// `WEBSOCKET_HOST` (default `0.0.0.0`).
+    pub host: IpAddr,
+    /// `WEBSOCKET_PORT` (default 9090; 0 picks a free port shared by every shard).
+    pub port: u16,
+    /// `WEBSOCKET_MAX_MESSAGE_SIZE` in bytes (default 65536, at least 1): a message whose frames announce
+    /// more is refused with close code 1009 before its payload is buffered.
+    pub max_message_size: usize,
+    /// `WEBSOCKET_IDLE_TIMEOUT` in seconds (default 60; 0 disables): a session from which nothing (not even
+    /// a pong) arrived for this long is closed with code 1001.
+    pub idle_timeout: Option<Duration>,
+    /// `WEBSOCKET_ENABLE_DEFLATE` (default true): permessage-deflate is not implemented yet, so the
+    /// extension is never negotiated and this only records the operator's wish.
+    pub enable_deflate: bool,
+    /// `WEBSOCKET_PING_INTERVAL` in seconds (default 30; 0 disables): the server pings every session this
+    /// often, which also keeps browsers' auto-pongs resetting the idle timer.
+    pub ping_interval: Option<Duration>,
+    /// `WEBSOCKET_AUTO_PING_PONG` (default true): answer a client's ping with a pong.
+    pub auto_ping_pong: bool,
+    /// `WEBSOCKET_MAX_BACKPRESSURE` in bytes (default 1 MiB, at least 1): when a session's unsent outbound
+    /// bytes exceed this, it is a slow consumer and is closed with code 1008.
+    pub max_backpressure: usize,
+}
+
+/// Static files served by the HTTP side.
+#[derive(Debug, Clone)]
+pub struct PublicSettings {
+    /// `PUBLIC_PATH` (default `public`): the directory served; nothing outside it is ever read.
+    pub path: PathBuf,
+    /// `PUBLIC_MOUNT` (default `/`): the URL prefix the directory is mounted at; must start with `/`.
+    pub mount: String,
+    /// `PUBLIC_INDEX` (default `index.html`): the file served for a directory.
+    pub index: String,
+    /// `PUBLIC_CACHE_CONTROL` (default `no-cache`): sent as `Cache-Control` with every static file.
+    pub cache_control: String,
+    /// `PUBLIC_SPA_FALLBACK` (default false): serve the index for unknown paths under the mount.
+    pub spa_fallback: bool,
+}
+
+/// Where the configuration came from, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Read from this env file (plus environment overrides).
+    File(PathBuf),
+    /// No env file was found at this path: defaults plus environment overrides.
+    Defaults(PathBuf),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_lookup(|_| None).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads `env_file` (default `.env` in the working directory) and the process environment.
+    ///
+    /// A missing file is not an error: the defaults apply and [`ConfigSource::Defaults`] says so. An env file
+    /// that exists but cannot be parsed is an error naming the file.
+    pub fn load(env_file: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+        let path = env_file.map_or_else(|| PathBuf::from(".env"), Path::to_path_buf);
+        let (file_values, source) = match dotenvy::from_path_iter(&path) {
+            Ok(iter) => {
+                let mut values = HashMap::new();
+                for item in iter {
+                    let (key, value) = item.map_err(|e| ConfigError::File {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    values.insert(key, value);
+                }
+                (values, ConfigSource::File(path))
+            }
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                (HashMap::new(), ConfigSource::Defaults(path))
+            }
+            Err(e) => {
+                return Err(ConfigError::File {
+                    path,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let config = Config::from_lookup(|key| {
+            std::env::var(key)
+                .ok()
+                .or_else(|| file_values.get(key).cloned())
+        })?;
+        Ok((config, source))
+    }
+
+    /// Builds a configuration from a key lookup; every key is validated here and nowhere else.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let keys = Keys { lookup: &lookup };
+        Ok(Config {
+            app: AppSettings {
+                name: keys.text("APP_NAME", "roomcast")?,
+                env: keys.text("APP_ENV", "development")?,
+            },
+            server: ServerSettings {
+                host: keys.ip("SERVER_HOST")?,
+                port: keys.port("SERVER_PORT", 8080)?,
+                request_timeout: Duration::from_millis(keys.positive("SERVER_REQUEST_TIMEOUT", 5000)?),
+                io_threads: keys.number("SERVER_IO_THREADS", 0)? as usize,
+                session_timeout: Duration::from_secs(keys.positive("SERVER_SESSION_TIMEOUT_SEC", 20)?),
+                bench_mode: keys.flag("SERVER_BENCH_MODE", false)?,
+            },
+            websocket: WebSocketSettings {
+                host: keys.ip("WEBSOCKET_HOST")?,
+                port: keys.port("WEBSOCKET_PORT", 9090)?,
+                max_message_size: keys.positive("WEBSOCKET_MAX_MESSAGE_SIZE", 65536)? as usize,
+                idle_timeout: keys.seconds_or_off("WEBSOCKET_IDLE_TIMEOUT", 60)?,
+                enable_deflate: keys.flag("WEBSOCKET_ENABLE_DEFLATE", true)?,
+                ping_interval: keys.seconds_or_off("WEBSOCKET_PING_INTERVAL", 30)?,
+                auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG", true)?,
+                max_backpressure: keys.positive("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20)? as usize,
+            },
+            public: PublicSettings {
+                path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
+                mount: keys.mount("PUBLIC_MOUNT")?,
+                index: keys.index_name("PUBLIC_INDEX")?,
+                cache_control: keys.text("PUBLIC_CACHE_CONTROL", "no-cache")?,
+                spa_fallback: keys.flag("PUBLIC_SPA_FALLBACK", false)?,
+            },
+        })
+    }
+}
+
+/// Typed accessors over a lookup; each one owns the rule for one kind of value.
+struct Keys<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Keys<'_> {
+    fn raw(&self, key: &'static str) -> Option<String> {
+        (self.lookup)(key).map(|v| v.trim().to_owned())
+    }
+
+    fn invalid(key: &'static str, value: &str, expected: &'static str) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            value: value.to_owned(),
+            expected,
+        }
+    }
+
+    fn text(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default.to_owned()),
+            Some(v) if v.is_empty() => Err(Self::invalid(key, &v, "a non-empty value")),
+            Some(v) => Ok(v),
+        }
+    }
+
+    fn number(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| Self::invalid(key, &v, "a whole number")),
+        }
+    }
+
+    fn positive(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
+        let n = self.number(key, default)?;
+        if n == 0 {
+            return Err(Self::invalid(key, "0", "a whole number of at least 1"));
+        }
+        Ok(n)
+    }
+
+    fn seconds_or_off(&self, key: &'static str, default: u64) -> Result<Option<Duration>, ConfigError> {
+        let n = self.number(key, default)?;
+        Ok((n > 0).then(|| Duration::from_secs(n)))
+    }
+
+    fn port(&self, key: &'static str, default: u16) -> Result<u16, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .map_err(|_| Self::invalid(key, &v, "a port number from 0 to 65535")),
+        }
+    }
+
+    fn ip(&self, key: &'static str) -> Result<IpAddr, ConfigError> {
+        match self.raw(key) {
+            None => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Some(v) if v == "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(v) => v
+                .parse::<IpAddr>()
+                .map_err(|_| Self::invalid(key, &v, "an IP address such as 0.0.0.0 or 127.0.0.1")),
+        }
+    }
+
+    fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key).as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes" | "on") => Ok(true),
+            Some("false" | "0" | "no" | "off") => Ok(false),
+            Some(v) => Err(Self::invalid(key, v, "true or false")),
+        }
+    }
+
+    fn mount(&self, key: &'static str) -> Result<String, ConfigError> {
+        let v = self.text(key, "/")?;
+        if !v.starts_with('/') || v.contains("..") {
+            return Err(Self::invalid(key, &v, "a URL path starting with / and without .."));
+        }
+        Ok(v)
+    }
+
+    fn index_name(&self, key: &'static str) -> Result<String, ConfigError> {
+        let v = self.text(key, "index.html")?;
+        if v.contains('/') || v == ".." || v == "." {
+            return Err(Self::invalid(key, &v, "a plain file name such as index.html"));
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = Config::default();
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.websocket.port, 9090);
+        assert_eq!(c.websocket.max_message_size, 65536);
+        assert_eq!(c.websocket.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
+        assert!(c.websocket.auto_ping_pong);
+        assert_eq!(c.public.mount, "/");
+        assert_eq!(c.public.index, "index.html");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        for (key, value) in [
+            ("WEBSOCKET_PORT", "abc"),
+            ("WEBSOCKET_PORT", "70000"),
+            ("WEBSOCKET_MAX_MESSAGE_SIZE", "0"),
+            ("WEBSOCKET_ENABLE_DEFLATE", "maybe"),
+            ("SERVER_HOST", "not-an-ip"),
+            ("PUBLIC_MOUNT", "static"),
+            ("SERVER_REQUEST_TIMEOUT", "-5"),
+        ] {
+            let err = with(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(err.contains(value), "{err}");
+        }
+    }
+
+    #[test]
+    fn zero_disables_optional_timers() {
+        let c = with(&[("WEBSOCKET_IDLE_TIMEOUT", "0"), ("WEBSOCKET_PING_INTERVAL", "0")]).unwrap();
+        assert_eq!(c.websocket.idle_timeout, None);
+        assert_eq!(c.websocket.ping_interval, None);
+    }
+}
