@@ -1,5 +1,91 @@
-//! roomcast: a thread-per-core realtime WebSocket server (work in progress; see the modules below).
+//! roomcast: a realtime WebSocket server for Linux, thread-per-core on glommio (io_uring).
+//!
+//! A library for chat, notifications, presence, live dashboards and collaboration: connection callbacks,
+//! sessions, rooms that span every core, typed JSON events, and an HTTP side (static files, JSON routes)
+//! under one lifecycle. The `roomcast` binary is the chat app built on it (`src/main.rs`, `src/app/`).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use roomcast::{Config, Server};
+//!
+//! let running = Server::new(Config::default())
+//!     .on_open(|session| session.send_text("welcome"))
+//!     .on_message(|session, text| {
+//!         if text == "ping" {
+//!             session.send_text("pong");
+//!         }
+//!     })
+//!     .on_typed_message(|session, kind, payload| match kind {
+//!         "room.join" => {
+//!             let room = payload.get("room").and_then(|r| r.as_str()).unwrap_or("general");
+//!             session.join_room(room);
+//!             session.send_text(&format!("joined room: {room}"));
+//!         }
+//!         "chat.message" => {
+//!             let text = payload.get("text").and_then(|t| t.as_str()).unwrap_or("");
+//!             session.broadcast_text_to_room("general", text);
+//!         }
+//!         other => session.send_text(&format!("unknown message type: {other}")),
+//!     })
+//!     .json_route("/api/health", |_| serde_json::json!({ "ok": true }))
+//!     .start()
+//!     .expect("the server starts");
+//! println!("websocket on {}", running.websocket_addr());
+//! running.stop();
+//! ```
+//!
+//! # Raw text or typed event
+//!
+//! A text message that is a JSON object with a string `type` and, if present, an object `payload` goes to
+//! `on_typed_message(session, type, payload)` (an absent payload is `{}`); any other text, including JSON
+//! that is not such an object, goes to `on_message`. [`TypedMessage::parse`] applies the same rule and
+//! says why a text is not an event, for replying to clients that got it wrong. Binary messages go to
+//! `on_binary`.
+//!
+//! # Architecture: where everything lives
+//!
+//! ```text
+//!  accept ──► handshake ──► frames ──► messages ──► dispatch ──► rooms ──► outbound writes
+//!  shard::acceptor  ws::handshake  ws::codec  connection  dispatch  room + shard::mesh  outbound
+//! ```
+//!
+//! - [`config`]: every `.env` key, its default and its validation.
+//! - [`error`]: start-up, configuration, protocol and session errors.
+//! - `server`: [`Server`] (callbacks, routes, start), [`RunningServer`] (addresses, stop),
+//!   [`ServerHandle`] (broadcast from any thread).
+//! - `shard`: one glommio executor per core owning its listener, sessions, rooms and inbox; the sweep task
+//!   that owns timeouts and pings. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
+//!   `shard::mesh`: crossbeam inboxes with a doorbell that wakes a sleeping shard without polling.
+//! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
+//!   unmasking in place) and encoding.
+//! - `connection`: one session's task: read, decode, write, close handshake.
+//! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.
+//! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
+//! - `room`: a shard's local room membership and fan-out.
+//! - `outbound`: a session's bounded queue of shared frames, written many per syscall.
+//! - `http`: the HTTP shard (hyper): JSON routes and traversal-safe static files.
+//!
+//! Sessions never move between shards, and shard state is never shared: a broadcast is delivered to local
+//! members and posted once to each other shard as one reference-counted encoded frame.
 #![deny(missing_docs)]
 
 pub mod config;
+mod connection;
+mod dispatch;
 pub mod error;
+mod handler;
+mod http;
+mod outbound;
+mod room;
+mod server;
+mod session;
+mod shard;
+mod ws;
+
+pub use config::{Config, ConfigSource};
+pub use dispatch::{EnvelopeError, TypedMessage};
+pub use error::{ConfigError, ProtocolError, SessionError, StartError};
+pub use http::{HttpContext, JsonRoute};
+pub use server::{RunningServer, Server, ServerHandle};
+pub use session::{Session, SessionId};

@@ -1,0 +1,88 @@
+//! The chat app of the seed, on roomcast's public API only: its replies are the seed's, word for word.
+//!
+//! Events: `room.join` and `room.leave` (`payload.room`, default `general`), `chat.message`
+//! (`payload.room`, `payload.text`), and the raw text `ping`. What the seed leaves open is answered with a
+//! reply that says what was wrong, and the session lives on: a payload field of the wrong JSON type
+//! (`invalid payload: ...`), text that tries to be an event but is not one (`invalid event: ...`), and a
+//! room name that is empty, longer than [`MAX_ROOM_LEN`] bytes or contains control characters
+//! (`invalid room: ...`).
+
+use roomcast::{Config, EnvelopeError, Server, Session, TypedMessage};
+use serde_json::{json, Map, Value};
+
+/// The longest room name accepted, in bytes.
+pub const MAX_ROOM_LEN: usize = 64;
+
+/// The chat server: the seed's WebSocket handlers and HTTP routes on `config`.
+pub fn chat_server(config: Config) -> Server {
+    Server::new(config)
+        .on_open(|session| session.send_text("welcome to Vix WebSocket chat"))
+        .on_error(|session, error| tracing::debug!(session = %session.id(), %error, "chat session error"))
+        .on_message(on_raw_text)
+        .on_typed_message(on_event)
+        .json_route("/api/health", |_| json!({ "ok": true, "service": "websocket-chat" }))
+        // The page connects to the WebSocket port of the host it was served from, whatever it is.
+        .json_route("/api/websocket", |ctx| json!({ "port": ctx.websocket_addr().port() }))
+}
+
+fn on_raw_text(session: &Session, text: &str) {
+    if text == "ping" {
+        session.send_text("pong");
+        return;
+    }
+    match TypedMessage::parse(text) {
+        Err(EnvelopeError::NotAnObject) | Ok(_) => {
+            tracing::debug!(session = %session.id(), "raw message ignored");
+        }
+        Err(reason) => session.send_text(&format!("invalid event: {reason}")),
+    }
+}
+
+fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
+    let outcome = match kind {
+        "room.join" => room_field(payload).map(|room| {
+            session.join_room(&room);
+            session.send_text(&format!("joined room: {room}"));
+        }),
+        "room.leave" => room_field(payload).map(|room| {
+            session.leave_room(&room);
+            session.send_text(&format!("left room: {room}"));
+        }),
+        "chat.message" => room_field(payload).and_then(|room| {
+            let text = string_field(payload, "text")?.unwrap_or_default();
+            if text.is_empty() {
+                session.send_text("message rejected: empty text");
+            } else {
+                session.broadcast_text_to_room(&room, &format!("room {room}: {text}"));
+            }
+            Ok(())
+        }),
+        other => {
+            session.send_text(&format!("unknown message type: {other}"));
+            Ok(())
+        }
+    };
+    if let Err(reply) = outcome {
+        session.send_text(&reply);
+    }
+}
+
+/// `payload.room`, `general` when absent; an error reply when it is not a usable room name.
+fn room_field(payload: &Map<String, Value>) -> Result<String, String> {
+    let room = string_field(payload, "room")?.unwrap_or_else(|| "general".to_owned());
+    if room.is_empty() || room.len() > MAX_ROOM_LEN || room.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid room: a room name is 1 to {MAX_ROOM_LEN} bytes without control characters"
+        ));
+    }
+    Ok(room)
+}
+
+/// A string field of the payload: `None` when absent or null, an error reply when of another JSON type.
+fn string_field(payload: &Map<String, Value>, key: &str) -> Result<Option<String>, String> {
+    match payload.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("invalid payload: `{key}` must be a string")),
+    }
+}

@@ -1,0 +1,35 @@
+//! The application's callbacks, registered once on the [`crate::ServerBuilder`] and shared by every shard.
+//!
+//! Each callback runs on the shard that owns the session, synchronously, between socket reads: it must
+//! stay short (queue work elsewhere rather than block), because a slow callback stalls every session of
+//! its shard. Callbacks are `Send + Sync` because all shards share one set; the [`Session`] they receive is
+//! not, so per-session work stays on its core.
+//!
+//! It must not dispatch messages (that is [`crate::dispatch`]) or know about sockets.
+
+use serde_json::{Map, Value};
+
+use crate::error::SessionError;
+use crate::session::Session;
+
+/// `on_open`, `on_close`: a session began or ended.
+pub(crate) type SessionFn = Box<dyn Fn(&Session) + Send + Sync>;
+/// `on_error`: something went wrong with a session; it is closing.
+pub(crate) type ErrorFn = Box<dyn Fn(&Session, &SessionError) + Send + Sync>;
+/// `on_message`: a text message that is not a typed event.
+pub(crate) type TextFn = Box<dyn Fn(&Session, &str) + Send + Sync>;
+/// `on_typed_message`: the event type and its payload object.
+pub(crate) type TypedFn = Box<dyn Fn(&Session, &str, &Map<String, Value>) + Send + Sync>;
+/// `on_binary`: a binary message.
+pub(crate) type BinaryFn = Box<dyn Fn(&Session, &[u8]) + Send + Sync>;
+
+/// Every callback the application registered; an absent one does nothing.
+#[derive(Default)]
+pub(crate) struct Callbacks {
+    pub(crate) on_open: Option<SessionFn>,
+    pub(crate) on_close: Option<SessionFn>,
+    pub(crate) on_error: Option<ErrorFn>,
+    pub(crate) on_message: Option<TextFn>,
+    pub(crate) on_typed_message: Option<TypedFn>,
+    pub(crate) on_binary: Option<BinaryFn>,
+}

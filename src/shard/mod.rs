@@ -1,0 +1,192 @@
+//! A shard: one glommio executor pinned to one core, and everything it owns.
+//!
+//! A shard owns its listener ([`acceptor`]), its sessions (each a task, see [`crate::connection`]), its
+//! part of every room ([`crate::room`]), a read buffer all its sessions share, and its inbox ([`mesh`]).
+//! Its state is `!Send` and lives in one `Rc`: nothing on the message path takes a lock. Other shards and
+//! outside threads reach it only by posting a [`mesh::ShardMsg`].
+//!
+//! One sweep task per shard owns time: once a second it pings every session when `WEBSOCKET_PING_INTERVAL`
+//! has passed, closes sessions silent for `WEBSOCKET_IDLE_TIMEOUT` (code 1001, reason "idle timeout"), and
+//! aborts close handshakes older than [`CLOSE_TIMEOUT`]. One timer per shard instead of one per session
+//! keeps idle sessions free of timer state; the price is a second of slack on those deadlines.
+//!
+//! Shutdown ([`ShardMsg::Shutdown`]): stop accepting, send 1001 to every session, wait until they are gone
+//! or [`SHUTDOWN_GRACE`] has passed, then return, which ends the executor.
+
+pub(crate) mod acceptor;
+pub(crate) mod mesh;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::config::WebSocketSettings;
+use crate::error::SessionError;
+use crate::handler::Callbacks;
+use crate::room::Rooms;
+use crate::session::{Lifecycle, Session, SessionId};
+use crate::ws::codec;
+use mesh::{InboxReceiver, InboxSender, ShardMsg};
+
+/// How long a close handshake may take before the connection is dropped.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for sessions to finish their close handshakes.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often the sweep looks at timeouts and pings.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shard's read buffer: large enough for a burst of frames in one read, shared by all its sessions.
+const READ_BUFFER_LEN: usize = 64 * 1024;
+
+/// The state one core owns.
+pub(crate) struct Shard {
+    /// This shard's position among the WebSocket shards (0-based).
+    pub(crate) index: usize,
+    pub(crate) settings: WebSocketSettings,
+    pub(crate) request_timeout: Duration,
+    pub(crate) bench_mode: bool,
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) rooms: RefCell<Rooms>,
+    pub(crate) sessions: RefCell<HashMap<SessionId, Session>>,
+    /// Where every session of this shard reads into; see [`crate::connection`].
+    pub(crate) read_buf: RefCell<Box<[u8]>>,
+    /// Every shard's inbox, indexed by shard; our own is skipped when broadcasting.
+    peers: Arc<[InboxSender]>,
+    next_session: Cell<u64>,
+}
+
+/// What a shard needs to start; built on the starting thread and moved into the shard's thread.
+pub(crate) struct ShardStart {
+    pub(crate) index: usize,
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) inbox: InboxReceiver,
+    pub(crate) peers: Arc<[InboxSender]>,
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) settings: WebSocketSettings,
+    pub(crate) request_timeout: Duration,
+    pub(crate) bench_mode: bool,
+}
+
+impl Shard {
+    /// A new session id: the shard index in the top 16 bits keeps ids unique across shards.
+    pub(crate) fn next_session_id(&self) -> SessionId {
+        let n = self.next_session.get() + 1;
+        self.next_session.set(n);
+        SessionId(((self.index as u64) << 48) | n)
+    }
+
+    /// Delivers `frame` to the members of `room` here, and posts it once to every other shard.
+    pub(crate) fn broadcast(&self, room: &str, frame: Bytes) {
+        if self.peers.len() > 1 {
+            let room_name: Arc<str> = Arc::from(room);
+            for (index, peer) in self.peers.iter().enumerate() {
+                if index != self.index {
+                    peer.post(ShardMsg::Broadcast {
+                        room: room_name.clone(),
+                        frame: frame.clone(),
+                    });
+                }
+            }
+        }
+        Rooms::deliver(&self.rooms, room, &frame);
+    }
+
+    /// Logs a session's error and hands it to `on_error`.
+    pub(crate) fn report_error(&self, session: &Session, error: &SessionError) {
+        if !self.bench_mode {
+            tracing::warn!(session = %session.id(), peer = %session.peer_addr(), %error, "websocket error");
+        }
+        if let Some(on_error) = &self.callbacks.on_error {
+            on_error(session, error);
+        }
+    }
+
+    /// One pass of the sweep: pings, idle timeouts, stuck close handshakes.
+    fn sweep(&self, now: Instant, send_ping: bool, ping: &Bytes) {
+        let sessions: Vec<Session> = self.sessions.borrow().values().cloned().collect();
+        for session in sessions {
+            let state = &session.0;
+            match state.lifecycle.get() {
+                Lifecycle::Open => {
+                    let silent = now.saturating_duration_since(state.last_seen.get());
+                    if self.settings.idle_timeout.is_some_and(|limit| silent >= limit) {
+                        session.start_close(1001, "idle timeout");
+                    } else if send_ping {
+                        session.send_control(ping.clone());
+                    }
+                }
+                lifecycle => {
+                    let since = lifecycle.closing_since().unwrap_or(now);
+                    if now.saturating_duration_since(since) >= CLOSE_TIMEOUT {
+                        state.lifecycle.set(Lifecycle::Aborted);
+                        session.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs a shard until it is told to shut down.
+pub(crate) async fn run(start: ShardStart) {
+    let shard = std::rc::Rc::new(Shard {
+        index: start.index,
+        settings: start.settings,
+        request_timeout: start.request_timeout,
+        bench_mode: start.bench_mode,
+        callbacks: start.callbacks,
+        rooms: RefCell::new(Rooms::default()),
+        sessions: RefCell::new(HashMap::new()),
+        read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
+        peers: start.peers,
+        next_session: Cell::new(0),
+    });
+    let acceptor = glommio::spawn_local(acceptor::accept_loop(start.listener, shard.clone()));
+    let sweeper = glommio::spawn_local(sweep_loop(shard.clone()));
+
+    let mut inbox = start.inbox.into_waiter();
+    let mut batch = Vec::new();
+    'serve: loop {
+        if let Err(e) = inbox.next_batch(&mut batch).await {
+            tracing::error!(shard = shard.index, error = %e, "inbox failed; stopping shard");
+            break;
+        }
+        for msg in batch.drain(..) {
+            match msg {
+                ShardMsg::Broadcast { room, frame } => Rooms::deliver(&shard.rooms, &room, &frame),
+                ShardMsg::Shutdown => break 'serve,
+            }
+        }
+    }
+
+    acceptor.cancel().await;
+    let open: Vec<Session> = shard.sessions.borrow().values().cloned().collect();
+    for session in &open {
+        session.close(1001, "server shutting down");
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    // Shutdown only: a short poll for the last sessions to finish is simpler than a notifier for them.
+    while !shard.sessions.borrow().is_empty() && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    sweeper.cancel().await;
+}
+
+async fn sweep_loop(shard: std::rc::Rc<Shard>) {
+    let ping = codec::ping_frame();
+    let mut last_ping = Instant::now();
+    loop {
+        glommio::timer::sleep(SWEEP_INTERVAL).await;
+        let now = Instant::now();
+        let send_ping = shard
+            .settings
+            .ping_interval
+            .is_some_and(|every| now.saturating_duration_since(last_ping) >= every);
+        if send_ping {
+            last_ping = now;
+        }
+        shard.sweep(now, send_ping, &ping);
+    }
+}

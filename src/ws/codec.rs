@@ -1,0 +1,486 @@
+//! RFC 6455 frames: decoding client frames into complete messages, encoding server frames.
+//!
+//! Owns the byte-level protocol: header parsing (tungstenite's [`FrameHeader`]), unmasking, the
+//! per-message size limit (decided from headers, before a payload is buffered), reassembly of fragmented
+//! messages with control frames interleaved, and UTF-8 validation of text as it arrives, so a bad fragment
+//! fails fast (1007) instead of after the whole message.
+//!
+//! It must not touch sockets, sessions or callbacks: [`Decoder::decode`] takes bytes and hands complete
+//! messages to a closure; the connection decides what they mean.
+//!
+//! Decoding works on the shard's read buffer in place: payloads are unmasked where they lie and handed out
+//! as borrowed slices, so an unfragmented message is never copied. Only bytes of an incomplete frame are
+//! copied into the session's own `partial` buffer, which is empty (no allocation) while a session idles.
+
+use std::io::Cursor;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use crate::error::ProtocolError;
+
+/// The longest header a client can send: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEADER_LEN: usize = 14;
+
+/// A complete message or control frame, borrowed from the buffer it was decoded in.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Inbound<'a> {
+    /// A complete text message, already validated as UTF-8.
+    Text(&'a str),
+    /// A complete binary message.
+    Binary(&'a [u8]),
+    /// A ping with its payload (to echo in the pong).
+    Ping(&'a [u8]),
+    /// A pong; only its arrival matters.
+    Pong,
+    /// A close frame: the code and reason if the peer sent any.
+    Close(Option<(u16, &'a str)>),
+}
+
+/// Whether the decoder should go on after a message was handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Keep decoding the bytes that follow.
+    Continue,
+    /// Stop: the connection is closing and what follows is to be discarded.
+    Stop,
+}
+
+/// Which kind of data message a run of continuation frames belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageKind {
+    Text,
+    Binary,
+}
+
+/// Per-session decoding state; empty and allocation-free between messages.
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    /// Bytes of a frame that has not fully arrived yet.
+    partial: Vec<u8>,
+    /// The payload so far of a fragmented message.
+    message: Vec<u8>,
+    /// The kind of the fragmented message in progress, if one is.
+    fragmented: Option<MessageKind>,
+    /// How much of `message` is known to be valid UTF-8 (text only).
+    utf8_valid_up_to: usize,
+}
+
+impl Decoder {
+    /// Decodes every complete frame in `input`, handing complete messages to `on_message`.
+    ///
+    /// Bytes of an incomplete trailing frame are kept for the next call. Stops early when `on_message`
+    /// returns [`Flow::Stop`]; returns the protocol error that makes the connection fail, if any.
+    pub(crate) fn decode(
+        &mut self,
+        input: &mut [u8],
+        max_message_size: usize,
+        mut on_message: impl FnMut(Inbound<'_>) -> Flow,
+    ) -> Result<Flow, ProtocolError> {
+        if self.partial.is_empty() {
+            let (flow, consumed) = self.decode_frames(input, max_message_size, &mut on_message)?;
+            if flow == Flow::Continue && consumed < input.len() {
+                self.partial.extend_from_slice(&input[consumed..]);
+            }
+            return Ok(flow);
+        }
+        let mut buffer = std::mem::take(&mut self.partial);
+        buffer.extend_from_slice(input);
+        let result = self.decode_frames(&mut buffer, max_message_size, &mut on_message);
+        if let Ok((Flow::Continue, consumed)) = result {
+            buffer.drain(..consumed);
+            if buffer.capacity() > 4 * buffer.len().max(4096) {
+                buffer.shrink_to_fit();
+            }
+            self.partial = buffer;
+        }
+        result.map(|(flow, _)| flow)
+    }
+
+    /// Whether no frame or message is half-received.
+    #[cfg(test)]
+    fn is_idle(&self) -> bool {
+        self.partial.is_empty() && self.fragmented.is_none()
+    }
+
+    fn decode_frames(
+        &mut self,
+        buf: &mut [u8],
+        max_message_size: usize,
+        on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
+    ) -> Result<(Flow, usize), ProtocolError> {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let mut cursor = Cursor::new(&buf[pos..]);
+            let (header, length) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                // tungstenite's parser refuses exactly one thing: a reserved opcode.
+                Err(_) => return Err(ProtocolError::ReservedOpcode(buf[pos] & 0x0f)),
+            };
+            let header_len = cursor.position() as usize;
+            debug_assert!(header_len <= MAX_HEADER_LEN);
+            self.check_header(&header, length, max_message_size)?;
+            let length = length as usize;
+            if buf.len() - pos - header_len < length {
+                break;
+            }
+            let start = pos + header_len;
+            let payload = &mut buf[start..start + length];
+            if let Some(mask) = header.mask {
+                apply_mask(payload, mask);
+            }
+            pos = start + length;
+            if self.handle_frame(&header, payload, on_message)? == Flow::Stop {
+                return Ok((Flow::Stop, pos));
+            }
+        }
+        Ok((Flow::Continue, pos))
+    }
+
+    /// Everything that can be refused from the header alone, before the payload is buffered.
+    fn check_header(&self, header: &FrameHeader, length: u64, max_message_size: usize) -> Result<(), ProtocolError> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(ProtocolError::ReservedBits);
+        }
+        if header.mask.is_none() {
+            return Err(ProtocolError::UnmaskedFrame);
+        }
+        match header.opcode {
+            OpCode::Control(Control::Reserved(code)) | OpCode::Data(Data::Reserved(code)) => {
+                Err(ProtocolError::ReservedOpcode(code))
+            }
+            OpCode::Control(_) if !header.is_final => Err(ProtocolError::FragmentedControl),
+            OpCode::Control(_) if length > 125 => Err(ProtocolError::ControlTooLong),
+            OpCode::Control(_) => Ok(()),
+            OpCode::Data(Data::Continue) if self.fragmented.is_none() => Err(ProtocolError::UnexpectedContinuation),
+            OpCode::Data(Data::Text | Data::Binary) if self.fragmented.is_some() => {
+                Err(ProtocolError::ExpectedContinuation)
+            }
+            OpCode::Data(_) => {
+                let size = self.message.len() as u64 + length;
+                if size > max_message_size as u64 {
+                    return Err(ProtocolError::MessageTooBig {
+                        size,
+                        limit: max_message_size,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: &mut [u8],
+        on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
+    ) -> Result<Flow, ProtocolError> {
+        let kind = match header.opcode {
+            OpCode::Control(Control::Ping) => return Ok(on_message(Inbound::Ping(payload))),
+            OpCode::Control(Control::Pong) => return Ok(on_message(Inbound::Pong)),
+            OpCode::Control(Control::Close) => return Ok(on_message(Inbound::Close(parse_close(payload)?))),
+            OpCode::Data(Data::Text) => MessageKind::Text,
+            OpCode::Data(Data::Binary) => MessageKind::Binary,
+            OpCode::Data(Data::Continue) => {
+                let kind = self.fragmented.expect("checked in check_header");
+                self.message.extend_from_slice(payload);
+                if kind == MessageKind::Text {
+                    self.check_partial_utf8(header.is_final)?;
+                }
+                if !header.is_final {
+                    return Ok(Flow::Continue);
+                }
+                let message = std::mem::take(&mut self.message);
+                self.fragmented = None;
+                self.utf8_valid_up_to = 0;
+                let flow = deliver(kind, &message, on_message)?;
+                // Keep the allocation for the next fragmented message unless it was unusually large.
+                if message.capacity() <= 64 * 1024 {
+                    self.message = message;
+                    self.message.clear();
+                }
+                return Ok(flow);
+            }
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                unreachable!("refused in check_header")
+            }
+        };
+        if header.is_final {
+            return deliver(kind, payload, on_message);
+        }
+        self.fragmented = Some(kind);
+        self.message.extend_from_slice(payload);
+        if kind == MessageKind::Text {
+            self.check_partial_utf8(false)?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Validates the text received so far; an incomplete code point at the end is allowed until the last
+    /// fragment.
+    fn check_partial_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
+        match std::str::from_utf8(&self.message[self.utf8_valid_up_to..]) {
+            Ok(_) => self.utf8_valid_up_to = self.message.len(),
+            Err(e) if e.error_len().is_none() && !is_final => self.utf8_valid_up_to += e.valid_up_to(),
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
+fn deliver(
+    kind: MessageKind,
+    payload: &[u8],
+    on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
+) -> Result<Flow, ProtocolError> {
+    Ok(match kind {
+        MessageKind::Text => on_message(Inbound::Text(
+            std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
+        )),
+        MessageKind::Binary => on_message(Inbound::Binary(payload)),
+    })
+}
+
+/// Parses a close payload: empty, or a valid code followed by a UTF-8 reason.
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, ProtocolError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ProtocolError::BadClosePayload),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(ProtocolError::BadClosePayload);
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Ok(Some((code, reason)))
+        }
+    }
+}
+
+/// XORs `payload` with the client's masking key (RFC 6455 §5.3).
+///
+/// tungstenite has the same function, but keeps it private to its `frame` module; this is its
+/// word-at-a-time equivalent so unmasking stays in place and allocation-free.
+pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
+    let mask64 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8")) ^ mask64;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+/// Encodes one unmasked server frame; the result is shared by every recipient of a broadcast.
+pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        is_final: true,
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut out = BytesMut::with_capacity(header.len(payload.len() as u64) + payload.len());
+    let mut writer = (&mut out).writer();
+    header
+        .format(payload.len() as u64, &mut writer)
+        .expect("writing to memory cannot fail");
+    out.extend_from_slice(payload);
+    out.freeze()
+}
+
+/// A text message frame.
+pub(crate) fn text_frame(text: &str) -> Bytes {
+    encode_frame(OpCode::Data(Data::Text), text.as_bytes())
+}
+
+/// A binary message frame.
+pub(crate) fn binary_frame(data: &[u8]) -> Bytes {
+    encode_frame(OpCode::Data(Data::Binary), data)
+}
+
+/// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
+pub(crate) fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode_frame(OpCode::Control(Control::Close), &payload)
+}
+
+/// A pong echoing a ping's payload.
+pub(crate) fn pong_frame(payload: &[u8]) -> Bytes {
+    encode_frame(OpCode::Control(Control::Pong), payload)
+}
+
+/// An empty ping, as the server sends every `WEBSOCKET_PING_INTERVAL`.
+pub(crate) fn ping_frame() -> Bytes {
+    encode_frame(OpCode::Control(Control::Ping), &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame as a browser would send it: masked with a fixed key.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        let mut body = payload.to_vec();
+        apply_mask(&mut body, mask);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Owned {
+        Text(String),
+        Binary(Vec<u8>),
+        Ping(Vec<u8>),
+        Pong,
+        Close(Option<(u16, String)>),
+    }
+
+    fn decode_all(decoder: &mut Decoder, bytes: &[u8], limit: usize) -> Result<Vec<Owned>, ProtocolError> {
+        let mut out = Vec::new();
+        let mut input = bytes.to_vec();
+        decoder.decode(&mut input, limit, |m| {
+            out.push(match m {
+                Inbound::Text(t) => Owned::Text(t.to_owned()),
+                Inbound::Binary(b) => Owned::Binary(b.to_vec()),
+                Inbound::Ping(p) => Owned::Ping(p.to_vec()),
+                Inbound::Pong => Owned::Pong,
+                Inbound::Close(c) => Owned::Close(c.map(|(code, r)| (code, r.to_owned()))),
+            });
+            Flow::Continue
+        })?;
+        Ok(out)
+    }
+
+    #[test]
+    fn mask_matches_the_bytewise_definition() {
+        let mask = [1, 2, 3, 4];
+        for len in 0..40 {
+            let original: Vec<u8> = (0..len as u8).collect();
+            let mut fast = original.clone();
+            apply_mask(&mut fast, mask);
+            let slow: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            assert_eq!(fast, slow);
+        }
+    }
+
+    #[test]
+    fn decodes_a_message_split_at_every_byte() {
+        let frame = client_frame(0x1, true, "hello, wörld".as_bytes());
+        for split in 0..frame.len() {
+            let mut decoder = Decoder::default();
+            let mut got = decode_all(&mut decoder, &frame[..split], 100).unwrap();
+            got.extend(decode_all(&mut decoder, &frame[split..], 100).unwrap());
+            assert_eq!(got, vec![Owned::Text("hello, wörld".into())], "split at {split}");
+            assert!(decoder.is_idle());
+        }
+    }
+
+    #[test]
+    fn reassembles_fragments_with_a_ping_in_between() {
+        let mut bytes = client_frame(0x1, false, b"pi");
+        bytes.extend(client_frame(0x9, true, b"hb"));
+        bytes.extend(client_frame(0x0, true, b"ng"));
+        let got = decode_all(&mut Decoder::default(), &bytes, 100).unwrap();
+        assert_eq!(got, vec![Owned::Ping(b"hb".to_vec()), Owned::Text("ping".into())]);
+    }
+
+    #[test]
+    fn refuses_what_rfc_6455_forbids_with_the_right_code() {
+        let unmasked = vec![0x81, 0x02, b'h', b'i'];
+        let mut rsv = client_frame(0x1, true, b"hi");
+        rsv[0] |= 0x40;
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (unmasked, 1002),
+            (rsv, 1002),
+            (client_frame(0x3, true, b""), 1002),
+            (client_frame(0xb, true, b""), 1002),
+            (client_frame(0x9, false, b""), 1002),
+            (client_frame(0x9, true, &[0; 126]), 1002),
+            (client_frame(0x0, true, b"x"), 1002),
+            (client_frame(0x1, true, &[0xff, 0xfe]), 1007),
+            (client_frame(0x8, true, &[3]), 1002),
+            (client_frame(0x8, true, &999u16.to_be_bytes()), 1002),
+            (client_frame(0x2, true, &[0; 101]), 1009),
+        ];
+        for (bytes, code) in cases {
+            let err = decode_all(&mut Decoder::default(), &bytes, 100).unwrap_err();
+            assert_eq!(err.close_code(), code, "{err:?} for {bytes:02x?}");
+        }
+        let mut open = client_frame(0x1, false, b"a");
+        open.extend(client_frame(0x1, true, b"b"));
+        assert_eq!(
+            decode_all(&mut Decoder::default(), &open, 100).unwrap_err(),
+            ProtocolError::ExpectedContinuation
+        );
+    }
+
+    #[test]
+    fn refuses_an_oversized_message_from_its_header_alone() {
+        // Only the header of a 1 MiB frame arrives: the limit is enforced before any payload.
+        let frame = client_frame(0x2, true, &vec![0; 1 << 20]);
+        let err = decode_all(&mut Decoder::default(), &frame[..14], 65536).unwrap_err();
+        assert_eq!(err.close_code(), 1009);
+        // Fragments add up.
+        let mut bytes = client_frame(0x2, false, &[0; 60]);
+        bytes.extend(client_frame(0x0, true, &[0; 60]));
+        assert_eq!(decode_all(&mut Decoder::default(), &bytes, 100).unwrap_err().close_code(), 1009);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_the_fragment_that_carries_it() {
+        let mut decoder = Decoder::default();
+        // A valid first fragment ending inside a code point is fine...
+        decode_all(&mut decoder, &client_frame(0x1, false, &[b'a', 0xc3]), 100).unwrap();
+        // ...but a continuation that breaks it fails before the message ends.
+        let err = decode_all(&mut decoder, &client_frame(0x0, false, &[0x28]), 100).unwrap_err();
+        assert_eq!(err, ProtocolError::InvalidUtf8);
+    }
+
+    #[test]
+    fn close_payloads() {
+        let got = decode_all(&mut Decoder::default(), &client_frame(0x8, true, b""), 100).unwrap();
+        assert_eq!(got, vec![Owned::Close(None)]);
+        let mut payload = 1000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let got = decode_all(&mut Decoder::default(), &client_frame(0x8, true, &payload), 100).unwrap();
+        assert_eq!(got, vec![Owned::Close(Some((1000, "bye".into())))]);
+    }
+
+    #[test]
+    fn encodes_frames_tungstenite_can_read() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let text = "a".repeat(len);
+            let frame = text_frame(&text);
+            let mut cursor = Cursor::new(&frame[..]);
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert_eq!(length as usize, len);
+            assert!(header.is_final && header.mask.is_none());
+            assert_eq!(&frame[cursor.position() as usize..], text.as_bytes());
+        }
+        let close = close_frame(1001, &"é".repeat(100));
+        assert!(close.len() <= 2 + 125);
+    }
+}

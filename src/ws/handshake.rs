@@ -1,0 +1,153 @@
+//! The opening handshake (RFC 6455 §4.2): an HTTP/1.1 upgrade request in, a `101` or an error response out.
+//!
+//! Parsing and validation are tungstenite's (`Request::try_parse`, `create_response`); this module adds the
+//! answers a client deserves when it is refused: `426 Upgrade Required` with `Sec-WebSocket-Version: 13` for
+//! a version we do not speak, `400 Bad Request` with the reason for anything else malformed, `431` for a
+//! request too large to be an upgrade. It also decides extensions: none yet, so an offered
+//! `permessage-deflate` is simply not accepted and the client falls back to uncompressed frames.
+//!
+//! It must not read or write sockets (the connection does, under `SERVER_REQUEST_TIMEOUT`).
+
+use tungstenite::error::{Error as WsError, ProtocolError as WsProtocolError};
+use tungstenite::handshake::machine::TryParse;
+use tungstenite::handshake::server::{create_response, write_response, Request};
+
+/// The largest upgrade request accepted; browsers send well under 2 KiB.
+pub(crate) const MAX_REQUEST_LEN: usize = 8 * 1024;
+
+/// What to do with the bytes received so far on a new connection.
+#[derive(Debug)]
+pub(crate) enum Handshake {
+    /// The request is not complete yet: read more.
+    Incomplete,
+    /// Upgrade: write `response`, then treat `buf[consumed..]` as the first frame bytes.
+    Accept {
+        /// The `101 Switching Protocols` response.
+        response: Vec<u8>,
+        /// Length of the request; later bytes are already WebSocket frames.
+        consumed: usize,
+    },
+    /// Refuse: write `response` and close the connection.
+    Reject {
+        /// A complete HTTP error response.
+        response: Vec<u8>,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Examines the bytes of a new connection.
+pub(crate) fn respond(buf: &[u8]) -> Handshake {
+    let (consumed, request) = match Request::try_parse(buf) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) if buf.len() >= MAX_REQUEST_LEN => {
+            return reject(431, "Request Header Fields Too Large", "upgrade request too large", &[])
+        }
+        Ok(None) => return Handshake::Incomplete,
+        Err(e) => return reject(400, "Bad Request", &format!("malformed upgrade request: {e}"), &[]),
+    };
+    let version = request.headers().get("Sec-WebSocket-Version");
+    if version.is_some_and(|v| v != "13") {
+        return reject(
+            426,
+            "Upgrade Required",
+            "unsupported WebSocket version (only 13 is spoken)",
+            &[("Sec-WebSocket-Version", "13")],
+        );
+    }
+    match create_response(&request) {
+        Ok(response) => {
+            let mut out = Vec::with_capacity(160);
+            write_response(&mut out, &response).expect("writing to memory cannot fail");
+            Handshake::Accept { response: out, consumed }
+        }
+        Err(WsError::Protocol(WsProtocolError::MissingSecWebSocketVersionHeader)) => reject(
+            426,
+            "Upgrade Required",
+            "missing Sec-WebSocket-Version",
+            &[("Sec-WebSocket-Version", "13")],
+        ),
+        Err(e) => reject(400, "Bad Request", &format!("not a WebSocket upgrade: {e}"), &[]),
+    }
+}
+
+fn reject(status: u16, text: &str, reason: &str, headers: &[(&str, &str)]) -> Handshake {
+    let mut response = format!(
+        "HTTP/1.1 {status} {text}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        reason.len() + 1
+    );
+    for (name, value) in headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("\r\n");
+    response.push_str(reason);
+    response.push('\n');
+    Handshake::Reject {
+        response: response.into_bytes(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+    fn status(h: &Handshake) -> u16 {
+        let bytes = match h {
+            Handshake::Accept { response, .. } | Handshake::Reject { response, .. } => response,
+            Handshake::Incomplete => return 0,
+        };
+        let line = String::from_utf8_lossy(bytes);
+        line[9..12].parse().unwrap()
+    }
+
+    #[test]
+    fn accepts_the_rfc_example_and_keeps_trailing_bytes() {
+        let request = format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n\x01");
+        let h = respond(request.as_bytes());
+        assert_eq!(status(&h), 101);
+        let Handshake::Accept { response, consumed } = h else { unreachable!() };
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
+        assert!(!text.contains("permessage-deflate"), "deflate must not be negotiated yet");
+        assert_eq!(consumed, request.len() - 1);
+    }
+
+    #[test]
+    fn waits_for_the_end_of_the_headers() {
+        assert!(matches!(respond(GOOD.as_bytes()), Handshake::Incomplete));
+    }
+
+    #[test]
+    fn wrong_version_is_426_with_the_supported_one() {
+        let request = GOOD.replace("Version: 13", "Version: 8") + "\r\n";
+        let h = respond(request.as_bytes());
+        assert_eq!(status(&h), 426);
+        let Handshake::Reject { response, .. } = h else { unreachable!() };
+        assert!(String::from_utf8(response).unwrap().contains("Sec-WebSocket-Version: 13"));
+    }
+
+    #[test]
+    fn malformed_requests_are_400() {
+        for request in [
+            GOOD.replace("GET", "POST"),
+            GOOD.replace("Upgrade: websocket\r\n", ""),
+            GOOD.replace("Connection: Upgrade", "Connection: keep-alive"),
+            GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
+            "GARBAGE\r\n".to_string(),
+        ] {
+            let h = respond(format!("{request}\r\n").as_bytes());
+            assert_eq!(status(&h), 400, "{request}");
+        }
+    }
+
+    #[test]
+    fn oversized_requests_are_refused() {
+        let request = format!("{GOOD}X-Filler: {}\r\n", "a".repeat(MAX_REQUEST_LEN));
+        assert_eq!(status(&respond(request.as_bytes())), 431);
+    }
+}
