@@ -4,3 +4,5 @@
 pub mod config;
 pub mod error;
 mod http;
+
+pub use http::{HttpContext, JsonRoute};
