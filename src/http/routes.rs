@@ -1,0 +1,95 @@
+//! Request dispatch for the HTTP shard: the method check, then the app's JSON routes by exact path, then the
+//! static files.
+//!
+//! This module owns the answer to every request that is not a file: JSON bodies, and the plain-text bodies
+//! of 400/404/405/500. It must not touch sockets or connections (that is `mod.rs`) nor resolve or read
+//! files (that is `static_files.rs`).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Response, StatusCode};
+
+use super::static_files::StaticFiles;
+use super::Site;
+
+/// Turns a method and path into a response for one HTTP shard; built once per [`super::serve`] call.
+#[derive(Debug)]
+pub(super) struct Router {
+    site: Rc<Site>,
+    files: StaticFiles,
+}
+
+impl Router {
+    pub(super) fn new(site: Rc<Site>) -> Router {
+        let files = StaticFiles::new(&site.public);
+        Router { site, files }
+    }
+
+    /// Whether per-request log lines are wanted (`SERVER_BENCH_MODE` silences them).
+    pub(super) fn logs_requests(&self) -> bool {
+        !self.site.server.bench_mode
+    }
+
+    /// Answers `method` on the raw (still percent-encoded) URL `path`.
+    pub(super) async fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        let head_only = match *method {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                let mut response = plain_text(StatusCode::METHOD_NOT_ALLOWED, false);
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return response;
+            }
+        };
+        // JSON routes are matched before static files, so the app's API cannot be shadowed by a file.
+        if let Some((_, route)) = self
+            .site
+            .routes
+            .iter()
+            .find(|(route_path, _)| route_path == path)
+        {
+            let body = Bytes::from(route(&self.site.context).to_string());
+            return sized(StatusCode::OK, "application/json", body, head_only);
+        }
+        match self.files.respond(path, head_only).await {
+            Ok(response) => response,
+            Err(status) => plain_text(status, head_only),
+        }
+    }
+}
+
+/// An error answer whose body is the status's reason phrase, e.g. `404 Not Found`.
+fn plain_text(status: StatusCode, head_only: bool) -> Response<Full<Bytes>> {
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    sized(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from(body),
+        head_only,
+    )
+}
+
+/// A response with an explicit `Content-Length`, so a HEAD answer reports the size its GET would have.
+fn sized(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    head_only: bool,
+) -> Response<Full<Bytes>> {
+    let length = body.len();
+    let mut response = Response::new(Full::new(if head_only { Bytes::new() } else { body }));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    response
+}
