@@ -158,9 +158,13 @@ impl Config {
             server: ServerSettings {
                 host: keys.ip("SERVER_HOST")?,
                 port: keys.port("SERVER_PORT", 8080)?,
-                request_timeout: Duration::from_millis(keys.positive("SERVER_REQUEST_TIMEOUT", 5000)?),
+                request_timeout: Duration::from_millis(
+                    keys.positive("SERVER_REQUEST_TIMEOUT", 5000)?,
+                ),
                 io_threads: keys.number("SERVER_IO_THREADS", 0)? as usize,
-                session_timeout: Duration::from_secs(keys.positive("SERVER_SESSION_TIMEOUT_SEC", 20)?),
+                session_timeout: Duration::from_secs(
+                    keys.positive("SERVER_SESSION_TIMEOUT_SEC", 20)?,
+                ),
                 bench_mode: keys.flag("SERVER_BENCH_MODE", false)?,
             },
             websocket: WebSocketSettings {
@@ -227,7 +231,11 @@ impl Keys<'_> {
         Ok(n)
     }
 
-    fn seconds_or_off(&self, key: &'static str, default: u64) -> Result<Option<Duration>, ConfigError> {
+    fn seconds_or_off(
+        &self,
+        key: &'static str,
+        default: u64,
+    ) -> Result<Option<Duration>, ConfigError> {
         let n = self.number(key, default)?;
         Ok((n > 0).then(|| Duration::from_secs(n)))
     }
@@ -263,7 +271,11 @@ impl Keys<'_> {
     fn mount(&self, key: &'static str) -> Result<String, ConfigError> {
         let v = self.text(key, "/")?;
         if !v.starts_with('/') || v.contains("..") {
-            return Err(Self::invalid(key, &v, "a URL path starting with / and without .."));
+            return Err(Self::invalid(
+                key,
+                &v,
+                "a URL path starting with / and without ..",
+            ));
         }
         Ok(v)
     }
@@ -271,7 +283,11 @@ impl Keys<'_> {
     fn index_name(&self, key: &'static str) -> Result<String, ConfigError> {
         let v = self.text(key, "index.html")?;
         if v.contains('/') || v == ".." || v == "." {
-            return Err(Self::invalid(key, &v, "a plain file name such as index.html"));
+            return Err(Self::invalid(
+                key,
+                &v,
+                "a plain file name such as index.html",
+            ));
         }
         Ok(v)
     }
@@ -321,7 +337,11 @@ mod tests {
 
     #[test]
     fn zero_disables_optional_timers() {
-        let c = with(&[("WEBSOCKET_IDLE_TIMEOUT", "0"), ("WEBSOCKET_PING_INTERVAL", "0")]).unwrap();
+        let c = with(&[
+            ("WEBSOCKET_IDLE_TIMEOUT", "0"),
+            ("WEBSOCKET_PING_INTERVAL", "0"),
+        ])
+        .unwrap();
         assert_eq!(c.websocket.idle_timeout, None);
         assert_eq!(c.websocket.ping_interval, None);
     }

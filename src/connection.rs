@@ -66,7 +66,10 @@ pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         rooms: RefCell::new(Vec::new()),
         last_seen: Cell::new(Instant::now()),
     }));
-    shard.sessions.borrow_mut().insert(session.id(), session.clone());
+    shard
+        .sessions
+        .borrow_mut()
+        .insert(session.id(), session.clone());
     if !shard.bench_mode {
         tracing::info!(session = %session.id(), %peer, shard = shard.index, "client connected");
     }
@@ -225,12 +228,17 @@ impl Connection {
     fn process(&mut self, bytes: &mut [u8]) {
         let state = &self.session.0;
         state.last_seen.set(Instant::now());
-        if matches!(state.lifecycle.get(), Lifecycle::Ending { .. } | Lifecycle::Aborted) {
+        if matches!(
+            state.lifecycle.get(),
+            Lifecycle::Ending { .. } | Lifecycle::Aborted
+        ) {
             return; // Draining after our close: nothing more is read as messages.
         }
         let session = &self.session;
         let max = state.shard.settings.max_message_size;
-        let result = self.decoder.decode(bytes, max, |message| handle(session, message));
+        let result = self
+            .decoder
+            .decode(bytes, max, |message| handle(session, message));
         if let Err(error) = result {
             let shard = &state.shard;
             if state.lifecycle.get().is_open() {

@@ -53,7 +53,8 @@ impl TypedMessage {
         if !text.trim_start().starts_with('{') {
             return Err(EnvelopeError::NotAnObject);
         }
-        let envelope: Envelope = serde_json::from_str(text).map_err(EnvelopeError::MalformedJson)?;
+        let envelope: Envelope =
+            serde_json::from_str(text).map_err(EnvelopeError::MalformedJson)?;
         let Some(Value::String(kind)) = envelope.kind else {
             return Err(EnvelopeError::MissingType);
         };
@@ -88,12 +89,30 @@ mod tests {
         let e = TypedMessage::parse(r#" {"type":"room.join","payload":{"room":"a"}}"#).unwrap();
         assert_eq!(e.kind, "room.join");
         assert_eq!(e.payload["room"], "a");
-        assert!(TypedMessage::parse(r#"{"type":"x"}"#).unwrap().payload.is_empty());
-        assert!(matches!(TypedMessage::parse("ping"), Err(EnvelopeError::NotAnObject)));
-        assert!(matches!(TypedMessage::parse("[1]"), Err(EnvelopeError::NotAnObject)));
-        assert!(matches!(TypedMessage::parse("{\"type\":"), Err(EnvelopeError::MalformedJson(_))));
-        assert!(matches!(TypedMessage::parse(r#"{"type":5}"#), Err(EnvelopeError::MissingType)));
-        assert!(matches!(TypedMessage::parse(r#"{"payload":{}}"#), Err(EnvelopeError::MissingType)));
+        assert!(TypedMessage::parse(r#"{"type":"x"}"#)
+            .unwrap()
+            .payload
+            .is_empty());
+        assert!(matches!(
+            TypedMessage::parse("ping"),
+            Err(EnvelopeError::NotAnObject)
+        ));
+        assert!(matches!(
+            TypedMessage::parse("[1]"),
+            Err(EnvelopeError::NotAnObject)
+        ));
+        assert!(matches!(
+            TypedMessage::parse("{\"type\":"),
+            Err(EnvelopeError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            TypedMessage::parse(r#"{"type":5}"#),
+            Err(EnvelopeError::MissingType)
+        ));
+        assert!(matches!(
+            TypedMessage::parse(r#"{"payload":{}}"#),
+            Err(EnvelopeError::MissingType)
+        ));
         assert!(matches!(
             TypedMessage::parse(r#"{"type":"x","payload":"s"}"#),
             Err(EnvelopeError::PayloadNotObject)

@@ -31,9 +31,14 @@ fn main() -> ExitCode {
     // SERVER_BENCH_MODE silences per-connection lines in the library; start-up lines stay.
     init_logging();
     match &source {
-        roomcast::ConfigSource::File(path) => tracing::info!("configuration from {}", path.display()),
+        roomcast::ConfigSource::File(path) => {
+            tracing::info!("configuration from {}", path.display())
+        }
         roomcast::ConfigSource::Defaults(path) => {
-            tracing::info!("no env file at {}: using defaults and the environment", path.display())
+            tracing::info!(
+                "no env file at {}: using defaults and the environment",
+                path.display()
+            )
         }
     }
     if config.websocket.enable_deflate {

@@ -43,7 +43,9 @@ impl Outbound {
     /// Queues `frame` unless that would put more than `limit` bytes in the queue.
     pub(crate) fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
         if self.queued + frame.len() > limit && self.queued > 0 {
-            return Err(Overflow { queued: self.queued });
+            return Err(Overflow {
+                queued: self.queued,
+            });
         }
         self.queued += frame.len();
         self.frames.push_back(frame);
@@ -61,7 +63,10 @@ impl Outbound {
     pub(crate) fn discard(&mut self) {
         let keep = if self.front_written > 0 { 1 } else { 0 };
         self.frames.truncate(keep);
-        self.queued = self.frames.front().map_or(0, |f| f.len() - self.front_written);
+        self.queued = self
+            .frames
+            .front()
+            .map_or(0, |f| f.len() - self.front_written);
         if self.frames.capacity() > 64 {
             self.frames.shrink_to_fit();
         }
@@ -86,7 +91,8 @@ impl Outbound {
     pub(crate) fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let front = self.frames.front().expect("advanced past the queue").len() - self.front_written;
+            let front =
+                self.frames.front().expect("advanced past the queue").len() - self.front_written;
             if n < front {
                 self.front_written += n;
                 return;
@@ -113,7 +119,11 @@ impl Outbound {
             }; MAX_IOVECS];
             let mut count = 0;
             for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 { &frame[self.front_written..] } else { &frame[..] };
+                let bytes = if i == 0 {
+                    &frame[self.front_written..]
+                } else {
+                    &frame[..]
+                };
                 iovecs[i] = libc::iovec {
                     iov_base: bytes.as_ptr() as *mut libc::c_void,
                     iov_len: bytes.len(),

@@ -33,7 +33,10 @@ impl Rooms {
             Some((name, _)) => name.clone(),
             None => Rc::from(room),
         };
-        self.members.entry(name.clone()).or_default().push(session.clone());
+        self.members
+            .entry(name.clone())
+            .or_default()
+            .push(session.clone());
         joined.push(name);
     }
 

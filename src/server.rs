@@ -117,7 +117,9 @@ impl Server {
             addr: ws_addr,
             source,
         })?;
-        let websocket_addr = listeners[0].local_addr().expect("a bound socket has an address");
+        let websocket_addr = listeners[0]
+            .local_addr()
+            .expect("a bound socket has an address");
         let http_requested = SocketAddr::new(config.server.host, config.server.port);
         let http_listener = bind_shared(http_requested, 1)
             .map_err(|source| StartError::Bind {
@@ -126,7 +128,9 @@ impl Server {
                 source,
             })?
             .remove(0);
-        let http_addr = http_listener.local_addr().expect("a bound socket has an address");
+        let http_addr = http_listener
+            .local_addr()
+            .expect("a bound socket has an address");
 
         let mut senders = Vec::with_capacity(shard_count);
         let mut receivers = Vec::with_capacity(shard_count);
@@ -140,7 +144,9 @@ impl Server {
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
-            handle: ServerHandle { shards: peers.clone() },
+            handle: ServerHandle {
+                shards: peers.clone(),
+            },
             shard_threads: Vec::new(),
             http: None,
         };
@@ -157,36 +163,44 @@ impl Server {
                 bench_mode: config.server.bench_mode,
             };
             let placement = Placement::Fixed(cpus[index % cpus.len()]);
-            let thread = start_executor(format!("websocket shard {index}"), placement, move || shard::run(start))?;
+            let thread =
+                start_executor(format!("websocket shard {index}"), placement, move || {
+                    shard::run(start)
+                })?;
             running.shard_threads.push(thread);
         }
         tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
 
-        let (stop_tx, stop_rx) = inbox().map_err(|e| executor_error("the http shard", e.to_string()))?;
+        let (stop_tx, stop_rx) =
+            inbox().map_err(|e| executor_error("the http shard", e.to_string()))?;
         let site = Site {
             routes,
             public: config.public.clone(),
             server: config.server.clone(),
             context: HttpContext::new(websocket_addr),
         };
-        let thread = start_executor("http shard".to_owned(), Placement::Unbound, move || async move {
-            let listener = {
-                use std::os::unix::io::{FromRawFd, IntoRawFd};
-                // SAFETY: the fd comes from a std listener we own and give up here.
-                unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) }
-            };
-            let mut stop = stop_rx.into_waiter();
-            let stopped = async move {
-                let mut batch = Vec::new();
-                while !batch.iter().any(|m| matches!(m, ShardMsg::Shutdown)) {
-                    batch.clear();
-                    if stop.next_batch(&mut batch).await.is_err() {
-                        return;
+        let thread = start_executor(
+            "http shard".to_owned(),
+            Placement::Unbound,
+            move || async move {
+                let listener = {
+                    use std::os::unix::io::{FromRawFd, IntoRawFd};
+                    // SAFETY: the fd comes from a std listener we own and give up here.
+                    unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) }
+                };
+                let mut stop = stop_rx.into_waiter();
+                let stopped = async move {
+                    let mut batch = Vec::new();
+                    while !batch.iter().any(|m| matches!(m, ShardMsg::Shutdown)) {
+                        batch.clear();
+                        if stop.next_batch(&mut batch).await.is_err() {
+                            return;
+                        }
                     }
-                }
-            };
-            http::serve(listener, std::rc::Rc::new(site), stopped).await;
-        })?;
+                };
+                http::serve(listener, std::rc::Rc::new(site), stopped).await;
+            },
+        )?;
         running.http = Some((thread, stop_tx));
         tracing::info!("http listening on {http_addr}");
         Ok(running)
@@ -282,7 +296,11 @@ impl ServerHandle {
 
 /// Starts a glommio executor on its own thread and waits until it exists, so a refused io_uring is a
 /// start-up error rather than a panic in a thread.
-fn start_executor<F, Fut>(name: String, placement: Placement, make_future: F) -> Result<JoinHandle<()>, StartError>
+fn start_executor<F, Fut>(
+    name: String,
+    placement: Placement,
+    make_future: F,
+) -> Result<JoinHandle<()>, StartError>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -292,7 +310,10 @@ where
     let thread = std::thread::Builder::new()
         .name(thread_name.clone())
         .spawn(move || {
-            let executor = match LocalExecutorBuilder::new(placement).name(&thread_name).make() {
+            let executor = match LocalExecutorBuilder::new(placement)
+                .name(&thread_name)
+                .make()
+            {
                 Ok(executor) => executor,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -306,7 +327,10 @@ where
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(thread),
         Ok(Err(cause)) => Err(executor_error(&name, cause)),
-        Err(_) => Err(executor_error(&name, "the executor thread exited during start-up".to_owned())),
+        Err(_) => Err(executor_error(
+            &name,
+            "the executor thread exited during start-up".to_owned(),
+        )),
     }
 }
 
@@ -322,7 +346,9 @@ fn executor_error(name: &str, cause: String) -> StartError {
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is valid, and sched_getaffinity writes at most its size.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
     let cpus: Vec<usize> = if ok {
         (0..libc::CPU_SETSIZE as usize)
             .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })

@@ -149,7 +149,12 @@ impl Session {
 
     /// The rooms this session is a member of, in the order joined.
     pub fn rooms(&self) -> Vec<String> {
-        self.0.rooms.borrow().iter().map(|r| r.to_string()).collect()
+        self.0
+            .rooms
+            .borrow()
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
     }
 
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.
@@ -199,8 +204,13 @@ impl Session {
 
     /// Queues our close frame and waits for the peer's (bounded by the shard's close timeout).
     pub(crate) fn start_close(&self, code: u16, reason: &str) {
-        self.0.outbound.borrow_mut().push_unbounded(codec::close_frame(code, reason));
-        self.0.lifecycle.set(Lifecycle::Closing { since: Instant::now() });
+        self.0
+            .outbound
+            .borrow_mut()
+            .push_unbounded(codec::close_frame(code, reason));
+        self.0.lifecycle.set(Lifecycle::Closing {
+            since: Instant::now(),
+        });
         self.wake();
     }
 

@@ -17,12 +17,20 @@ pub const MAX_ROOM_LEN: usize = 64;
 pub fn chat_server(config: Config) -> Server {
     Server::new(config)
         .on_open(|session| session.send_text("welcome to Vix WebSocket chat"))
-        .on_error(|session, error| tracing::debug!(session = %session.id(), %error, "chat session error"))
+        .on_error(
+            |session, error| tracing::debug!(session = %session.id(), %error, "chat session error"),
+        )
         .on_message(on_raw_text)
         .on_typed_message(on_event)
-        .json_route("/api/health", |_| json!({ "ok": true, "service": "websocket-chat" }))
+        .json_route(
+            "/api/health",
+            |_| json!({ "ok": true, "service": "websocket-chat" }),
+        )
         // The page connects to the WebSocket port of the host it was served from, whatever it is.
-        .json_route("/api/websocket", |ctx| json!({ "port": ctx.websocket_addr().port() }))
+        .json_route(
+            "/api/websocket",
+            |ctx| json!({ "port": ctx.websocket_addr().port() }),
+        )
 }
 
 fn on_raw_text(session: &Session, text: &str) {

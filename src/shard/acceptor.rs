@@ -25,7 +25,10 @@ use super::Shard;
 const BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners sharing `addr` (port 0 picks one free port for all of them).
-pub(crate) fn bind_shared(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+pub(crate) fn bind_shared(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count {

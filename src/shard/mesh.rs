@@ -114,7 +114,10 @@ impl InboxWaiter {
             }
             let mut rings = [0u8; 64];
             if self.bell.read(&mut rings).await? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "doorbell closed"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "doorbell closed",
+                ));
             }
             self.ring_pending.store(false, Ordering::SeqCst);
         }

@@ -111,7 +111,11 @@ impl Shard {
             match state.lifecycle.get() {
                 Lifecycle::Open => {
                     let silent = now.saturating_duration_since(state.last_seen.get());
-                    if self.settings.idle_timeout.is_some_and(|limit| silent >= limit) {
+                    if self
+                        .settings
+                        .idle_timeout
+                        .is_some_and(|limit| silent >= limit)
+                    {
                         session.start_close(1001, "idle timeout");
                     } else if send_ping {
                         session.send_control(ping.clone());

@@ -140,7 +140,12 @@ impl Decoder {
     }
 
     /// Everything that can be refused from the header alone, before the payload is buffered.
-    fn check_header(&self, header: &FrameHeader, length: u64, max_message_size: usize) -> Result<(), ProtocolError> {
+    fn check_header(
+        &self,
+        header: &FrameHeader,
+        length: u64,
+        max_message_size: usize,
+    ) -> Result<(), ProtocolError> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(ProtocolError::ReservedBits);
         }
@@ -154,7 +159,9 @@ impl Decoder {
             OpCode::Control(_) if !header.is_final => Err(ProtocolError::FragmentedControl),
             OpCode::Control(_) if length > 125 => Err(ProtocolError::ControlTooLong),
             OpCode::Control(_) => Ok(()),
-            OpCode::Data(Data::Continue) if self.fragmented.is_none() => Err(ProtocolError::UnexpectedContinuation),
+            OpCode::Data(Data::Continue) if self.fragmented.is_none() => {
+                Err(ProtocolError::UnexpectedContinuation)
+            }
             OpCode::Data(Data::Text | Data::Binary) if self.fragmented.is_some() => {
                 Err(ProtocolError::ExpectedContinuation)
             }
@@ -180,7 +187,9 @@ impl Decoder {
         let kind = match header.opcode {
             OpCode::Control(Control::Ping) => return Ok(on_message(Inbound::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(on_message(Inbound::Pong)),
-            OpCode::Control(Control::Close) => return Ok(on_message(Inbound::Close(parse_close(payload)?))),
+            OpCode::Control(Control::Close) => {
+                return Ok(on_message(Inbound::Close(parse_close(payload)?)))
+            }
             OpCode::Data(Data::Text) => MessageKind::Text,
             OpCode::Data(Data::Binary) => MessageKind::Binary,
             OpCode::Data(Data::Continue) => {
@@ -223,7 +232,9 @@ impl Decoder {
     fn check_partial_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
         match std::str::from_utf8(&self.message[self.utf8_valid_up_to..]) {
             Ok(_) => self.utf8_valid_up_to = self.message.len(),
-            Err(e) if e.error_len().is_none() && !is_final => self.utf8_valid_up_to += e.valid_up_to(),
+            Err(e) if e.error_len().is_none() && !is_final => {
+                self.utf8_valid_up_to += e.valid_up_to()
+            }
             Err(_) => return Err(ProtocolError::InvalidUtf8),
         }
         Ok(())
@@ -264,7 +275,9 @@ fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, ProtocolError> {
 /// tungstenite has the same function, but keeps it private to its `frame` module; this is its
 /// word-at-a-time equivalent so unmasking stays in place and allocation-free.
 pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
-    let mask64 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let mask64 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
     let mut chunks = payload.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8")) ^ mask64;
@@ -358,7 +371,11 @@ mod tests {
         Close(Option<(u16, String)>),
     }
 
-    fn decode_all(decoder: &mut Decoder, bytes: &[u8], limit: usize) -> Result<Vec<Owned>, ProtocolError> {
+    fn decode_all(
+        decoder: &mut Decoder,
+        bytes: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Owned>, ProtocolError> {
         let mut out = Vec::new();
         let mut input = bytes.to_vec();
         decoder.decode(&mut input, limit, |m| {
@@ -381,7 +398,11 @@ mod tests {
             let original: Vec<u8> = (0..len as u8).collect();
             let mut fast = original.clone();
             apply_mask(&mut fast, mask);
-            let slow: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let slow: Vec<u8> = original
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             assert_eq!(fast, slow);
         }
     }
@@ -393,7 +414,11 @@ mod tests {
             let mut decoder = Decoder::default();
             let mut got = decode_all(&mut decoder, &frame[..split], 100).unwrap();
             got.extend(decode_all(&mut decoder, &frame[split..], 100).unwrap());
-            assert_eq!(got, vec![Owned::Text("hello, wörld".into())], "split at {split}");
+            assert_eq!(
+                got,
+                vec![Owned::Text("hello, wörld".into())],
+                "split at {split}"
+            );
             assert!(decoder.is_idle());
         }
     }
@@ -404,7 +429,10 @@ mod tests {
         bytes.extend(client_frame(0x9, true, b"hb"));
         bytes.extend(client_frame(0x0, true, b"ng"));
         let got = decode_all(&mut Decoder::default(), &bytes, 100).unwrap();
-        assert_eq!(got, vec![Owned::Ping(b"hb".to_vec()), Owned::Text("ping".into())]);
+        assert_eq!(
+            got,
+            vec![Owned::Ping(b"hb".to_vec()), Owned::Text("ping".into())]
+        );
     }
 
     #[test]
@@ -446,7 +474,12 @@ mod tests {
         // Fragments add up.
         let mut bytes = client_frame(0x2, false, &[0; 60]);
         bytes.extend(client_frame(0x0, true, &[0; 60]));
-        assert_eq!(decode_all(&mut Decoder::default(), &bytes, 100).unwrap_err().close_code(), 1009);
+        assert_eq!(
+            decode_all(&mut Decoder::default(), &bytes, 100)
+                .unwrap_err()
+                .close_code(),
+            1009
+        );
     }
 
     #[test]
@@ -465,7 +498,12 @@ mod tests {
         assert_eq!(got, vec![Owned::Close(None)]);
         let mut payload = 1000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
-        let got = decode_all(&mut Decoder::default(), &client_frame(0x8, true, &payload), 100).unwrap();
+        let got = decode_all(
+            &mut Decoder::default(),
+            &client_frame(0x8, true, &payload),
+            100,
+        )
+        .unwrap();
         assert_eq!(got, vec![Owned::Close(Some((1000, "bye".into())))]);
     }
 

@@ -41,10 +41,22 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
     let (consumed, request) = match Request::try_parse(buf) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if buf.len() >= MAX_REQUEST_LEN => {
-            return reject(431, "Request Header Fields Too Large", "upgrade request too large", &[])
+            return reject(
+                431,
+                "Request Header Fields Too Large",
+                "upgrade request too large",
+                &[],
+            )
         }
         Ok(None) => return Handshake::Incomplete,
-        Err(e) => return reject(400, "Bad Request", &format!("malformed upgrade request: {e}"), &[]),
+        Err(e) => {
+            return reject(
+                400,
+                "Bad Request",
+                &format!("malformed upgrade request: {e}"),
+                &[],
+            )
+        }
     };
     let version = request.headers().get("Sec-WebSocket-Version");
     if version.is_some_and(|v| v != "13") {
@@ -59,7 +71,10 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
         Ok(response) => {
             let mut out = Vec::with_capacity(160);
             write_response(&mut out, &response).expect("writing to memory cannot fail");
-            Handshake::Accept { response: out, consumed }
+            Handshake::Accept {
+                response: out,
+                consumed,
+            }
         }
         Err(WsError::Protocol(WsProtocolError::MissingSecWebSocketVersionHeader)) => reject(
             426,
@@ -67,7 +82,12 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
             "missing Sec-WebSocket-Version",
             &[("Sec-WebSocket-Version", "13")],
         ),
-        Err(e) => reject(400, "Bad Request", &format!("not a WebSocket upgrade: {e}"), &[]),
+        Err(e) => reject(
+            400,
+            "Bad Request",
+            &format!("not a WebSocket upgrade: {e}"),
+            &[],
+        ),
     }
 }
 
@@ -109,10 +129,15 @@ mod tests {
         let request = format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n\x01");
         let h = respond(request.as_bytes());
         assert_eq!(status(&h), 101);
-        let Handshake::Accept { response, consumed } = h else { unreachable!() };
+        let Handshake::Accept { response, consumed } = h else {
+            unreachable!()
+        };
         let text = String::from_utf8(response).unwrap();
         assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
-        assert!(!text.contains("permessage-deflate"), "deflate must not be negotiated yet");
+        assert!(
+            !text.contains("permessage-deflate"),
+            "deflate must not be negotiated yet"
+        );
         assert_eq!(consumed, request.len() - 1);
     }
 
@@ -126,8 +151,12 @@ mod tests {
         let request = GOOD.replace("Version: 13", "Version: 8") + "\r\n";
         let h = respond(request.as_bytes());
         assert_eq!(status(&h), 426);
-        let Handshake::Reject { response, .. } = h else { unreachable!() };
-        assert!(String::from_utf8(response).unwrap().contains("Sec-WebSocket-Version: 13"));
+        let Handshake::Reject { response, .. } = h else {
+            unreachable!()
+        };
+        assert!(String::from_utf8(response)
+            .unwrap()
+            .contains("Sec-WebSocket-Version: 13"));
     }
 
     #[test]
