@@ -53,7 +53,9 @@ pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
-    let Some(mut early_frames) = upgrade(&shard, &mut stream).await else {
+    // Boxed so the handshake's state (request buffer, timer, write) is freed once it is done instead of
+    // widening this task's future for the session's whole life.
+    let Some(mut early_frames) = Box::pin(upgrade(&shard, &mut stream)).await else {
         return;
     };
     let session = Session(Rc::new(SessionState {
