@@ -105,6 +105,7 @@ impl Server {
             callbacks,
             routes,
         } = self;
+        check_io_uring()?;
         let cpus = allowed_cpus();
         let shard_count = match config.server.io_threads {
             0 => cpus.len().max(1),
@@ -332,6 +333,22 @@ where
             "the executor thread exited during start-up".to_owned(),
         )),
     }
+}
+
+/// Asks the kernel for an io_uring before any executor is built: glommio panics, instead of returning an
+/// error, when the ring it probes with is refused (seccomp, `kernel.io_uring_disabled`, an old kernel).
+fn check_io_uring() -> Result<(), StartError> {
+    // struct io_uring_params is 120 bytes; zeroed means "no flags, kernel picks the sizes".
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`; the fd is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let cause = format!("io_uring_setup failed: {}", std::io::Error::last_os_error());
+        return Err(executor_error("websocket shards", cause));
+    }
+    // SAFETY: closing the ring we just created.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
 }
 
 fn executor_error(name: &str, cause: String) -> StartError {
