@@ -32,6 +32,7 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
+use crate::handler::guarded;
 use crate::outbound::Outbound;
 use crate::session::{Lifecycle, Session, SessionState};
 use crate::shard::Shard;
@@ -76,7 +77,7 @@ pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
         tracing::info!(session = %session.id(), %peer, shard = shard.index, "client connected");
     }
     if let Some(on_open) = &shard.callbacks.on_open {
-        on_open(&session);
+        guarded(&session, "on_open", || on_open(&session));
     }
 
     let mut connection = Connection {
@@ -93,7 +94,7 @@ pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
 
     let Connection { session, .. } = connection;
     if let Some(on_close) = &shard.callbacks.on_close {
-        on_close(&session);
+        guarded(&session, "on_close", || on_close(&session));
     }
     shard.rooms.borrow_mut().leave_all(&session);
     shard.sessions.borrow_mut().remove(&session.id());
@@ -266,7 +267,7 @@ fn handle(session: &Session, message: Inbound<'_>) -> Flow {
         Inbound::Text(text) if session.is_open() => dispatch_text(&shard.callbacks, session, text),
         Inbound::Binary(data) if session.is_open() => {
             if let Some(on_binary) = &shard.callbacks.on_binary {
-                on_binary(session, data);
+                guarded(session, "on_binary", || on_binary(session, data));
             }
         }
         Inbound::Ping(payload) if session.is_open() && shard.settings.auto_ping_pong => {

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::handler::Callbacks;
+use crate::handler::{guarded, Callbacks};
 use crate::session::Session;
 
 /// A typed event: `{"type": "...", "payload": {...}}`.
@@ -71,12 +71,14 @@ impl TypedMessage {
 pub(crate) fn dispatch_text(callbacks: &Callbacks, session: &Session, text: &str) {
     if let Some(on_typed) = &callbacks.on_typed_message {
         if let Ok(event) = TypedMessage::parse(text) {
-            on_typed(session, &event.kind, &event.payload);
+            guarded(session, "on_typed_message", || {
+                on_typed(session, &event.kind, &event.payload)
+            });
             return;
         }
     }
     if let Some(on_message) = &callbacks.on_message {
-        on_message(session, text);
+        guarded(session, "on_message", || on_message(session, text));
     }
 }
 

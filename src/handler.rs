@@ -5,7 +5,11 @@
 //! its shard. Callbacks are `Send + Sync` because all shards share one set; the [`Session`] they receive is
 //! not, so per-session work stays on its core.
 //!
+//! A panicking callback is contained by [`guarded`]: the session it ran for is closed with 1011.
+//!
 //! It must not dispatch messages (that is [`crate::dispatch`]) or know about sockets.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::{Map, Value};
 
@@ -32,4 +36,19 @@ pub(crate) struct Callbacks {
     pub(crate) on_message: Option<TextFn>,
     pub(crate) on_typed_message: Option<TypedFn>,
     pub(crate) on_binary: Option<BinaryFn>,
+}
+
+/// Runs one application callback for `session`. A panic in it is caught: it is logged and that session is
+/// closed with 1011 (internal error), so a bug triggered by one client's input cannot take down the shard
+/// and every other session on it.
+pub(crate) fn guarded(session: &Session, callback: &'static str, run: impl FnOnce()) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(run)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".to_owned());
+        tracing::error!(session = %session.id(), callback, %message, "callback panicked; closing the session with 1011");
+        session.close(1011, "internal error");
+    }
 }

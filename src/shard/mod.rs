@@ -25,7 +25,7 @@ use bytes::Bytes;
 
 use crate::config::WebSocketSettings;
 use crate::error::SessionError;
-use crate::handler::Callbacks;
+use crate::handler::{guarded, Callbacks};
 use crate::room::Rooms;
 use crate::session::{Lifecycle, Session, SessionId};
 use crate::ws::codec;
@@ -99,7 +99,7 @@ impl Shard {
             tracing::warn!(session = %session.id(), peer = %session.peer_addr(), %error, "websocket error");
         }
         if let Some(on_error) = &self.callbacks.on_error {
-            on_error(session, error);
+            guarded(session, "on_error", || on_error(session, error));
         }
     }
 
