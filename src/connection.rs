@@ -163,8 +163,16 @@ impl Connection {
         loop {
             match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
-                    let mut buf = shard.read_buf.borrow_mut();
-                    self.process(&mut buf[..n]);
+                    let filled = {
+                        let mut buf = shard.read_buf.borrow_mut();
+                        self.process(&mut buf[..n]);
+                        n == buf.len()
+                    };
+                    if filled {
+                        // More is probably waiting: let the shard's other sessions run before reading it,
+                        // so one flooding client cannot stall the rest.
+                        futures_lite::future::yield_now().await;
+                    }
                 }
                 Event::Closed => return,
                 Event::Failed(e) => {
@@ -271,7 +279,7 @@ fn handle(session: &Session, message: Inbound<'_>) -> Flow {
             }
         }
         Inbound::Ping(payload) if session.is_open() && shard.settings.auto_ping_pong => {
-            session.send_control(codec::pong_frame(payload));
+            session.send_frame(codec::pong_frame(payload));
         }
         Inbound::Close(code) => {
             if session.is_open() {

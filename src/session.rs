@@ -164,7 +164,8 @@ impl Session {
     }
 
     /// Queues an encoded frame (shared with other recipients) unless the session is closing. A frame that
-    /// would pass the backpressure limit closes the session as a slow consumer.
+    /// would pass the backpressure limit closes the session as a slow consumer; pongs and pings count too,
+    /// so a client flooding pings without reading the pongs is one.
     pub(crate) fn send_frame(&self, frame: Bytes) {
         if self.queue_frame(frame).is_err() {
             self.close_slow_consumer();
@@ -194,12 +195,6 @@ impl Session {
             .report_error(self, &SessionError::SlowConsumer { queued, limit });
         self.0.outbound.borrow_mut().discard();
         self.start_close(1008, "slow consumer");
-    }
-
-    /// Queues a control frame (pong, ping) that does not count against the backpressure limit.
-    pub(crate) fn send_control(&self, frame: Bytes) {
-        self.0.outbound.borrow_mut().push_unbounded(frame);
-        self.wake();
     }
 
     /// Queues our close frame and waits for the peer's (bounded by the shard's close timeout).

@@ -118,7 +118,7 @@ impl Shard {
                     {
                         session.start_close(1001, "idle timeout");
                     } else if send_ping {
-                        session.send_control(ping.clone());
+                        session.send_frame(ping.clone());
                     }
                 }
                 lifecycle => {
