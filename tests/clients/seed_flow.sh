@@ -4,8 +4,9 @@
 #
 # Usage: seed_flow.sh ws://HOST:PORT/
 #
-# websocat runs as a coprocess: each line written to it is one text message, each message received is one
-# line read from it. Every read waits at most READ_DEADLINE seconds; any mismatch exits 1.
+# websocat runs as a coprocess with the seed's flags (none): each line written to it is one text message,
+# each message received is one line read from it. Like the seed's interactive session, websocat 1.x sends
+# each line with its trailing newline (`ping\n`); the JSON parser ignores it, the raw `ping` has to as well. Every read waits at most READ_DEADLINE seconds; any mismatch exits 1.
 # WEBSOCAT overrides the binary (default: websocat on PATH).
 set -euo pipefail
 
@@ -22,13 +23,13 @@ ws_in=${WS[1]}
 trap 'kill "$ws_pid" 2>/dev/null || true' EXIT
 
 expect() {
-  local expected=$1 got
+  local expected=$1 hint=${2:+ ($2)} got
   if ! IFS= read -r -t "$READ_DEADLINE" -u "$ws_out" got; then
-    echo "FAIL: expected '$expected', got nothing within ${READ_DEADLINE}s" >&2
+    echo "FAIL: expected '$expected', got nothing within ${READ_DEADLINE}s$hint" >&2
     exit 1
   fi
   if [[ "$got" != "$expected" ]]; then
-    echo "FAIL: expected '$expected', got '$got'" >&2
+    echo "FAIL: expected '$expected', got '$got'$hint" >&2
     exit 1
   fi
   echo "<- $got"
@@ -41,7 +42,8 @@ send() {
 
 expect "welcome to Vix WebSocket chat"
 send 'ping'
-expect 'pong'
+ping_hint="websocat sent 'ping' plus its line's trailing newline, as in the seed's interactive session"
+expect 'pong' "$ping_hint"
 send '{ "type": "room.join", "payload": { "room": "general" } }'
 expect 'joined room: general'
 # The seed spreads this message over four lines; websocat sends one message per line, so it is one line here.
