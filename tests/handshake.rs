@@ -44,6 +44,9 @@ fn ends(stream: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
     match stream.read_to_end(&mut rest) {
         Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            panic!("{}: {e}", library::INTERRUPTED)
+        }
         Err(e) => !matches!(
             e.kind(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
@@ -148,6 +151,9 @@ fn half_a_request_is_dropped_after_the_request_timeout() {
                 "the server kept a half request open for {:?}",
                 sent.elapsed()
             )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            panic!("{}: {e}", library::INTERRUPTED)
         }
         Err(_) => {} // a reset also ends it
     }

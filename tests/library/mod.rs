@@ -20,6 +20,12 @@ use roomcast::{Config, RunningServer, Server};
 /// How long a raw client waits for any one read before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a test says when a blocking read on its own thread fails with EINTR. Nothing in the tests sends
+/// signals, so this is the server disturbing the thread that called `Server::start`; it is reported, not
+/// retried, and never mistaken for the server ending a connection.
+pub const INTERRUPTED: &str =
+    "a read on the test thread was interrupted (EINTR), not ended by the server";
+
 /// The masking key of every client frame built here; RFC 6455 wants it unpredictable, the server only
 /// wants it applied.
 pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
