@@ -337,18 +337,34 @@ where
 
 /// Asks the kernel for an io_uring before any executor is built: glommio panics, instead of returning an
 /// error, when the ring it probes with is refused (seccomp, `kernel.io_uring_disabled`, an old kernel).
+///
+/// The probe runs on a thread of its own: the kernel tears a ring down asynchronously through task work on
+/// the thread that created it, which interrupts that thread's next blocking syscall with EINTR; that must not
+/// be the application's thread.
 fn check_io_uring() -> Result<(), StartError> {
-    // struct io_uring_params is 120 bytes; zeroed means "no flags, kernel picks the sizes".
-    let mut params = [0u8; 120];
-    // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`; the fd is closed at once.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        let cause = format!("io_uring_setup failed: {}", std::io::Error::last_os_error());
-        return Err(executor_error("websocket shards", cause));
+    let probe = std::thread::spawn(|| {
+        // struct io_uring_params is 120 bytes; zeroed means "no flags, kernel picks the sizes".
+        let mut params = [0u8; 120];
+        // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`; the fd is closed at once.
+        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: closing the ring we just created.
+        unsafe { libc::close(fd as libc::c_int) };
+        Ok(())
+    });
+    match probe.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(executor_error(
+            "websocket shards",
+            format!("io_uring_setup failed: {e}"),
+        )),
+        Err(_) => Err(executor_error(
+            "websocket shards",
+            "the io_uring probe panicked".to_owned(),
+        )),
     }
-    // SAFETY: closing the ring we just created.
-    unsafe { libc::close(fd as libc::c_int) };
-    Ok(())
 }
 
 fn executor_error(name: &str, cause: String) -> StartError {

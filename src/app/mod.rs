@@ -34,7 +34,8 @@ pub fn chat_server(config: Config) -> Server {
 }
 
 fn on_raw_text(session: &Session, text: &str) {
-    if text == "ping" {
+    // Line-oriented clients (websocat, as in the seed's terminal session) send the line's newline too.
+    if text.trim() == "ping" {
         session.send_text("pong");
         return;
     }
