@@ -17,7 +17,6 @@
 //!
 //! It must not interpret messages beyond the protocol: text goes to [`crate::dispatch`].
 
-use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -33,8 +32,7 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::guarded;
-use crate::outbound::Outbound;
-use crate::session::{Lifecycle, Session, SessionState};
+use crate::session::{Lifecycle, Session};
 use crate::shard::Shard;
 use crate::ws::codec::{self, Decoder, Flow, Inbound};
 use crate::ws::handshake::{self, Handshake};
@@ -59,16 +57,7 @@ pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
     let Some(mut early_frames) = Box::pin(upgrade(&shard, &mut stream)).await else {
         return;
     };
-    let session = Session(Rc::new(SessionState {
-        id: shard.next_session_id(),
-        peer,
-        shard: shard.clone(),
-        outbound: RefCell::new(Outbound::default()),
-        waker: Cell::new(None),
-        lifecycle: Cell::new(Lifecycle::Open),
-        rooms: RefCell::new(Vec::new()),
-        last_seen: Cell::new(Instant::now()),
-    }));
+    let session = Session::new(peer, &shard);
     shard
         .sessions
         .borrow_mut()

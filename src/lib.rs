@@ -76,6 +76,9 @@ mod dispatch;
 pub mod error;
 mod handler;
 mod http;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod outbound;
 mod room;
 mod server;

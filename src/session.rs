@@ -100,6 +100,20 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
+    /// A new open session of `shard`, not yet registered anywhere.
+    pub(crate) fn new(peer: SocketAddr, shard: &Rc<Shard>) -> Session {
+        Session(Rc::new(SessionState {
+            id: shard.next_session_id(),
+            peer,
+            shard: shard.clone(),
+            outbound: RefCell::new(Outbound::default()),
+            waker: Cell::new(None),
+            lifecycle: Cell::new(Lifecycle::Open),
+            rooms: RefCell::new(Vec::new()),
+            last_seen: Cell::new(Instant::now()),
+        }))
+    }
+
     /// This session's process-wide unique id.
     pub fn id(&self) -> SessionId {
         self.0.id

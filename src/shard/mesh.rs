@@ -85,6 +85,12 @@ pub(crate) fn inbox() -> io::Result<(InboxSender, InboxReceiver)> {
 }
 
 impl InboxReceiver {
+    /// Takes what was posted without waiting for the doorbell (the benches drive shards by hand).
+    #[cfg(feature = "internals")]
+    pub(crate) fn drain_into(&self, batch: &mut Vec<ShardMsg>) {
+        batch.extend(self.messages.try_iter());
+    }
+
     /// Binds the doorbell to the current glommio executor; call once inside the shard.
     pub(crate) fn into_waiter(self) -> InboxWaiter {
         // SAFETY: the fd comes from a std UnixStream we own and give up here.

@@ -70,6 +70,29 @@ pub(crate) struct ShardStart {
 }
 
 impl Shard {
+    /// A shard's state with no sessions yet.
+    pub(crate) fn new(
+        index: usize,
+        settings: WebSocketSettings,
+        request_timeout: Duration,
+        bench_mode: bool,
+        callbacks: Arc<Callbacks>,
+        peers: Arc<[InboxSender]>,
+    ) -> Shard {
+        Shard {
+            index,
+            settings,
+            request_timeout,
+            bench_mode,
+            callbacks,
+            rooms: RefCell::new(Rooms::default()),
+            sessions: RefCell::new(HashMap::new()),
+            read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
+            peers,
+            next_session: Cell::new(0),
+        }
+    }
+
     /// A new session id: the shard index in the top 16 bits keeps ids unique across shards.
     pub(crate) fn next_session_id(&self) -> SessionId {
         let n = self.next_session.get() + 1;
@@ -135,18 +158,14 @@ impl Shard {
 
 /// Runs a shard until it is told to shut down.
 pub(crate) async fn run(start: ShardStart) {
-    let shard = std::rc::Rc::new(Shard {
-        index: start.index,
-        settings: start.settings,
-        request_timeout: start.request_timeout,
-        bench_mode: start.bench_mode,
-        callbacks: start.callbacks,
-        rooms: RefCell::new(Rooms::default()),
-        sessions: RefCell::new(HashMap::new()),
-        read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
-        peers: start.peers,
-        next_session: Cell::new(0),
-    });
+    let shard = std::rc::Rc::new(Shard::new(
+        start.index,
+        start.settings,
+        start.request_timeout,
+        start.bench_mode,
+        start.callbacks,
+        start.peers,
+    ));
     let acceptor = glommio::spawn_local(acceptor::accept_loop(start.listener, shard.clone()));
     let sweeper = glommio::spawn_local(sweep_loop(shard.clone()));
 

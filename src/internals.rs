@@ -1,0 +1,169 @@
+//! The hot path, opened to the criterion benches in `benches/`; not an API (hidden, and compiled only with
+//! the `internals` feature, which only the benches enable).
+//!
+//! [`BenchCluster`] builds shards' state and socket-less sessions on the calling thread, so a broadcast can
+//! be measured exactly as the server runs it, encode once, local fan-out into every member's queue, one
+//! crossbeam message per other shard, and that shard's fan-out, without the network in the numbers.
+//!
+//! It must not be used by the server itself.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::dispatch::dispatch_text;
+use crate::handler::Callbacks;
+use crate::room::Rooms;
+use crate::session::Session;
+use crate::shard::mesh::{inbox, InboxReceiver, InboxSender, ShardMsg};
+use crate::shard::Shard;
+use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound};
+
+/// Unmasks (or masks) `payload` in place.
+pub fn mask(payload: &mut [u8], key: [u8; 4]) {
+    apply_mask(payload, key);
+}
+
+/// Encodes a server text frame, as a broadcast does once for all its recipients.
+pub fn encode_text(text: &str) -> bytes::Bytes {
+    text_frame(text)
+}
+
+/// A session's frame decoder.
+#[derive(Default)]
+pub struct FrameDecoder(Decoder);
+
+impl FrameDecoder {
+    /// Decodes (and unmasks in place) every frame in `input`; returns the payload bytes of the complete
+    /// messages, which the benches feed to `black_box`.
+    pub fn decode(&mut self, input: &mut [u8], max_message_size: usize) -> usize {
+        let mut bytes = 0;
+        self.0
+            .decode(input, max_message_size, |message| {
+                bytes += match message {
+                    Inbound::Text(text) => text.len(),
+                    Inbound::Binary(data) | Inbound::Ping(data) => data.len(),
+                    Inbound::Pong | Inbound::Close(_) => 0,
+                };
+                Flow::Continue
+            })
+            .expect("bench input is valid");
+        bytes
+    }
+}
+
+/// A masked client frame carrying `payload` with `opcode` (0x1 text, 0x2 binary), as a browser sends it.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+    out
+}
+
+/// Shards and sessions without executors or sockets, all on the calling thread.
+pub struct BenchCluster {
+    shards: Vec<Rc<Shard>>,
+    inboxes: Vec<InboxReceiver>,
+    sessions: Vec<Session>,
+}
+
+impl BenchCluster {
+    /// `members[i]` sessions on shard `i`, every one a member of `room`. Callbacks count typed and raw
+    /// messages into nothing (they only read their input), for the dispatch bench.
+    pub fn new(members: &[usize], room: &str) -> BenchCluster {
+        let mut settings = Config::default().websocket;
+        settings.max_backpressure = usize::MAX;
+        let callbacks = Arc::new(Callbacks {
+            on_message: Some(Box::new(|_, text: &str| {
+                std::hint::black_box(text);
+            })),
+            on_typed_message: Some(Box::new(|_, kind: &str, payload: &Map<String, Value>| {
+                std::hint::black_box((kind, payload));
+            })),
+            ..Callbacks::default()
+        });
+        let (senders, inboxes): (Vec<InboxSender>, Vec<InboxReceiver>) =
+            members.iter().map(|_| inbox().expect("socketpair")).unzip();
+        let peers: Arc<[InboxSender]> = senders.into();
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let mut shards = Vec::new();
+        let mut sessions = Vec::new();
+        for (index, &count) in members.iter().enumerate() {
+            let shard = Rc::new(Shard::new(
+                index,
+                settings.clone(),
+                Duration::from_secs(5),
+                true,
+                callbacks.clone(),
+                peers.clone(),
+            ));
+            for _ in 0..count {
+                let session = Session::new(peer, &shard);
+                session.join_room(room);
+                sessions.push(session);
+            }
+            shards.push(shard);
+        }
+        BenchCluster {
+            shards,
+            inboxes,
+            sessions,
+        }
+    }
+
+    /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode once, deliver
+    /// locally, post once to every other shard.
+    pub fn broadcast(&self, from: usize, room: &str, text: &str) {
+        self.shards[from].broadcast(room, text_frame(text));
+    }
+
+    /// Every shard takes what was posted to it and delivers it to its members, as its inbox loop does.
+    pub fn deliver_posted(&self) {
+        let mut batch = Vec::new();
+        for (shard, inbox) in self.shards.iter().zip(&self.inboxes) {
+            inbox.drain_into(&mut batch);
+            for msg in batch.drain(..) {
+                if let ShardMsg::Broadcast { room, frame } = msg {
+                    Rooms::deliver(&shard.rooms, &room, &frame);
+                }
+            }
+        }
+    }
+
+    /// Empties every session's queue as a completed write would; returns the bytes that were queued.
+    pub fn drain_queues(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|s| {
+                let mut outbound = s.0.outbound.borrow_mut();
+                let queued = outbound.queued();
+                outbound.advance(queued);
+                queued
+            })
+            .sum()
+    }
+
+    /// Routes one text message of the first session through dispatch, as the connection does.
+    pub fn dispatch(&self, text: &str) {
+        let session = &self.sessions[0];
+        dispatch_text(&session.0.shard.callbacks, session, text);
+    }
+}
