@@ -23,7 +23,6 @@ use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -32,7 +31,7 @@ use tungstenite::protocol::frame::coding::{Control, OpCode};
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::guarded;
-use crate::session::{Lifecycle, Session};
+use crate::session::{Lifecycle, Session, SessionState};
 use crate::shard::Shard;
 use crate::ws::codec::{self, Decoder, Flow, Inbound};
 use crate::ws::handshake::{self, Handshake};
@@ -47,56 +46,36 @@ enum Event {
     Failed(io::Error),
 }
 
-/// Runs one accepted connection to its end.
-pub(crate) async fn run(shard: Rc<Shard>, mut stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
-    // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
-    let _ = stream.set_nodelay(true);
-    // Boxed so the handshake's state (request buffer, timer, write) is freed once it is done instead of
-    // widening this task's future for the session's whole life.
-    let Some(mut early_frames) = Box::pin(upgrade(&shard, &mut stream)).await else {
-        return;
-    };
-    let session = Session::new(peer, &shard);
-    shard
-        .sessions
-        .borrow_mut()
-        .insert(session.id(), session.clone());
-    if !shard.bench_mode {
-        tracing::info!(session = %session.id(), %peer, shard = shard.index, "client connected");
-    }
-    if let Some(on_open) = &shard.callbacks.on_open {
-        guarded(&session, "on_open", || on_open(&session));
-    }
-
-    let mut connection = Connection {
-        session,
-        stream,
-        decoder: Decoder::default(),
-        write_shut: false,
-    };
-    if !early_frames.is_empty() {
-        connection.process(&mut early_frames);
-    }
-    drop(early_frames);
-    connection.drive().await;
-
-    let Connection { session, .. } = connection;
-    if let Some(on_close) = &shard.callbacks.on_close {
-        guarded(&session, "on_close", || on_close(&session));
-    }
-    shard.rooms.borrow_mut().leave_all(&session);
-    shard.sessions.borrow_mut().remove(&session.id());
-    session.0.lifecycle.set(Lifecycle::Aborted);
-    if !shard.bench_mode {
-        tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
-    }
+/// The socket and protocol state of one open session; only its task touches it.
+struct Io {
+    stream: TcpStream,
+    decoder: Decoder,
+    /// Our write side is shut down (lingering after a protocol error).
+    write_shut: bool,
 }
 
-/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the bytes that
-/// followed the request (frames a client sent without waiting), or `None` when the connection is refused,
-/// timed out or gone.
-async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
+/// Runs one accepted connection to its end.
+///
+/// The stream arrives boxed and the handshake runs in a boxed future of its own, because an async fn keeps
+/// its arguments and the state of every await in its own size, and this future lives as long as the
+/// session: what it holds across the long await is the session handle and its [`Io`], nothing else.
+pub(crate) async fn run(shard: Rc<Shard>, stream: Box<TcpStream>) {
+    let Some((session, mut io)) = Box::pin(upgrade(shard, stream)).await else {
+        return;
+    };
+    open(&session, &mut io);
+    drive(&session, &mut io).await;
+    end(&session);
+}
+
+/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the new session and
+/// its socket state (bytes that followed the request, frames a client sent without waiting, are the
+/// decoder's first input), or `None` when the connection is refused, timed out or gone.
+async fn upgrade(shard: Rc<Shard>, stream: Box<TcpStream>) -> Option<(Session, Io)> {
+    let mut stream = *stream;
+    let peer = stream.peer_addr().ok()?;
+    // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
+    let _ = stream.set_nodelay(true);
     let exchange = async {
         let mut request = Vec::new();
         loop {
@@ -104,7 +83,7 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
             let n = poll_fn(|cx| {
                 let mut buf = shard.read_buf.borrow_mut();
                 let limit = room_left.min(buf.len());
-                let polled = Pin::new(&mut *stream).poll_read(cx, &mut buf[..limit]);
+                let polled = Pin::new(&mut stream).poll_read(cx, &mut buf[..limit]);
                 if let Poll::Ready(Ok(n)) = polled {
                     request.extend_from_slice(&buf[..n]);
                 }
@@ -118,7 +97,8 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
                 Handshake::Incomplete => continue,
                 Handshake::Accept { response, consumed } => {
                     stream.write_all(&response).await?;
-                    return Ok(Some(request.split_off(consumed)));
+                    request.drain(..consumed);
+                    return Ok(Some(request));
                 }
                 Handshake::Reject { response, reason } => {
                     tracing::debug!(shard = shard.index, %reason, "upgrade refused");
@@ -128,131 +108,159 @@ async fn upgrade(shard: &Shard, stream: &mut TcpStream) -> Option<Vec<u8>> {
             }
         }
     };
-    match glommio::timer::timeout(shard.request_timeout, exchange).await {
-        Ok(frames) => frames,
+    let early_frames = match glommio::timer::timeout(shard.request_timeout, exchange).await {
+        Ok(frames) => frames?,
         Err(e) => {
             tracing::debug!(shard = shard.index, error = %e, "upgrade not completed");
-            None
+            return None;
+        }
+    };
+    let io = Io {
+        stream,
+        decoder: Decoder::with_input(early_frames),
+        write_shut: false,
+    };
+    Some((Session::new(peer, &shard), io))
+}
+
+/// The session begins: registered with its shard, announced, `on_open`, then any frames that came with
+/// the upgrade request.
+fn open(session: &Session, io: &mut Io) {
+    let shard = &session.0.shard;
+    shard
+        .sessions
+        .borrow_mut()
+        .insert(session.id(), session.clone());
+    if !shard.bench_mode {
+        tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index, "client connected");
+    }
+    if let Some(on_open) = &shard.callbacks.on_open {
+        guarded(session, "on_open", || on_open(session));
+    }
+    if io.decoder.has_input() {
+        process(session, io, &mut []);
+    }
+}
+
+/// The session ends: `on_close`, then its rooms and its shard forget it.
+fn end(session: &Session) {
+    let shard = &session.0.shard;
+    if let Some(on_close) = &shard.callbacks.on_close {
+        guarded(session, "on_close", || on_close(session));
+    }
+    shard.rooms.borrow_mut().leave_all(session);
+    shard.sessions.borrow_mut().remove(&session.id());
+    session.0.lifecycle.set(Lifecycle::Aborted);
+    if !shard.bench_mode {
+        tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
+    }
+}
+
+async fn drive(session: &Session, io: &mut Io) {
+    let shard = &session.0.shard;
+    loop {
+        match poll_fn(|cx| poll_event(session, io, cx)).await {
+            Event::Read(n) => {
+                let filled = {
+                    let mut buf = shard.read_buf.borrow_mut();
+                    process(session, io, &mut buf[..n]);
+                    n == buf.len()
+                };
+                if filled {
+                    // More is probably waiting: let the shard's other sessions run before reading it,
+                    // so one flooding client cannot stall the rest.
+                    futures_lite::future::yield_now().await;
+                }
+            }
+            Event::Closed => return,
+            Event::Failed(e) => {
+                if session.is_open() {
+                    shard.report_error(session, &SessionError::Io(e));
+                }
+                return;
+            }
         }
     }
 }
 
-/// The socket and protocol state of one open session.
-struct Connection {
-    session: Session,
-    stream: TcpStream,
-    decoder: Decoder,
-    /// Our write side is shut down (lingering after a protocol error).
-    write_shut: bool,
+fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Event> {
+    let state = &session.0;
+    if let Err(e) = poll_flush(state, io, cx) {
+        return Poll::Ready(Event::Failed(e));
+    }
+    match state.lifecycle.get() {
+        Lifecycle::Aborted => return Poll::Ready(Event::Closed),
+        Lifecycle::Ending { linger, .. } if state.outbound.borrow().is_empty() => {
+            if !linger {
+                return Poll::Ready(Event::Closed);
+            }
+            if !io.write_shut {
+                io.write_shut = true;
+                // SAFETY: shutdown on a socket we own; no memory is involved.
+                unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) };
+            }
+        }
+        _ => {}
+    }
+    let waker = state.waker.take();
+    state.waker.set(Some(match waker {
+        Some(w) if w.will_wake(cx.waker()) => w,
+        _ => cx.waker().clone(),
+    }));
+    let mut buf = state.shard.read_buf.borrow_mut();
+    match Pin::new(&mut io.stream).poll_read(cx, &mut buf[..]) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Event::Closed),
+        Poll::Ready(Ok(n)) => Poll::Ready(Event::Read(n)),
+        Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
-impl Connection {
-    async fn drive(&mut self) {
-        let shard = self.session.0.shard.clone();
-        loop {
-            match poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Read(n) => {
-                    let filled = {
-                        let mut buf = shard.read_buf.borrow_mut();
-                        self.process(&mut buf[..n]);
-                        n == buf.len()
-                    };
-                    if filled {
-                        // More is probably waiting: let the shard's other sessions run before reading it,
-                        // so one flooding client cannot stall the rest.
-                        futures_lite::future::yield_now().await;
-                    }
-                }
-                Event::Closed => return,
-                Event::Failed(e) => {
-                    if self.session.is_open() {
-                        shard.report_error(&self.session, &SessionError::Io(e));
-                    }
-                    return;
-                }
-            }
+/// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
+fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
+    let mut outbound = state.outbound.borrow_mut();
+    while !outbound.is_empty() && !io.write_shut {
+        if outbound.write_to(io.stream.as_raw_fd())? {
+            break;
+        }
+        let front = outbound.front().expect("not empty");
+        match Pin::new(&mut io.stream).poll_write(cx, front) {
+            Poll::Ready(Ok(n)) => outbound.advance(n),
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
         }
     }
+    Ok(())
+}
 
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if let Err(e) = self.poll_flush(cx) {
-            return Poll::Ready(Event::Failed(e));
-        }
-        let state = &self.session.0;
-        match state.lifecycle.get() {
-            Lifecycle::Aborted => return Poll::Ready(Event::Closed),
-            Lifecycle::Ending { linger, .. } if state.outbound.borrow().is_empty() => {
-                if !linger {
-                    return Poll::Ready(Event::Closed);
-                }
-                if !self.write_shut {
-                    self.write_shut = true;
-                    // SAFETY: shutdown on a socket we own; no memory is involved.
-                    unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
-                }
-            }
-            _ => {}
-        }
-        let waker = state.waker.take();
-        state.waker.set(Some(match waker {
-            Some(w) if w.will_wake(cx.waker()) => w,
-            _ => cx.waker().clone(),
-        }));
-        let mut buf = state.shard.read_buf.borrow_mut();
-        match Pin::new(&mut self.stream).poll_read(cx, &mut buf[..]) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Event::Closed),
-            Poll::Ready(Ok(n)) => Poll::Ready(Event::Read(n)),
-            Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
-            Poll::Pending => Poll::Pending,
-        }
+/// Decodes received bytes and acts on each message.
+fn process(session: &Session, io: &mut Io, bytes: &mut [u8]) {
+    let state = &session.0;
+    state.last_seen.set(state.shard.now());
+    if matches!(
+        state.lifecycle.get(),
+        Lifecycle::Ending { .. } | Lifecycle::Aborted
+    ) {
+        return; // Draining after our close: nothing more is read as messages.
     }
-
-    /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let mut outbound = self.session.0.outbound.borrow_mut();
-        while !outbound.is_empty() && !self.write_shut {
-            if outbound.write_to(self.stream.as_raw_fd())? {
-                break;
-            }
-            let front = outbound.front().expect("not empty");
-            match Pin::new(&mut self.stream).poll_write(cx, front) {
-                Poll::Ready(Ok(n)) => outbound.advance(n),
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
-            }
+    let max = state.shard.settings.max_message_size;
+    let result = io
+        .decoder
+        .decode(bytes, max, |message| handle(session, message));
+    if let Err(error) = result {
+        if state.lifecycle.get().is_open() {
+            state
+                .shard
+                .report_error(session, &SessionError::Protocol(error));
+            state
+                .outbound
+                .borrow_mut()
+                .push_unbounded(codec::close_frame(error.close_code(), &error.to_string()));
         }
-        Ok(())
-    }
-
-    /// Decodes received bytes and acts on each message.
-    fn process(&mut self, bytes: &mut [u8]) {
-        let state = &self.session.0;
-        state.last_seen.set(Instant::now());
-        if matches!(
-            state.lifecycle.get(),
-            Lifecycle::Ending { .. } | Lifecycle::Aborted
-        ) {
-            return; // Draining after our close: nothing more is read as messages.
-        }
-        let session = &self.session;
-        let max = state.shard.settings.max_message_size;
-        let result = self
-            .decoder
-            .decode(bytes, max, |message| handle(session, message));
-        if let Err(error) = result {
-            let shard = &state.shard;
-            if state.lifecycle.get().is_open() {
-                shard.report_error(session, &SessionError::Protocol(error));
-                state
-                    .outbound
-                    .borrow_mut()
-                    .push_unbounded(codec::close_frame(error.close_code(), &error.to_string()));
-            }
-            state.lifecycle.set(Lifecycle::Ending {
-                since: Instant::now(),
-                linger: true,
-            });
-        }
+        state.lifecycle.set(Lifecycle::Ending {
+            since: state.shard.now(),
+            linger: true,
+        });
     }
 }
 
@@ -280,7 +288,7 @@ fn handle(session: &Session, message: Inbound<'_>) -> Flow {
                 state.outbound.borrow_mut().push_unbounded(echo);
             }
             state.lifecycle.set(Lifecycle::Ending {
-                since: Instant::now(),
+                since: state.shard.now(),
                 linger: false,
             });
             return Flow::Stop;

@@ -102,7 +102,16 @@ impl Outbound {
             self.frames.pop_front();
         }
         if self.frames.is_empty() && self.frames.capacity() > 64 {
-            // A burst grew the ring; give the memory back so idle sessions stay small.
+            // A burst grew the ring; give the memory back at once.
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Frees the ring of an empty queue. The shard's sweep calls it for every session once a second, so a
+    /// busy session keeps its small ring between frames (no allocation per frame) and an idle one holds
+    /// nothing.
+    pub(crate) fn compact(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
             self.frames = VecDeque::new();
         }
     }

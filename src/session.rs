@@ -13,7 +13,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::Waker;
-use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -40,15 +39,15 @@ pub(crate) enum Lifecycle {
     Open,
     /// We sent a close frame and wait for the peer's; incoming data is discarded.
     Closing {
-        /// When our close frame was queued, for the close timeout.
-        since: Instant,
+        /// When our close frame was queued (shard clock), for the close timeout.
+        since: u32,
     },
     /// Nothing more will be read as messages: flush what is queued, then end. With `linger`, the write side
     /// is shut down after the flush and input is drained until the peer closes (so a protocol error's close
     /// frame is not lost to a TCP reset).
     Ending {
-        /// When this state began, for the close timeout.
-        since: Instant,
+        /// When this state began (shard clock), for the close timeout.
+        since: u32,
         /// Drain input after the flush instead of ending at once.
         linger: bool,
     },
@@ -63,7 +62,7 @@ impl Lifecycle {
     }
 
     /// When the close began, if it has.
-    pub(crate) fn closing_since(self) -> Option<Instant> {
+    pub(crate) fn closing_since(self) -> Option<u32> {
         match self {
             Lifecycle::Closing { since } | Lifecycle::Ending { since, .. } => Some(since),
             Lifecycle::Open | Lifecycle::Aborted => None,
@@ -82,8 +81,8 @@ pub(crate) struct SessionState {
     pub(crate) lifecycle: Cell<Lifecycle>,
     /// Rooms joined, so that the end of the session leaves them all.
     pub(crate) rooms: RefCell<Vec<Rc<str>>>,
-    /// When anything last arrived from the peer, for the idle timeout.
-    pub(crate) last_seen: Cell<Instant>,
+    /// When anything last arrived from the peer (shard clock), for the idle timeout.
+    pub(crate) last_seen: Cell<u32>,
 }
 
 /// A connected WebSocket client, as callbacks see it. Cloning is cheap (a reference count).
@@ -110,7 +109,7 @@ impl Session {
             waker: Cell::new(None),
             lifecycle: Cell::new(Lifecycle::Open),
             rooms: RefCell::new(Vec::new()),
-            last_seen: Cell::new(Instant::now()),
+            last_seen: Cell::new(shard.now()),
         }))
     }
 
@@ -217,9 +216,8 @@ impl Session {
             .outbound
             .borrow_mut()
             .push_unbounded(codec::close_frame(code, reason));
-        self.0.lifecycle.set(Lifecycle::Closing {
-            since: Instant::now(),
-        });
+        let since = self.0.shard.now();
+        self.0.lifecycle.set(Lifecycle::Closing { since });
         self.wake();
     }
 

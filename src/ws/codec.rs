@@ -10,7 +10,8 @@
 //!
 //! Decoding works on the shard's read buffer in place: payloads are unmasked where they lie and handed out
 //! as borrowed slices, so an unfragmented message is never copied. Only bytes of an incomplete frame are
-//! copied into the session's own `partial` buffer, which is empty (no allocation) while a session idles.
+//! copied into the session's own `partial` buffer; it and the buffer of a fragmented message are freed as
+//! soon as they are empty, so an idle session's decoder holds no allocation.
 
 use std::io::Cursor;
 
@@ -54,20 +55,59 @@ enum MessageKind {
     Binary,
 }
 
-/// Per-session decoding state; empty and allocation-free between messages.
+/// Per-session decoding state; empty and allocation-free between messages, and 32 bytes wide because
+/// every idle session carries one.
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
     /// Bytes of a frame that has not fully arrived yet.
     partial: Vec<u8>,
-    /// The payload so far of a fragmented message.
-    message: Vec<u8>,
-    /// The kind of the fragmented message in progress, if one is.
-    fragmented: Option<MessageKind>,
-    /// How much of `message` is known to be valid UTF-8 (text only).
+    /// The fragmented message in progress, if one is; boxed because it is rare.
+    fragmented: Option<Box<Fragmented>>,
+}
+
+/// A fragmented message being reassembled.
+#[derive(Debug)]
+struct Fragmented {
+    kind: MessageKind,
+    /// The payload so far.
+    payload: Vec<u8>,
+    /// How much of `payload` is known to be valid UTF-8 (text only).
     utf8_valid_up_to: usize,
 }
 
+impl Fragmented {
+    /// Validates the text received so far; an incomplete code point at the end is allowed until the last
+    /// fragment.
+    fn check_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
+        if self.kind != MessageKind::Text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.payload[self.utf8_valid_up_to..]) {
+            Ok(_) => self.utf8_valid_up_to = self.payload.len(),
+            Err(e) if e.error_len().is_none() && !is_final => {
+                self.utf8_valid_up_to += e.valid_up_to()
+            }
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
 impl Decoder {
+    /// A decoder whose first input is `bytes` (what arrived right behind the upgrade request).
+    pub(crate) fn with_input(bytes: Vec<u8>) -> Decoder {
+        Decoder {
+            // An empty request buffer still has capacity: drop it rather than keep it for the session's life.
+            partial: if bytes.is_empty() { Vec::new() } else { bytes },
+            fragmented: None,
+        }
+    }
+
+    /// Whether bytes are waiting to be decoded with the next input.
+    pub(crate) fn has_input(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     /// Decodes every complete frame in `input`, handing complete messages to `on_message`.
     ///
     /// Bytes of an incomplete trailing frame are kept for the next call. Stops early when `on_message`
@@ -90,10 +130,10 @@ impl Decoder {
         let result = self.decode_frames(&mut buffer, max_message_size, &mut on_message);
         if let Ok((Flow::Continue, consumed)) = result {
             buffer.drain(..consumed);
-            if buffer.capacity() > 4 * buffer.len().max(4096) {
-                buffer.shrink_to_fit();
+            // An empty buffer is dropped, not kept: idle sessions must not hold memory.
+            if !buffer.is_empty() {
+                self.partial = buffer;
             }
-            self.partial = buffer;
         }
         result.map(|(flow, _)| flow)
     }
@@ -166,7 +206,8 @@ impl Decoder {
                 Err(ProtocolError::ExpectedContinuation)
             }
             OpCode::Data(_) => {
-                let size = self.message.len() as u64 + length;
+                let so_far = self.fragmented.as_ref().map_or(0, |f| f.payload.len());
+                let size = so_far as u64 + length;
                 if size > max_message_size as u64 {
                     return Err(ProtocolError::MessageTooBig {
                         size,
@@ -193,24 +234,15 @@ impl Decoder {
             OpCode::Data(Data::Text) => MessageKind::Text,
             OpCode::Data(Data::Binary) => MessageKind::Binary,
             OpCode::Data(Data::Continue) => {
-                let kind = self.fragmented.expect("checked in check_header");
-                self.message.extend_from_slice(payload);
-                if kind == MessageKind::Text {
-                    self.check_partial_utf8(header.is_final)?;
-                }
+                let fragmented = self.fragmented.as_mut().expect("checked in check_header");
+                fragmented.payload.extend_from_slice(payload);
+                fragmented.check_utf8(header.is_final)?;
                 if !header.is_final {
                     return Ok(Flow::Continue);
                 }
-                let message = std::mem::take(&mut self.message);
-                self.fragmented = None;
-                self.utf8_valid_up_to = 0;
-                let flow = deliver(kind, &message, on_message)?;
-                // Keep the allocation for the next fragmented message unless it was unusually large.
-                if message.capacity() <= 64 * 1024 {
-                    self.message = message;
-                    self.message.clear();
-                }
-                return Ok(flow);
+                // Freed once delivered: fragmented messages are rare, and an idle session keeps no buffer.
+                let message = self.fragmented.take().expect("present");
+                return deliver(message.kind, &message.payload, on_message);
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 unreachable!("refused in check_header")
@@ -219,25 +251,14 @@ impl Decoder {
         if header.is_final {
             return deliver(kind, payload, on_message);
         }
-        self.fragmented = Some(kind);
-        self.message.extend_from_slice(payload);
-        if kind == MessageKind::Text {
-            self.check_partial_utf8(false)?;
-        }
+        let mut fragmented = Box::new(Fragmented {
+            kind,
+            payload: payload.to_vec(),
+            utf8_valid_up_to: 0,
+        });
+        fragmented.check_utf8(false)?;
+        self.fragmented = Some(fragmented);
         Ok(Flow::Continue)
-    }
-
-    /// Validates the text received so far; an incomplete code point at the end is allowed until the last
-    /// fragment.
-    fn check_partial_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
-        match std::str::from_utf8(&self.message[self.utf8_valid_up_to..]) {
-            Ok(_) => self.utf8_valid_up_to = self.message.len(),
-            Err(e) if e.error_len().is_none() && !is_final => {
-                self.utf8_valid_up_to += e.valid_up_to()
-            }
-            Err(_) => return Err(ProtocolError::InvalidUtf8),
-        }
-        Ok(())
     }
 }
 
