@@ -61,7 +61,7 @@ pub struct WebSocketSettings {
     pub host: IpAddr,
     /// `WEBSOCKET_PORT` (default 9090; 0 picks a free port shared by every shard).
     pub port: u16,
-    /// `WEBSOCKET_MAX_MESSAGE_SIZE` in bytes (default 65536, at least 1): a message whose frames announce
+    /// `WEBSOCKET_MAX_MESSAGE_SIZE` in bytes (default 65536, 1 to 1 GiB): a message whose frames announce
     /// more is refused with close code 1009 before its payload is buffered.
     pub max_message_size: usize,
     /// `WEBSOCKET_IDLE_TIMEOUT` in seconds (default 60; 0 disables): a session from which nothing (not even
@@ -75,7 +75,7 @@ pub struct WebSocketSettings {
     pub ping_interval: Option<Duration>,
     /// `WEBSOCKET_AUTO_PING_PONG` (default true): answer a client's ping with a pong.
     pub auto_ping_pong: bool,
-    /// `WEBSOCKET_MAX_BACKPRESSURE` in bytes (default 1 MiB, at least 1): when a session's unsent outbound
+    /// `WEBSOCKET_MAX_BACKPRESSURE` in bytes (default 1 MiB, 1 to 1 GiB): when a session's unsent outbound
     /// bytes exceed this, it is a slow consumer and is closed with code 1008.
     pub max_backpressure: usize,
 }
@@ -170,12 +170,14 @@ impl Config {
             websocket: WebSocketSettings {
                 host: keys.ip("WEBSOCKET_HOST")?,
                 port: keys.port("WEBSOCKET_PORT", 9090)?,
-                max_message_size: keys.positive("WEBSOCKET_MAX_MESSAGE_SIZE", 65536)? as usize,
+                max_message_size: keys.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?
+                    as usize,
                 idle_timeout: keys.seconds_or_off("WEBSOCKET_IDLE_TIMEOUT", 60)?,
                 enable_deflate: keys.flag("WEBSOCKET_ENABLE_DEFLATE", true)?,
                 ping_interval: keys.seconds_or_off("WEBSOCKET_PING_INTERVAL", 30)?,
                 auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG", true)?,
-                max_backpressure: keys.positive("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20)? as usize,
+                max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20, 1 << 30)?
+                    as usize,
             },
             public: PublicSettings {
                 path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
@@ -227,6 +229,18 @@ impl Keys<'_> {
         let n = self.number(key, default)?;
         if n == 0 {
             return Err(Self::invalid(key, "0", "a whole number of at least 1"));
+        }
+        Ok(n)
+    }
+
+    fn at_most(&self, key: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        let n = self.positive(key, default)?;
+        if n > max {
+            return Err(Self::invalid(
+                key,
+                &n.to_string(),
+                "a whole number from 1 to 1073741824 (1 GiB)",
+            ));
         }
         Ok(n)
     }

@@ -50,29 +50,59 @@ enum Event {
 struct Io {
     stream: TcpStream,
     decoder: Decoder,
-    /// Our write side is shut down (lingering after a protocol error).
-    write_shut: bool,
 }
 
-/// Runs one accepted connection to its end.
+/// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own.
 ///
-/// The stream arrives boxed and the handshake runs in a boxed future of its own, because an async fn keeps
-/// its arguments and the state of every await in its own size, and this future lives as long as the
-/// session: what it holds across the long await is the session handle and its [`Io`], nothing else.
-pub(crate) async fn run(shard: Rc<Shard>, stream: Box<TcpStream>) {
-    let Some((session, mut io)) = Box::pin(upgrade(shard, stream)).await else {
-        return;
-    };
-    open(&session, &mut io);
-    drive(&session, &mut io).await;
-    end(&session);
+/// Two tasks rather than one because an async fn's future is as large as the state of all its awaits and
+/// lives as long as the task: the handshake's buffers, timer and writes die with this short task, and the
+/// session's task, which may live for days, holds the session handle and its [`Io`] and nothing else.
+pub(crate) async fn run(shard: Rc<Shard>, stream: TcpStream) {
+    if let Some((session, io)) = upgrade(shard, stream).await {
+        glommio::spawn_local(serve(session, io)).detach();
+    }
+}
+
+/// A session's whole life after the handshake.
+///
+/// An async block that uses its captures in place, not an async fn: an async fn moves its arguments
+/// into locals, which doubles the space the socket state takes in the future.
+#[expect(clippy::manual_async_fn, reason = "an async fn would store `io` twice")]
+fn serve(session: Session, mut io: Io) -> impl std::future::Future<Output = ()> {
+    async move {
+        open(&session, &mut io);
+        let shard = &session.0.shard;
+        loop {
+            match poll_fn(|cx| poll_event(&session, &mut io, cx)).await {
+                Event::Read(n) => {
+                    let filled = {
+                        let mut buf = shard.read_buf.borrow_mut();
+                        process(&session, &mut io, &mut buf[..n]);
+                        n == buf.len()
+                    };
+                    if filled {
+                        // More is probably waiting: let the shard's other sessions run before reading
+                        // it, so one flooding client cannot stall the rest.
+                        futures_lite::future::yield_now().await;
+                    }
+                }
+                Event::Closed => break,
+                Event::Failed(e) => {
+                    if session.is_open() {
+                        shard.report_error(&session, &SessionError::Io(e));
+                    }
+                    break;
+                }
+            }
+        }
+        end(&session);
+    }
 }
 
 /// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the new session and
 /// its socket state (bytes that followed the request, frames a client sent without waiting, are the
 /// decoder's first input), or `None` when the connection is refused, timed out or gone.
-async fn upgrade(shard: Rc<Shard>, stream: Box<TcpStream>) -> Option<(Session, Io)> {
-    let mut stream = *stream;
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io)> {
     let peer = stream.peer_addr().ok()?;
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
@@ -118,7 +148,6 @@ async fn upgrade(shard: Rc<Shard>, stream: Box<TcpStream>) -> Option<(Session, I
     let io = Io {
         stream,
         decoder: Decoder::with_input(early_frames),
-        write_shut: false,
     };
     Some((Session::new(peer, &shard), io))
 }
@@ -127,10 +156,9 @@ async fn upgrade(shard: Rc<Shard>, stream: Box<TcpStream>) -> Option<(Session, I
 /// the upgrade request.
 fn open(session: &Session, io: &mut Io) {
     let shard = &session.0.shard;
-    shard
-        .sessions
-        .borrow_mut()
-        .insert(session.id(), session.clone());
+    let slot = shard.sessions.borrow_mut().insert(session.clone());
+    // A shard holds far fewer than 2^32 sessions (descriptors run out first); u32 keeps the state small.
+    session.0.slot.set(slot as u32);
     if !shard.bench_mode {
         tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index, "client connected");
     }
@@ -149,37 +177,13 @@ fn end(session: &Session) {
         guarded(session, "on_close", || on_close(session));
     }
     shard.rooms.borrow_mut().leave_all(session);
-    shard.sessions.borrow_mut().remove(&session.id());
+    shard
+        .sessions
+        .borrow_mut()
+        .remove(session.0.slot.get() as usize);
     session.0.lifecycle.set(Lifecycle::Aborted);
     if !shard.bench_mode {
         tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
-    }
-}
-
-async fn drive(session: &Session, io: &mut Io) {
-    let shard = &session.0.shard;
-    loop {
-        match poll_fn(|cx| poll_event(session, io, cx)).await {
-            Event::Read(n) => {
-                let filled = {
-                    let mut buf = shard.read_buf.borrow_mut();
-                    process(session, io, &mut buf[..n]);
-                    n == buf.len()
-                };
-                if filled {
-                    // More is probably waiting: let the shard's other sessions run before reading it,
-                    // so one flooding client cannot stall the rest.
-                    futures_lite::future::yield_now().await;
-                }
-            }
-            Event::Closed => return,
-            Event::Failed(e) => {
-                if session.is_open() {
-                    shard.report_error(session, &SessionError::Io(e));
-                }
-                return;
-            }
-        }
     }
 }
 
@@ -190,15 +194,13 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
     }
     match state.lifecycle.get() {
         Lifecycle::Aborted => return Poll::Ready(Event::Closed),
-        Lifecycle::Ending { linger, .. } if state.outbound.borrow().is_empty() => {
+        Lifecycle::Ending { since, linger } if state.outbound.borrow().is_empty() => {
             if !linger {
                 return Poll::Ready(Event::Closed);
             }
-            if !io.write_shut {
-                io.write_shut = true;
-                // SAFETY: shutdown on a socket we own; no memory is involved.
-                unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) };
-            }
+            // SAFETY: shutdown on a socket we own; no memory is involved.
+            unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) };
+            state.lifecycle.set(Lifecycle::Draining { since });
         }
         _ => {}
     }
@@ -219,7 +221,8 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
 /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
 fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
     let mut outbound = state.outbound.borrow_mut();
-    while !outbound.is_empty() && !io.write_shut {
+    let write_shut = matches!(state.lifecycle.get(), Lifecycle::Draining { .. });
+    while !outbound.is_empty() && !write_shut {
         if outbound.write_to(io.stream.as_raw_fd())? {
             break;
         }
@@ -239,7 +242,7 @@ fn process(session: &Session, io: &mut Io, bytes: &mut [u8]) {
     state.last_seen.set(state.shard.now());
     if matches!(
         state.lifecycle.get(),
-        Lifecycle::Ending { .. } | Lifecycle::Aborted
+        Lifecycle::Ending { .. } | Lifecycle::Draining { .. } | Lifecycle::Aborted
     ) {
         return; // Draining after our close: nothing more is read as messages.
     }

@@ -22,14 +22,21 @@ use bytes::Bytes;
 /// How many frames one `sendmsg` carries at most; the kernel's limit is 1024 (`UIO_MAXIOV`).
 pub(crate) const MAX_IOVECS: usize = 64;
 
+/// The largest frame a queue accepts.
+const MAX_FRAME_LEN: usize = 1 << 31;
+
 /// The queue of frames not yet written to the socket.
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
-    frames: VecDeque<Bytes>,
-    /// Bytes of the front frame already written.
-    front_written: usize,
+    /// The frames, oldest first. Boxed and absent while nothing is queued: every idle session carries an
+    /// `Outbound`, and an absent ring costs 8 bytes where an empty `VecDeque` costs 32.
+    #[expect(clippy::box_collection, reason = "8 bytes per idle session instead of 32")]
+    frames: Option<Box<VecDeque<Bytes>>>,
+    /// Bytes of the front frame already written. (u32, like `queued`: every idle session carries these, and
+    /// frames and the backpressure limit are far below 4 GiB.)
+    front_written: u32,
     /// Unwritten bytes in all of `frames`.
-    queued: usize,
+    queued: u32,
 }
 
 /// The frame did not fit under the backpressure limit.
@@ -42,68 +49,74 @@ pub(crate) struct Overflow {
 impl Outbound {
     /// Queues `frame` unless that would put more than `limit` bytes in the queue.
     pub(crate) fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
-        if self.queued + frame.len() > limit && self.queued > 0 {
-            return Err(Overflow {
-                queued: self.queued,
-            });
+        let queued = self.queued as usize;
+        // One frame may exceed the limit when nothing is queued (a large message to an idle client), but
+        // never 2 GiB: the counters are u32.
+        if (queued + frame.len() > limit && queued > 0) || frame.len() > MAX_FRAME_LEN {
+            return Err(Overflow { queued });
         }
-        self.queued += frame.len();
-        self.frames.push_back(frame);
+        self.push_unbounded(frame);
         Ok(())
     }
 
     /// Queues a frame regardless of the limit: a close frame must always get its chance.
     pub(crate) fn push_unbounded(&mut self, frame: Bytes) {
-        self.queued += frame.len();
-        self.frames.push_back(frame);
+        self.queued += frame.len() as u32;
+        self.frames
+            .get_or_insert_with(Default::default)
+            .push_back(frame);
     }
 
     /// Drops everything not yet written, except the unwritten rest of a frame already begun (cutting it
     /// would corrupt the stream).
     pub(crate) fn discard(&mut self) {
         let keep = if self.front_written > 0 { 1 } else { 0 };
-        self.frames.truncate(keep);
-        self.queued = self
-            .frames
-            .front()
-            .map_or(0, |f| f.len() - self.front_written);
-        if self.frames.capacity() > 64 {
-            self.frames.shrink_to_fit();
+        if let Some(frames) = &mut self.frames {
+            frames.truncate(keep);
+        }
+        self.queued = self.front().map_or(0, |rest| rest.len() as u32);
+        if self.is_empty() {
+            self.frames = None;
         }
     }
 
     /// Whether nothing is waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.as_ref().is_none_or(|frames| frames.is_empty())
     }
 
     /// Unwritten bytes.
     pub(crate) fn queued(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 
     /// The unwritten part of the front frame, for a write that waits for the socket to become writable.
     pub(crate) fn front(&self) -> Option<&[u8]> {
-        self.frames.front().map(|f| &f[self.front_written..])
+        let front = self.frames.as_ref()?.front()?;
+        Some(&front[self.front_written as usize..])
     }
 
     /// Marks `n` bytes as written.
     pub(crate) fn advance(&mut self, mut n: usize) {
-        self.queued -= n;
+        self.queued -= n as u32;
+        let Some(frames) = &mut self.frames else {
+            assert_eq!(n, 0, "advanced past the queue");
+            return;
+        };
         while n > 0 {
-            let front =
-                self.frames.front().expect("advanced past the queue").len() - self.front_written;
+            let front = frames.front().expect("advanced past the queue").len()
+                - self.front_written as usize;
             if n < front {
-                self.front_written += n;
+                self.front_written += n as u32;
                 return;
             }
             n -= front;
             self.front_written = 0;
-            self.frames.pop_front();
+            frames.pop_front();
         }
-        if self.frames.is_empty() && self.frames.capacity() > 64 {
+        if frames.is_empty() && frames.capacity() > 64 {
             // A burst grew the ring; give the memory back at once.
-            self.frames = VecDeque::new();
+            self.frames = None;
         }
     }
 
@@ -111,8 +124,8 @@ impl Outbound {
     /// busy session keeps its small ring between frames (no allocation per frame) and an idle one holds
     /// nothing.
     pub(crate) fn compact(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
-            self.frames = VecDeque::new();
+        if self.is_empty() {
+            self.frames = None;
         }
     }
 
@@ -121,15 +134,15 @@ impl Outbound {
     /// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full (wait for it to be
     /// writable), or the socket's error.
     pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<bool> {
-        while !self.frames.is_empty() {
+        while let Some(frames) = self.frames.as_ref().filter(|frames| !frames.is_empty()) {
             let mut iovecs = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             }; MAX_IOVECS];
             let mut count = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+            for (i, frame) in frames.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = if i == 0 {
-                    &frame[self.front_written..]
+                    &frame[self.front_written as usize..]
                 } else {
                     &frame[..]
                 };

@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -42,14 +42,19 @@ pub(crate) enum Lifecycle {
         /// When our close frame was queued (shard clock), for the close timeout.
         since: u32,
     },
-    /// Nothing more will be read as messages: flush what is queued, then end. With `linger`, the write side
-    /// is shut down after the flush and input is drained until the peer closes (so a protocol error's close
-    /// frame is not lost to a TCP reset).
+    /// Nothing more will be read as messages: flush what is queued, then end, or, with `linger`, go on to
+    /// [`Lifecycle::Draining`].
     Ending {
         /// When this state began (shard clock), for the close timeout.
         since: u32,
         /// Drain input after the flush instead of ending at once.
         linger: bool,
+    },
+    /// Our close frame is written and our write side shut down; input is read and dropped until the peer
+    /// closes, so a protocol error's close frame is not lost to a TCP reset.
+    Draining {
+        /// When the close began (shard clock), for the close timeout.
+        since: u32,
     },
     /// The close timeout passed; end now without flushing.
     Aborted,
@@ -64,7 +69,9 @@ impl Lifecycle {
     /// When the close began, if it has.
     pub(crate) fn closing_since(self) -> Option<u32> {
         match self {
-            Lifecycle::Closing { since } | Lifecycle::Ending { since, .. } => Some(since),
+            Lifecycle::Closing { since }
+            | Lifecycle::Ending { since, .. }
+            | Lifecycle::Draining { since } => Some(since),
             Lifecycle::Open | Lifecycle::Aborted => None,
         }
     }
@@ -73,7 +80,9 @@ impl Lifecycle {
 /// The state a session's handle shares with its connection task.
 pub(crate) struct SessionState {
     pub(crate) id: SessionId,
-    pub(crate) peer: SocketAddr,
+    /// The client's address as IP and port: 20 bytes where a `SocketAddr` takes 32 (the IPv6 flow label
+    /// and scope, which a peer address does not need).
+    pub(crate) peer: (IpAddr, u16),
     pub(crate) shard: Rc<Shard>,
     pub(crate) outbound: RefCell<Outbound>,
     /// The connection task's waker, to run it when frames are queued from elsewhere.
@@ -83,6 +92,8 @@ pub(crate) struct SessionState {
     pub(crate) rooms: RefCell<Vec<Rc<str>>>,
     /// When anything last arrived from the peer (shard clock), for the idle timeout.
     pub(crate) last_seen: Cell<u32>,
+    /// Where the shard's session slab keeps this session.
+    pub(crate) slot: Cell<u32>,
 }
 
 /// A connected WebSocket client, as callbacks see it. Cloning is cheap (a reference count).
@@ -93,7 +104,7 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.0.id)
-            .field("peer", &self.0.peer)
+            .field("peer", &self.peer_addr())
             .finish()
     }
 }
@@ -103,13 +114,14 @@ impl Session {
     pub(crate) fn new(peer: SocketAddr, shard: &Rc<Shard>) -> Session {
         Session(Rc::new(SessionState {
             id: shard.next_session_id(),
-            peer,
+            peer: (peer.ip(), peer.port()),
             shard: shard.clone(),
             outbound: RefCell::new(Outbound::default()),
             waker: Cell::new(None),
             lifecycle: Cell::new(Lifecycle::Open),
             rooms: RefCell::new(Vec::new()),
             last_seen: Cell::new(shard.now()),
+            slot: Cell::new(u32::MAX),
         }))
     }
 
@@ -120,7 +132,7 @@ impl Session {
 
     /// The client's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.0.peer
+        SocketAddr::new(self.0.peer.0, self.0.peer.1)
     }
 
     /// The index of the shard (and so the core) that owns this session.

@@ -52,7 +52,7 @@ pub(crate) async fn accept_loop(listener: std::net::TcpListener, shard: Rc<Shard
         match listener.accept().await {
             Ok(stream) => {
                 let shard = shard.clone();
-                glommio::spawn_local(crate::connection::run(shard, Box::new(stream))).detach();
+                glommio::spawn_local(crate::connection::run(shard, stream)).detach();
             }
             Err(e) => {
                 // Out of descriptors or memory: log, let sessions end, and try again shortly instead of

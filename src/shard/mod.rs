@@ -17,11 +17,11 @@ pub(crate) mod acceptor;
 pub(crate) mod mesh;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use slab::Slab;
 
 use crate::config::WebSocketSettings;
 use crate::error::SessionError;
@@ -53,7 +53,9 @@ pub(crate) struct Shard {
     /// reading the time on every read, and store it in 4 bytes instead of an `Instant`'s 16.
     clock: Cell<u32>,
     epoch: Instant,
-    pub(crate) sessions: RefCell<HashMap<SessionId, Session>>,
+    /// Every open session, for the sweep and shutdown; a slab because its slot (kept in the session) makes
+    /// removal O(1) at 16 bytes a session, against about twice that for a hash map.
+    pub(crate) sessions: RefCell<Slab<Session>>,
     /// Where every session of this shard reads into; see [`crate::connection`].
     pub(crate) read_buf: RefCell<Box<[u8]>>,
     /// Every shard's inbox, indexed by shard; our own is skipped when broadcasting.
@@ -92,7 +94,7 @@ impl Shard {
             rooms: RefCell::new(Rooms::default()),
             clock: Cell::new(0),
             epoch: Instant::now(),
-            sessions: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
             peers,
             next_session: Cell::new(0),
@@ -145,7 +147,12 @@ impl Shard {
     fn sweep(&self, send_ping: bool, ping: &Bytes) {
         self.clock.set(self.epoch.elapsed().as_secs() as u32);
         let now = self.now();
-        let sessions: Vec<Session> = self.sessions.borrow().values().cloned().collect();
+        let sessions: Vec<Session> = self
+            .sessions
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect();
         for session in sessions {
             let state = &session.0;
             match state.lifecycle.get() {
@@ -203,7 +210,12 @@ pub(crate) async fn run(start: ShardStart) {
     }
 
     acceptor.cancel().await;
-    let open: Vec<Session> = shard.sessions.borrow().values().cloned().collect();
+    let open: Vec<Session> = shard
+        .sessions
+        .borrow()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect();
     for session in &open {
         session.close(1001, "server shutting down");
     }
