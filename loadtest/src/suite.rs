@@ -187,7 +187,9 @@ pub fn table_rows(label: &str, outcomes: &[Outcome]) -> String {
             format!("{} / {} / {} / {}", l.p50, l.p99, l.p999, l.max)
         });
         let server = r.server.as_ref();
+        // Only a hold of idle connections says what one costs; elsewhere the difference is noise.
         let rss = server
+            .filter(|_| matches!(o.scenario, Scenario::Conns { .. }))
             .and_then(|s| s.rss_per_connection_bytes)
             .map_or("–".to_owned(), |b| format!("{b:.0} B"));
         let cpu = server.map_or("–".to_owned(), |s| format!("{:.0}%", s.cpu_share * 100.0));
@@ -199,12 +201,15 @@ pub fn table_rows(label: &str, outcomes: &[Outcome]) -> String {
         } else {
             format!("FAIL: {}", r.failures.join("; "))
         };
+        let ready = if r.steps.is_empty() {
+            format!("{} / {}", r.ready, r.clients)
+        } else {
+            format!("{} steps", r.steps.len())
+        };
         let _ = writeln!(
             out,
-            "| {label} | {} | {params} | {} / {} | {:.0} | {:.0} | {} / {} / {} | {latency} | {rss} | {cpu} | {per_cpu} | {:.0}% | {verdict} |",
+            "| {label} | {} | {params} | {ready} | {:.0} | {:.0} | {} / {} / {} | {latency} | {rss} | {cpu} | {per_cpu} | {:.0}% | {verdict} |",
             o.name,
-            r.ready,
-            r.clients,
             r.connect_rate_per_second,
             r.deliveries_per_second,
             r.lost,
