@@ -186,8 +186,9 @@ impl Driver {
 
     /// Acts on what a read or write did: set-up completion, churn steps, probe answers, failures.
     fn settle(&mut self, local: usize, result: Result<Progress, ErrorKind>, phase: Phase) {
-        let plan = self.plan.clone();
-        let slot = &plan.clients[self.slots[local]];
+        // Copies of the slot's roles, so no borrow of the plan spans the calls below.
+        let slot = &self.plan.clients[self.slots[local]];
+        let (churner, counted, room) = (slot.churner, slot.counted, slot.room);
         let progress = match result {
             Ok(progress) => progress,
             Err(kind) => {
@@ -201,17 +202,17 @@ impl Driver {
         }
         if progress.ready {
             self.setting_up -= 1;
-            if slot.churner {
+            if churner {
                 self.churn_send(local);
             } else {
                 self.shared.ready.fetch_add(1, Ordering::Relaxed);
-                if let (true, Some(room)) = (slot.counted, slot.room) {
+                if let (true, Some(room)) = (counted, room) {
                     self.shared.room_members[room as usize].fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        if progress.own_echo && slot.churner {
-            let room = &self.plan.rooms[slot.room.unwrap_or(0) as usize].name;
+        if progress.own_echo && churner {
+            let room = &self.plan.rooms[room.unwrap_or(0) as usize].name;
             let leave = format!("{{\"type\":\"room.leave\",\"payload\":{{\"room\":\"{room}\"}}}}");
             self.clients[local].stage = Stage::Leaving;
             let result = self.clients[local].send_text(leave.as_bytes());
@@ -220,7 +221,7 @@ impl Driver {
                 return;
             }
         }
-        if progress.left && slot.churner {
+        if progress.left && churner {
             self.tally.churn_cycles += 1;
             self.clients[local].close();
             if phase == Phase::Run {
