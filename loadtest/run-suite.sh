@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The one command that regenerates loadtest/results.md:
+#   builds roomcast and loadtest (release), starts the app with the shipped .env plus
+#   WEBSOCKET_ENABLE_DEFLATE=false and SERVER_BENCH_MODE=true, runs the standard suite with --server-pid,
+#   then restarts it with one shard and repeats the throughput runs (members all on one shard versus
+#   spread over both), and stops it.
+#
+# Usage: loadtest/run-suite.sh [--quick]      (--quick: small sizes, checks the harness, not the server)
+# Port 9090 must be free. Exit status: 0 when every run passed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=()
+[ "${1:-}" = "--quick" ] && quick=(--quick)
+
+# 19,000 held connections need as many descriptors in the server and in the harness.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -p roomcast -p loadtest
+loadtest=./target/release/loadtest
+url=ws://127.0.0.1:9090/
+out=loadtest/results.md
+
+pid=
+stop_server() {
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    fi
+}
+trap stop_server EXIT
+
+start_server() {
+    WEBSOCKET_ENABLE_DEFLATE=false SERVER_BENCH_MODE=true SERVER_IO_THREADS="$1" \
+        ./target/release/roomcast >"target/roomcast-suite-$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        if (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { echo "roomcast exited; see target/roomcast-suite-$1.log" >&2; exit 1; }
+        sleep 0.2
+    done
+    echo "roomcast did not listen on 9090 within 20 s" >&2
+    exit 1
+}
+
+status=0
+start_server 2
+"$loadtest" --quiet --url "$url" --server-pid "$pid" suite "${quick[@]}" \
+    --label "2 shards" --out "$out" || status=1
+stop_server
+
+start_server 1
+"$loadtest" --quiet --url "$url" --server-pid "$pid" suite "${quick[@]}" --set throughput \
+    --label "1 shard" --out "$out" --append || status=1
+stop_server
+
+echo "results: $out" >&2
+exit "$status"

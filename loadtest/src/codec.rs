@@ -1,0 +1,253 @@
+//! The client side of RFC 6455 framing, as small as the harness needs.
+//!
+//! Owns encoding masked client frames and parsing the server's unmasked frames in place. Parsing borrows
+//! the frame's payload from the caller's read buffer and never allocates, so a receipt costs no heap
+//! traffic however many arrive. It does not own buffers, sockets or message meaning (see `client`), and it
+//! does not reassemble fragmented messages: the servers we measure send each message as one frame, and a
+//! fragment is reported as [`CodecError::Fragmented`] rather than silently mis-measured.
+
+use std::fmt;
+use std::ops::Range;
+
+/// The frame types the harness sends or acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpCode {
+    /// A complete UTF-8 text message.
+    Text,
+    /// A binary message (counted, otherwise ignored).
+    Binary,
+    /// Close; the payload holds the code and reason.
+    Close,
+    /// Ping; must be answered with a pong carrying the same payload.
+    Ping,
+    /// Pong.
+    Pong,
+}
+
+impl OpCode {
+    fn bits(self) -> u8 {
+        match self {
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+}
+
+/// One parsed server frame: where its payload sits in the buffer and how many bytes it used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame's type.
+    pub opcode: OpCode,
+    /// The payload's position in the buffer passed to [`parse`].
+    pub payload: Range<usize>,
+    /// Header plus payload: what to consume before parsing the next frame.
+    pub len: usize,
+}
+
+/// A server frame the harness cannot accept; the connection is counted as a protocol failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodecError {
+    /// A server frame had the mask bit set (servers must not mask, RFC 6455 5.1).
+    Masked,
+    /// Reserved bits were set without a negotiated extension.
+    Reserved,
+    /// An opcode outside the RFC, or a continuation frame.
+    UnknownOpcode(u8),
+    /// A data frame without FIN, or a continuation: a fragmented message.
+    Fragmented,
+    /// The frame's declared length exceeds the harness's limit.
+    TooLarge(u64),
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::Masked => write!(f, "server frame is masked"),
+            CodecError::Reserved => write!(f, "server frame sets reserved bits"),
+            CodecError::UnknownOpcode(op) => write!(f, "unknown opcode {op:#x}"),
+            CodecError::Fragmented => {
+                write!(f, "fragmented message (not supported by the harness)")
+            }
+            CodecError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the harness limit"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Appends one masked, final client frame carrying `payload` to `out`.
+///
+/// `out` is the connection's write buffer; it only grows when a frame does not fit its capacity, so a
+/// steady stream of same-sized messages allocates nothing.
+pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode.bits());
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+}
+
+/// XORs `data` with the repeating 4-byte key, a word at a time where it can.
+fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let v = u64::from_ne_bytes(chunk.try_into().expect("8-byte chunk")) ^ word;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+}
+
+/// Parses the first frame in `buf`: `Ok(None)` until all of it has arrived.
+pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<Frame>, CodecError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    if b0 & 0x70 != 0 {
+        return Err(CodecError::Reserved);
+    }
+    if b1 & 0x80 != 0 {
+        return Err(CodecError::Masked);
+    }
+    let opcode = match b0 & 0x0F {
+        0x1 => OpCode::Text,
+        0x2 => OpCode::Binary,
+        0x8 => OpCode::Close,
+        0x9 => OpCode::Ping,
+        0xA => OpCode::Pong,
+        0x0 => return Err(CodecError::Fragmented),
+        other => return Err(CodecError::UnknownOpcode(other)),
+    };
+    if b0 & 0x80 == 0 {
+        return Err(CodecError::Fragmented);
+    }
+    let (header, len) = match b1 & 0x7F {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (4, u16::from_be_bytes([buf[2], buf[3]]) as u64)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            (
+                10,
+                u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
+            )
+        }
+        n => (2, n as u64),
+    };
+    if len > max_len as u64 {
+        return Err(CodecError::TooLarge(len));
+    }
+    let total = header + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    Ok(Some(Frame {
+        opcode,
+        payload: header..total,
+        len: total,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server frame (unmasked) as the server would write it.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x80 | opcode];
+        if payload.len() < 126 {
+            v.push(payload.len() as u8);
+        } else if payload.len() <= 65535 {
+            v.push(126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        } else {
+            v.push(127);
+            v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_parse_only_when_complete() {
+        for size in [0usize, 5, 125, 126, 300, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut stream = server_frame(0x1, &payload);
+            stream.extend_from_slice(&server_frame(0x9, b"hb"));
+            let first_len = stream.len() - 4;
+            for cut in 0..first_len {
+                assert_eq!(
+                    parse(&stream[..cut], 1 << 20),
+                    Ok(None),
+                    "size {size} cut {cut}"
+                );
+            }
+            let frame = parse(&stream, 1 << 20).unwrap().unwrap();
+            assert_eq!(frame.opcode, OpCode::Text);
+            assert_eq!(frame.len, first_len);
+            assert_eq!(&stream[frame.payload.clone()], &payload[..]);
+            let next = parse(&stream[frame.len..], 1 << 20).unwrap().unwrap();
+            assert_eq!(next.opcode, OpCode::Ping);
+            assert_eq!(&stream[frame.len..][next.payload], b"hb");
+        }
+    }
+
+    #[test]
+    fn masked_client_frames_unmask_to_the_payload() {
+        for size in [0usize, 1, 7, 8, 9, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 256) as u8).collect();
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            let mut out = Vec::new();
+            push_frame(&mut out, OpCode::Text, &payload, mask);
+            assert_eq!(out[0], 0x81);
+            assert_ne!(out[1] & 0x80, 0, "client frames are masked");
+            let header = out.len() - size - 4;
+            assert_eq!(&out[header..header + 4], &mask);
+            let unmasked: Vec<u8> = out[header + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(unmasked, payload);
+        }
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        assert_eq!(
+            parse(&[0x81, 0x81, 0, 0, 0, 0, 0], 100),
+            Err(CodecError::Masked)
+        );
+        assert_eq!(parse(&[0xC1, 0x00], 100), Err(CodecError::Reserved));
+        assert_eq!(parse(&[0x01, 0x00], 100), Err(CodecError::Fragmented));
+        assert_eq!(parse(&[0x80, 0x00], 100), Err(CodecError::Fragmented));
+        assert_eq!(parse(&[0x83, 0x00], 100), Err(CodecError::UnknownOpcode(3)));
+        assert_eq!(
+            parse(&[0x81, 126, 0x01, 0x00], 100),
+            Err(CodecError::TooLarge(256))
+        );
+    }
+}

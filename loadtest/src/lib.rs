@@ -1,0 +1,59 @@
+//! loadtest: a load-test harness for any server speaking the seed's WebSocket chat protocol.
+//!
+//! The `loadtest` binary runs one scenario (`smoke`, `conns`, `fanout`, `saturate`, `rooms`, `churn`) or
+//! the standard `suite`, prints one JSON object per run on stdout and a table on stderr. The library is
+//! what the binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a [`Report`].
+//!
+//! # Architecture: where everything lives
+//!
+//! ```text
+//!  scenario ──► plan ──► runner (main thread: phases, deadlines, /proc) ──► report ──► plot / suite
+//!                          │ spawns
+//!                          ▼
+//!                        driver × threads (mio loop) ──► client ──► handshake, codec, stamp, tracker
+//!                          │ per-second intervals, final tallies
+//!                          └──────────────► tally ──► runner
+//! ```
+//!
+//! - `target`: the URL and the loopback-only guard, applied before any socket exists.
+//! - `scenario`: each scenario's meaning, its caps, and source-address spreading; builds a `plan`.
+//! - `plan`: every client's role, the pacing and bounds; the atomics threads share.
+//! - `runner`: the main thread of a run: set-up → run → drain → done, sampling `/proc` each second.
+//! - `driver`: one thread's mio event loop over many connections: connect window, pacing, churn, probes.
+//! - `client`: one connection's state machine and what each reply means at each stage.
+//! - `handshake`, `codec`: the HTTP upgrade and the client frame codec (masking out, in-place parsing in).
+//! - `stamp`: `<publisher>:<seq>:<sent_ns>` in the chat text, on CLOCK_MONOTONIC.
+//! - `tracker`: loss, duplication and order per (receiver, publisher).
+//! - `tally`: per-thread counts and their merge. `procfs`: RSS and CPU from `/proc`.
+//! - `report`: the JSON object, the table, pass/fail. `plot`: the SVG. `suite`: the standard runs and
+//!   their Markdown table. `smoke`: the protocol, reply by reply.
+//!
+//! # Cost
+//!
+//! The harness shares the machine with the server, so it must not be what it measures: each thread
+//! drives thousands of connections; a receipt is parsed in place from the connection's read buffer
+//! and counted without allocating; its own CPU time is in every report.
+#![deny(missing_docs)]
+
+mod client;
+pub mod codec;
+mod driver;
+mod handshake;
+mod plan;
+pub mod plot;
+mod procfs;
+mod report;
+mod runner;
+mod scenario;
+mod smoke;
+mod stamp;
+pub mod suite;
+mod tally;
+mod target;
+pub mod tracker;
+
+pub use plan::{MAX_CONNECTIONS, MAX_DURATION};
+pub use report::{HarnessFigures, Latency, Point, Report, ServerFigures, Step};
+pub use runner::{install_interrupt_handler, interrupted};
+pub use scenario::{run, Error, RunOptions, Scenario};
+pub use target::{Target, TargetError};

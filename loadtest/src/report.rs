@@ -1,0 +1,385 @@
+//! The result of one run: the JSON object printed on stdout and the table printed on stderr.
+//!
+//! Owns the report's shape, the derived figures (loss, rates, CPU shares, per-connection RSS) and the
+//! pass/fail rule: a run fails when any client failed set-up or was cut off, any message was lost,
+//! duplicated or reordered, any reply was not the seed's, a probe went unanswered, or it was interrupted.
+//! It does not measure anything itself (see `runner`, `procfs`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds, from publisher send to member receipt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Latency {
+    /// Receipts measured.
+    pub samples: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Latency {
+    /// The percentiles of `h`, or `None` when it is empty.
+    pub fn of(h: &Histogram<u64>) -> Option<Latency> {
+        (!h.is_empty()).then(|| Latency {
+            samples: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        })
+    }
+}
+
+/// The server's figures, with `--server-pid`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerFigures {
+    /// The process measured.
+    pub pid: u32,
+    /// RSS before any client connected.
+    pub rss_before_bytes: u64,
+    /// RSS with every client set up.
+    pub rss_held_bytes: u64,
+    /// RSS at the end of the run.
+    pub rss_after_bytes: u64,
+    /// (held − before) / clients set up: what one idle connection costs the server.
+    pub rss_per_connection_bytes: Option<f64>,
+    /// CPU seconds over the run and drain.
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second over the run and drain (1.0 = one core busy).
+    pub cpu_share: f64,
+    /// Deliveries per server CPU-second: the fair figure when client and server share the machine.
+    pub deliveries_per_cpu_second: Option<f64>,
+}
+
+/// The harness's own cost over the run and drain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HarnessFigures {
+    /// CPU seconds.
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second (1.0 = one core busy).
+    pub cpu_share: f64,
+    /// CPU nanoseconds per delivery, publishing included.
+    pub cpu_ns_per_delivery: Option<f64>,
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Point {
+    /// Seconds since the run started.
+    pub second: u64,
+    /// Counted deliveries in that second.
+    pub deliveries: u64,
+    /// Latency percentiles of that second's receipts, microseconds.
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
+    /// See `p50_us`.
+    pub max_us: u64,
+    /// Server CPU share in that second, with `--server-pid`.
+    pub server_cpu_share: Option<f64>,
+    /// Harness CPU share in that second.
+    pub harness_cpu_share: f64,
+}
+
+/// One step of the smoke scenario.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// What was received, when it was not what was expected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The server's URL.
+    pub url: String,
+    /// The scenario's parameters as given.
+    pub parameters: serde_json::Value,
+    /// Whether every check held.
+    pub passed: bool,
+    /// Why it did not.
+    pub failures: Vec<String>,
+    /// Driver threads.
+    pub threads: usize,
+    /// Clients to set up before the run (churners excluded).
+    pub clients: u64,
+    /// Clients that finished set-up.
+    pub ready: u64,
+    /// Time from the first connect to the last client ready (or the set-up deadline).
+    pub setup_seconds: f64,
+    /// Clients set up per second of set-up.
+    pub connect_rate_per_second: f64,
+    /// Set-up failures by kind.
+    pub connect_errors: BTreeMap<String, u64>,
+    /// Connections lost after set-up, by kind.
+    pub disconnects: BTreeMap<String, u64>,
+    /// Length of the run phase.
+    pub run_seconds: f64,
+    /// Messages published.
+    pub messages_sent: u64,
+    /// Counted deliveries.
+    pub deliveries: u64,
+    /// Counted deliveries per second of run plus drain.
+    pub deliveries_per_second: f64,
+    /// Messages owed to members and never received by the end of the drain.
+    pub lost: u64,
+    /// Deliveries of a message already received.
+    pub duplicated: u64,
+    /// Deliveries that arrived after a later message from the same publisher.
+    pub out_of_order: u64,
+    /// Texts that were neither a delivery nor an expected reply.
+    pub unexpected_replies: u64,
+    /// Latency, when anything was delivered.
+    pub latency_us: Option<Latency>,
+    /// Probe pings sent after the run.
+    pub probes_sent: u64,
+    /// Probe pongs received.
+    pub probes_answered: u64,
+    /// Churn cycles completed.
+    pub churn_cycles: u64,
+    /// With `--server-pid`.
+    pub server: Option<ServerFigures>,
+    /// The harness's own cost.
+    pub harness: HarnessFigures,
+    /// Per second of the run.
+    pub timeline: Vec<Point>,
+    /// The smoke scenario's steps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
+}
+
+impl Report {
+    /// Fills `failures` and `passed` from the counts.
+    pub fn judge(&mut self, interrupted: bool) {
+        let mut f = Vec::new();
+        if interrupted {
+            f.push("interrupted".to_owned());
+        }
+        if self.ready < self.clients {
+            f.push(format!(
+                "{} of {} clients failed set-up",
+                self.clients - self.ready,
+                self.clients
+            ));
+        }
+        let setup_errors: u64 = self.connect_errors.values().sum();
+        if setup_errors > 0 && self.ready == self.clients {
+            f.push(format!("{setup_errors} connection attempts failed"));
+        }
+        let cut: u64 = self.disconnects.values().sum();
+        if cut > 0 {
+            f.push(format!("{cut} connections lost during the run"));
+        }
+        for (count, what) in [
+            (self.lost, "lost"),
+            (self.duplicated, "duplicated"),
+            (self.out_of_order, "out of order"),
+            (self.unexpected_replies, "unexpected replies"),
+        ] {
+            if count > 0 {
+                f.push(format!("{count} {what}"));
+            }
+        }
+        if self.probes_answered < self.probes_sent {
+            f.push(format!(
+                "{} of {} sampled connections did not answer ping",
+                self.probes_sent - self.probes_answered,
+                self.probes_sent
+            ));
+        }
+        for step in self.steps.iter().filter(|s| !s.ok) {
+            f.push(format!(
+                "{}: {}",
+                step.name,
+                step.detail.as_deref().unwrap_or("failed")
+            ));
+        }
+        self.passed = f.is_empty();
+        self.failures = f;
+    }
+
+    /// The human-readable summary for stderr.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            ("scenario".into(), self.scenario.clone()),
+            ("result".into(), verdict(self)),
+        ];
+        if !self.steps.is_empty() {
+            for s in &self.steps {
+                let mark = if s.ok { "ok" } else { "FAILED" };
+                let detail = s
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                rows.push((s.name.clone(), format!("{mark}{detail}")));
+            }
+        } else {
+            rows.push((
+                "clients ready".into(),
+                format!("{} / {}", self.ready, self.clients),
+            ));
+            rows.push((
+                "set-up".into(),
+                format!(
+                    "{:.2} s, {:.0} conn/s",
+                    self.setup_seconds, self.connect_rate_per_second
+                ),
+            ));
+            if !self.connect_errors.is_empty() {
+                rows.push((
+                    "connect errors".into(),
+                    format!("{:?}", self.connect_errors),
+                ));
+            }
+            if !self.disconnects.is_empty() {
+                rows.push(("disconnects".into(), format!("{:?}", self.disconnects)));
+            }
+            rows.push((
+                "run".into(),
+                format!(
+                    "{:.2} s, {} messages sent",
+                    self.run_seconds, self.messages_sent
+                ),
+            ));
+            rows.push((
+                "deliveries".into(),
+                format!("{} ({:.0}/s)", self.deliveries, self.deliveries_per_second),
+            ));
+            rows.push((
+                "lost / dup / out of order".into(),
+                format!(
+                    "{} / {} / {}",
+                    self.lost, self.duplicated, self.out_of_order
+                ),
+            ));
+            if let Some(l) = &self.latency_us {
+                rows.push((
+                    "latency µs p50/p90/p99/p99.9/max".into(),
+                    format!("{} / {} / {} / {} / {}", l.p50, l.p90, l.p99, l.p999, l.max),
+                ));
+            }
+            if self.probes_sent > 0 {
+                rows.push((
+                    "ping sample".into(),
+                    format!("{} / {} answered", self.probes_answered, self.probes_sent),
+                ));
+            }
+            if self.churn_cycles > 0 {
+                rows.push(("churn cycles".into(), self.churn_cycles.to_string()));
+            }
+            if let Some(s) = &self.server {
+                rows.push((
+                    "server RSS before / held / after".into(),
+                    format!(
+                        "{} / {} / {} KiB",
+                        s.rss_before_bytes / 1024,
+                        s.rss_held_bytes / 1024,
+                        s.rss_after_bytes / 1024
+                    ),
+                ));
+                if let Some(per) = s.rss_per_connection_bytes {
+                    rows.push(("server RSS per connection".into(), format!("{per:.0} B")));
+                }
+                rows.push((
+                    "server CPU".into(),
+                    format!(
+                        "{:.2} s ({:.0}% of a core)",
+                        s.cpu_seconds,
+                        s.cpu_share * 100.0
+                    ),
+                ));
+                if let Some(d) = s.deliveries_per_cpu_second {
+                    rows.push(("deliveries per server CPU-s".into(), format!("{d:.0}")));
+                }
+            }
+            let h = &self.harness;
+            let per = h
+                .cpu_ns_per_delivery
+                .map(|n| format!(", {n:.0} ns/delivery"))
+                .unwrap_or_default();
+            rows.push((
+                "harness CPU".into(),
+                format!(
+                    "{:.2} s ({:.0}% of a core){per}",
+                    h.cpu_seconds,
+                    h.cpu_share * 100.0
+                ),
+            ));
+        }
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            let _ = writeln!(out, "  {k:<width$}  {v}");
+        }
+        out
+    }
+}
+
+fn verdict(r: &Report) -> String {
+    if r.passed {
+        "PASS".to_owned()
+    } else {
+        format!("FAIL: {}", r.failures.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_run_passes_and_any_loss_fails() {
+        let mut r = Report {
+            clients: 3,
+            ready: 3,
+            ..Report::default()
+        };
+        r.judge(false);
+        assert!(r.passed, "{:?}", r.failures);
+        r.lost = 2;
+        r.judge(false);
+        assert!(!r.passed);
+        assert_eq!(r.failures, vec!["2 lost"]);
+        assert!(r.table().contains("FAIL: 2 lost"));
+    }
+
+    #[test]
+    fn unanswered_probes_and_failed_setup_fail() {
+        let mut r = Report {
+            clients: 3,
+            ready: 2,
+            probes_sent: 2,
+            probes_answered: 1,
+            ..Report::default()
+        };
+        r.judge(false);
+        assert_eq!(r.failures.len(), 2);
+    }
+}
