@@ -30,7 +30,10 @@ const MAX_FRAME_LEN: usize = 1 << 31;
 pub(crate) struct Outbound {
     /// The frames, oldest first. Boxed and absent while nothing is queued: every idle session carries an
     /// `Outbound`, and an absent ring costs 8 bytes where an empty `VecDeque` costs 32.
-    #[expect(clippy::box_collection, reason = "8 bytes per idle session instead of 32")]
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes per idle session instead of 32"
+    )]
     frames: Option<Box<VecDeque<Bytes>>>,
     /// Bytes of the front frame already written. (u32, like `queued`: every idle session carries these, and
     /// frames and the backpressure limit are far below 4 GiB.)

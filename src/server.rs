@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde_json::{Map, Value};
 
@@ -277,14 +278,15 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Sends `text` to every member of `room` on every shard; the frame is encoded once.
+    /// Sends `text` to every member of `room` on every shard; the frame is encoded once, and each shard
+    /// gets its own copy of the bytes so that no reference count is shared between cores.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
         let frame = codec::text_frame(text);
         let room: Arc<str> = Arc::from(room);
         for shard in self.shards.iter() {
             shard.post(ShardMsg::Broadcast {
                 room: room.clone(),
-                frame: frame.clone(),
+                frame: Bytes::copy_from_slice(&frame),
             });
         }
     }

@@ -60,7 +60,10 @@ enum MessageKind {
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
     /// Bytes of a frame that has not fully arrived yet; never an empty vector.
-    #[expect(clippy::box_collection, reason = "8 bytes per idle session instead of 24")]
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes per idle session instead of 24"
+    )]
     partial: Option<Box<Vec<u8>>>,
     /// The fragmented message in progress, if one is; boxed because it is rare.
     fragmented: Option<Box<Fragmented>>,
