@@ -1,11 +1,14 @@
-//! One connection's task: handshake, then the read/write loop and the close handshake, then cleanup.
+//! One connection's life: the handshake task, then the session task with its read/write loop and close
+//! handshake, then cleanup.
 //!
-//! Each accepted socket runs as one glommio task on the shard that accepted it, for its whole life. The task
-//! waits on a single future that does three things each time it runs: writes what the session's outbound
-//! queue holds (one `sendmsg` for many frames), notices a close or an abort, and reads. Reads go straight
-//! into the shard's read buffer, borrowed only for the duration of one poll: an idle session holds no read
-//! buffer at all (glommio arms an io_uring poll for readiness, not a read with a buffer), which is what keeps
-//! an idle connection well under a kilobyte.
+//! Each accepted socket lives on the shard that accepted it. A short task reads and answers the upgrade;
+//! the session then gets its own task, whose future holds only the session handle and its socket state.
+//! That task waits on a single future that does three things each time it runs: writes what the session's
+//! outbound queue holds (one `sendmsg` for many frames), notices a close or an abort, and reads. Reads go
+//! straight into the shard's read buffer, borrowed only for the duration of one poll: an idle session holds
+//! no read buffer at all (glommio arms an io_uring poll for readiness, not a read with a buffer). Measured
+//! with a counting allocator, an idle session is about 900 bytes of heap: its task (about 260), its
+//! [`SessionState`] (144) and glommio's pending readiness poll (496).
 //!
 //! The close handshake: when the peer closes first we echo its code and end once the echo is written; when
 //! we close first (the application, the idle timeout, shutdown, a slow consumer) we wait for the peer's close

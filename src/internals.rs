@@ -21,7 +21,7 @@ use crate::room::Rooms;
 use crate::session::Session;
 use crate::shard::mesh::{inbox, InboxReceiver, InboxSender, ShardMsg};
 use crate::shard::Shard;
-use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound};
+use crate::ws::codec::{self, apply_mask, text_frame, Decoder, Flow, Inbound};
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {
@@ -58,24 +58,7 @@ impl FrameDecoder {
 
 /// A masked client frame carrying `payload` with `opcode` (0x1 text, 0x2 binary), as a browser sends it.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-    out
+    codec::client_frame(opcode, true, payload)
 }
 
 /// Shards and sessions without executors or sockets, all on the calling thread.
