@@ -25,34 +25,34 @@ pub(crate) struct Rooms {
 impl Rooms {
     /// Adds `session` to `room` if it is not already a member.
     pub(crate) fn join(&mut self, session: &Session, room: &str) {
-        let mut joined = session.0.rooms.borrow_mut();
-        if joined.iter().any(|r| &**r == room) {
-            return;
+        let mut joined = session.0.rooms.take();
+        if !joined.iter().any(|r| &**r == room) {
+            let name = match self.members.get_key_value(room) {
+                Some((name, _)) => name.clone(),
+                None => Rc::from(room),
+            };
+            self.members
+                .entry(name.clone())
+                .or_default()
+                .push(session.clone());
+            joined.push(name);
         }
-        let name = match self.members.get_key_value(room) {
-            Some((name, _)) => name.clone(),
-            None => Rc::from(room),
-        };
-        self.members
-            .entry(name.clone())
-            .or_default()
-            .push(session.clone());
-        joined.push(name);
+        session.0.rooms.set(joined);
     }
 
     /// Removes `session` from `room`; forgets the room when its last local member leaves.
     pub(crate) fn leave(&mut self, session: &Session, room: &str) {
-        let mut joined = session.0.rooms.borrow_mut();
-        let Some(at) = joined.iter().position(|r| &**r == room) else {
-            return;
-        };
-        joined.swap_remove(at);
-        self.remove_member(room, session);
+        let mut joined = session.0.rooms.take();
+        if let Some(at) = joined.iter().position(|r| &**r == room) {
+            joined.remove(at);
+            self.remove_member(room, session);
+        }
+        session.0.rooms.set(joined);
     }
 
     /// Removes `session` from every room it joined (its end).
     pub(crate) fn leave_all(&mut self, session: &Session) {
-        let joined = std::mem::take(&mut *session.0.rooms.borrow_mut());
+        let joined = session.0.rooms.take();
         for room in joined {
             self.remove_member(&room, session);
         }

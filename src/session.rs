@@ -88,8 +88,9 @@ pub(crate) struct SessionState {
     /// The connection task's waker, to run it when frames are queued from elsewhere.
     pub(crate) waker: Cell<Option<Waker>>,
     pub(crate) lifecycle: Cell<Lifecycle>,
-    /// Rooms joined, so that the end of the session leaves them all.
-    pub(crate) rooms: RefCell<Vec<Rc<str>>>,
+    /// Rooms joined, in order, so that the end of the session leaves them all. A `Cell` (taken and put
+    /// back) rather than a `RefCell`: every session carries one, and the borrow flag would cost 8 bytes.
+    pub(crate) rooms: Cell<Vec<Rc<str>>>,
     /// When anything last arrived from the peer (shard clock), for the idle timeout.
     pub(crate) last_seen: Cell<u32>,
     /// Where the shard's session slab keeps this session.
@@ -119,7 +120,7 @@ impl Session {
             outbound: RefCell::new(Outbound::default()),
             waker: Cell::new(None),
             lifecycle: Cell::new(Lifecycle::Open),
-            rooms: RefCell::new(Vec::new()),
+            rooms: Cell::new(Vec::new()),
             last_seen: Cell::new(shard.now()),
             slot: Cell::new(u32::MAX),
         }))
@@ -174,12 +175,10 @@ impl Session {
 
     /// The rooms this session is a member of, in the order joined.
     pub fn rooms(&self) -> Vec<String> {
-        self.0
-            .rooms
-            .borrow()
-            .iter()
-            .map(|r| r.to_string())
-            .collect()
+        let joined = self.0.rooms.take();
+        let names = joined.iter().map(|r| r.to_string()).collect();
+        self.0.rooms.set(joined);
+        names
     }
 
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.

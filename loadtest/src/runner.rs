@@ -165,10 +165,17 @@ pub fn execute(
     let bar = progress_bar(observe.progress, setup_count, "set-up");
     let setup_started = Instant::now();
     let setup_deadline = setup_started + plan.setup_timeout + SETUP_GRACE;
+    // The memory baseline is taken once the first tenth of the clients are set up, so a cold server's
+    // one-time costs (code pages faulted in, allocator arenas) are not spread over the connections.
+    let warm_after = (setup_count / 10).max(1);
+    let mut server_warm = None;
     loop {
         let ready = shared.ready.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         bar.set_position(ready + failed);
+        if server_warm.is_none() && ready >= warm_after && ready < setup_count {
+            server_warm = sample_server().map(|sample| (sample, ready));
+        }
         if ready + failed >= setup_count || Instant::now() >= setup_deadline || interrupted() {
             break;
         }
@@ -275,8 +282,14 @@ pub fn execute(
                 rss_before_bytes: before.rss_bytes,
                 rss_held_bytes: held.rss_bytes,
                 rss_after_bytes: after.rss_bytes,
-                rss_per_connection_bytes: (ready > 0)
-                    .then(|| (held.rss_bytes as f64 - before.rss_bytes as f64) / ready as f64),
+                rss_per_connection_bytes: match server_warm {
+                    Some((warm, warm_ready)) if ready > warm_ready => Some(
+                        (held.rss_bytes as f64 - warm.rss_bytes as f64)
+                            / (ready - warm_ready) as f64,
+                    ),
+                    _ => (ready > 0)
+                        .then(|| (held.rss_bytes as f64 - before.rss_bytes as f64) / ready as f64),
+                },
                 cpu_seconds: cpu,
                 cpu_share: cpu / measured_wall,
                 deliveries_per_cpu_second: (tally.deliveries > 0 && cpu > 0.0)

@@ -10,8 +10,8 @@
 //!
 //! Decoding works on the shard's read buffer in place: payloads are unmasked where they lie and handed out
 //! as borrowed slices, so an unfragmented message is never copied. Only bytes of an incomplete frame are
-//! copied into the session's own `partial` buffer; it and the buffer of a fragmented message are freed as
-//! soon as they are empty, so an idle session's decoder holds no allocation.
+//! copied into the session's own carry, with the buffer of a fragmented message; the carry is freed as soon
+//! as nothing is half-received, so an idle session's decoder is one null pointer.
 
 use std::io::Cursor;
 
@@ -55,18 +55,21 @@ enum MessageKind {
     Binary,
 }
 
-/// Per-session decoding state; empty and allocation-free between messages, and 16 bytes wide because
-/// every idle session carries one (both parts are boxed: they exist only while something is half-received).
+/// Per-session decoding state: 8 bytes and no allocation while nothing is half-received, because every
+/// idle session carries one.
 #[derive(Debug, Default)]
 pub(crate) struct Decoder {
-    /// Bytes of a frame that has not fully arrived yet; never an empty vector.
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes per idle session instead of 24"
-    )]
-    partial: Option<Box<Vec<u8>>>,
-    /// The fragmented message in progress, if one is; boxed because it is rare.
-    fragmented: Option<Box<Fragmented>>,
+    /// What carries over from one input to the next; absent (freed) whenever it would be empty.
+    carry: Option<Box<Carry>>,
+}
+
+/// The rare state a decoder carries between inputs.
+#[derive(Debug, Default)]
+struct Carry {
+    /// Bytes of a frame that has not fully arrived yet.
+    partial: Vec<u8>,
+    /// The fragmented message in progress, if one is.
+    fragmented: Option<Fragmented>,
 }
 
 /// A fragmented message being reassembled.
@@ -100,16 +103,29 @@ impl Fragmented {
 impl Decoder {
     /// A decoder whose first input is `bytes` (what arrived right behind the upgrade request).
     pub(crate) fn with_input(bytes: Vec<u8>) -> Decoder {
-        Decoder {
-            // An empty request buffer still has capacity: drop it rather than keep it for the session's life.
-            partial: (!bytes.is_empty()).then(|| Box::new(bytes)),
-            fragmented: None,
-        }
+        // An empty request buffer still has capacity: drop it rather than keep it for the session's life.
+        let carry = (!bytes.is_empty()).then(|| {
+            Box::new(Carry {
+                partial: bytes,
+                fragmented: None,
+            })
+        });
+        Decoder { carry }
+    }
+
+    /// The carry, created on first need.
+    fn carry(&mut self) -> &mut Carry {
+        self.carry.get_or_insert_with(Default::default)
+    }
+
+    /// The fragmented message in progress, if one is.
+    fn fragmented(&self) -> Option<&Fragmented> {
+        self.carry.as_ref()?.fragmented.as_ref()
     }
 
     /// Whether bytes are waiting to be decoded with the next input.
     pub(crate) fn has_input(&self) -> bool {
-        self.partial.is_some()
+        self.carry.as_ref().is_some_and(|c| !c.partial.is_empty())
     }
 
     /// Decodes every complete frame in `input`, handing complete messages to `on_message`.
@@ -122,29 +138,47 @@ impl Decoder {
         max_message_size: usize,
         mut on_message: impl FnMut(Inbound<'_>) -> Flow,
     ) -> Result<Flow, ProtocolError> {
-        let Some(mut buffer) = self.partial.take() else {
-            let (flow, consumed) = self.decode_frames(input, max_message_size, &mut on_message)?;
-            if flow == Flow::Continue && consumed < input.len() {
-                self.partial = Some(Box::new(input[consumed..].to_vec()));
+        let carried = self
+            .carry
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.partial))
+            .filter(|partial| !partial.is_empty());
+        let result = match carried {
+            None => self
+                .decode_frames(input, max_message_size, &mut on_message)
+                .map(|(flow, consumed)| {
+                    if flow == Flow::Continue && consumed < input.len() {
+                        self.carry().partial = input[consumed..].to_vec();
+                    }
+                    flow
+                }),
+            Some(mut buffer) => {
+                buffer.extend_from_slice(input);
+                let result = self.decode_frames(&mut buffer, max_message_size, &mut on_message);
+                if let Ok((Flow::Continue, consumed)) = result {
+                    buffer.drain(..consumed);
+                    if !buffer.is_empty() {
+                        self.carry().partial = buffer;
+                    }
+                }
+                result.map(|(flow, _)| flow)
             }
-            return Ok(flow);
         };
-        buffer.extend_from_slice(input);
-        let result = self.decode_frames(&mut buffer, max_message_size, &mut on_message);
-        if let Ok((Flow::Continue, consumed)) = result {
-            buffer.drain(..consumed);
-            // An empty buffer is dropped, not kept: idle sessions must not hold memory.
-            if !buffer.is_empty() {
-                self.partial = Some(buffer);
-            }
+        // Nothing half-received: give the carry back so idle sessions hold no memory.
+        if self
+            .carry
+            .as_ref()
+            .is_some_and(|c| c.partial.is_empty() && c.fragmented.is_none())
+        {
+            self.carry = None;
         }
-        result.map(|(flow, _)| flow)
+        result
     }
 
     /// Whether no frame or message is half-received.
     #[cfg(test)]
     fn is_idle(&self) -> bool {
-        self.partial.is_none() && self.fragmented.is_none()
+        self.carry.is_none()
     }
 
     fn decode_frames(
@@ -202,14 +236,14 @@ impl Decoder {
             OpCode::Control(_) if !header.is_final => Err(ProtocolError::FragmentedControl),
             OpCode::Control(_) if length > 125 => Err(ProtocolError::ControlTooLong),
             OpCode::Control(_) => Ok(()),
-            OpCode::Data(Data::Continue) if self.fragmented.is_none() => {
+            OpCode::Data(Data::Continue) if self.fragmented().is_none() => {
                 Err(ProtocolError::UnexpectedContinuation)
             }
-            OpCode::Data(Data::Text | Data::Binary) if self.fragmented.is_some() => {
+            OpCode::Data(Data::Text | Data::Binary) if self.fragmented().is_some() => {
                 Err(ProtocolError::ExpectedContinuation)
             }
             OpCode::Data(_) => {
-                let so_far = self.fragmented.as_ref().map_or(0, |f| f.payload.len());
+                let so_far = self.fragmented().map_or(0, |f| f.payload.len());
                 let size = so_far as u64 + length;
                 if size > max_message_size as u64 {
                     return Err(ProtocolError::MessageTooBig {
@@ -237,14 +271,18 @@ impl Decoder {
             OpCode::Data(Data::Text) => MessageKind::Text,
             OpCode::Data(Data::Binary) => MessageKind::Binary,
             OpCode::Data(Data::Continue) => {
-                let fragmented = self.fragmented.as_mut().expect("checked in check_header");
+                let fragmented = self
+                    .carry
+                    .as_mut()
+                    .and_then(|c| c.fragmented.as_mut())
+                    .expect("checked in check_header");
                 fragmented.payload.extend_from_slice(payload);
                 fragmented.check_utf8(header.is_final)?;
                 if !header.is_final {
                     return Ok(Flow::Continue);
                 }
                 // Freed once delivered: fragmented messages are rare, and an idle session keeps no buffer.
-                let message = self.fragmented.take().expect("present");
+                let message = self.carry().fragmented.take().expect("present");
                 return deliver(message.kind, &message.payload, on_message);
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
@@ -254,13 +292,13 @@ impl Decoder {
         if header.is_final {
             return deliver(kind, payload, on_message);
         }
-        let mut fragmented = Box::new(Fragmented {
+        let mut fragmented = Fragmented {
             kind,
             payload: payload.to_vec(),
             utf8_valid_up_to: 0,
-        });
+        };
         fragmented.check_utf8(false)?;
-        self.fragmented = Some(fragmented);
+        self.carry().fragmented = Some(fragmented);
         Ok(Flow::Continue)
     }
 }
