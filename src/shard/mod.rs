@@ -31,7 +31,8 @@ use crate::session::{Lifecycle, Session, SessionId};
 use crate::ws::codec;
 use mesh::{InboxReceiver, InboxSender, ShardMsg};
 
-/// How long a close handshake may take before the connection is dropped, in seconds of the shard clock.
+/// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
+/// (seconds, at least).
 pub(crate) const CLOSE_TIMEOUT_SECS: u32 = 3;
 /// How long shutdown waits for sessions to finish their close handshakes.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
@@ -49,10 +50,10 @@ pub(crate) struct Shard {
     pub(crate) bench_mode: bool,
     pub(crate) callbacks: Arc<Callbacks>,
     pub(crate) rooms: RefCell<Rooms>,
-    /// Whole seconds since `epoch`, advanced by the sweep: sessions stamp activity with it instead of
+    /// The shard clock: how many sweeps have run. Sweeps are at least a second apart, so a difference of
+    /// more than N ticks means more than N seconds have passed. Sessions stamp activity with it instead of
     /// reading the time on every read, and store it in 4 bytes instead of an `Instant`'s 16.
     clock: Cell<u32>,
-    epoch: Instant,
     /// Every open session, for the sweep and shutdown; a slab because its slot (kept in the session) makes
     /// removal O(1) at 16 bytes a session, against about twice that for a hash map.
     pub(crate) sessions: RefCell<Slab<Session>>,
@@ -93,7 +94,6 @@ impl Shard {
             callbacks,
             rooms: RefCell::new(Rooms::default()),
             clock: Cell::new(0),
-            epoch: Instant::now(),
             sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
             peers,
@@ -101,7 +101,7 @@ impl Shard {
         }
     }
 
-    /// The shard clock: whole seconds since the shard started, as of the last sweep.
+    /// The shard clock: sweeps run so far (at least a second apart).
     pub(crate) fn now(&self) -> u32 {
         self.clock.get()
     }
@@ -145,11 +145,11 @@ impl Shard {
 
     /// One pass of the sweep: pings, idle timeouts, stuck close handshakes.
     ///
-    /// The clock is coarse (a stamp may be up to a second old), so a deadline is passed only when strictly
-    /// more whole seconds than the limit have gone by: a session is never closed early, and at most about
-    /// two seconds late.
+    /// The clock counts sweeps, so a stamp taken between two sweeps carries the earlier one's tick; a deadline
+    /// of N seconds is passed only when more than N ticks have gone by since the stamp, which is more than N
+    /// seconds after the activity itself: a session is never closed early, and at most about a second late.
     fn sweep(&self, send_ping: bool, ping: &Bytes) {
-        self.clock.set(self.epoch.elapsed().as_secs() as u32);
+        self.clock.set(self.clock.get().wrapping_add(1));
         let now = self.now();
         let sessions: Vec<Session> = self
             .sessions
@@ -162,7 +162,7 @@ impl Shard {
             match state.lifecycle.get() {
                 Lifecycle::Open => {
                     state.outbound.borrow_mut().compact();
-                    let silent = now.saturating_sub(state.last_seen.get());
+                    let silent = now.wrapping_sub(state.last_seen.get());
                     if self
                         .settings
                         .idle_timeout
@@ -175,7 +175,7 @@ impl Shard {
                 }
                 lifecycle => {
                     let since = lifecycle.closing_since().unwrap_or(now);
-                    if now.saturating_sub(since) > CLOSE_TIMEOUT_SECS {
+                    if now.wrapping_sub(since) > CLOSE_TIMEOUT_SECS {
                         state.lifecycle.set(Lifecycle::Aborted);
                         session.wake();
                     }
