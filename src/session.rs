@@ -173,6 +173,22 @@ impl Session {
         self.0.shard.rooms.borrow_mut().leave(self, room);
     }
 
+    /// Whether this session is a member of `room`.
+    pub fn is_member(&self, room: &str) -> bool {
+        let joined = self.0.rooms.take();
+        let member = joined.iter().any(|r| &**r == room);
+        self.0.rooms.set(joined);
+        member
+    }
+
+    /// How many rooms this session is a member of.
+    pub fn room_count(&self) -> usize {
+        let joined = self.0.rooms.take();
+        let count = joined.len();
+        self.0.rooms.set(joined);
+        count
+    }
+
     /// The rooms this session is a member of, in the order joined.
     pub fn rooms(&self) -> Vec<String> {
         let joined = self.0.rooms.take();

@@ -1,7 +1,8 @@
 //! The chat app's replies, word for word, through the real binary: the welcome, `pong`, joining and
 //! leaving, room messages to every member (the sender too) and to no one else, the `general` default, and
 //! each refusal (empty text, unknown type, text that is not quite an event, payload fields of the wrong
-//! type, unusable room names). After every refusal the session lives on and still answers `ping`.
+//! type, unusable room names, a 65th room). After every refusal the session lives on and still answers
+//! `ping`.
 
 mod common;
 
@@ -165,4 +166,40 @@ fn unusable_room_names_are_refused_and_64_bytes_is_accepted() {
     );
     let payload = serde_json::json!({ "room": "é".repeat(33) }).to_string();
     expect_reply(&mut ws, &event("room.join", &payload), INVALID_ROOM);
+}
+
+#[test]
+fn a_session_joins_at_most_64_rooms() {
+    let app = spawn_app(&[]);
+    let mut ws = client(&app);
+    for i in 0..64 {
+        send_text(
+            &mut ws,
+            &event("room.join", &format!(r#"{{"room":"r{i}"}}"#)),
+        );
+        assert_eq!(recv_text(&mut ws), format!("joined room: r{i}"));
+    }
+    let limit = "room limit reached: a session can be in at most 64 rooms";
+    expect_reply(
+        &mut ws,
+        &event("room.join", r#"{"room":"one-too-many"}"#),
+        limit,
+    );
+    // Joining a room it is already in is no new room.
+    expect_reply(
+        &mut ws,
+        &event("room.join", r#"{"room":"r7"}"#),
+        "joined room: r7",
+    );
+    // Leaving one makes room for another.
+    expect_reply(
+        &mut ws,
+        &event("room.leave", r#"{"room":"r7"}"#),
+        "left room: r7",
+    );
+    expect_reply(
+        &mut ws,
+        &event("room.join", r#"{"room":"one-too-many"}"#),
+        "joined room: one-too-many",
+    );
 }

@@ -5,13 +5,17 @@
 //! reply that says what was wrong, and the session lives on: a payload field of the wrong JSON type
 //! (`invalid payload: ...`), text that tries to be an event but is not one (`invalid event: ...`), and a
 //! room name that is empty, longer than [`MAX_ROOM_LEN`] bytes or contains control characters
-//! (`invalid room: ...`).
+//! (`invalid room: ...`). A session joins at most [`MAX_ROOMS_PER_SESSION`] rooms (`room limit
+//! reached: ...`): every room a client joins costs server memory, so joins must not be unbounded.
 
 use roomcast::{Config, EnvelopeError, Server, Session, TypedMessage};
 use serde_json::{json, Map, Value};
 
 /// The longest room name accepted, in bytes.
 pub const MAX_ROOM_LEN: usize = 64;
+
+/// The most rooms one session may be in at once.
+pub const MAX_ROOMS_PER_SESSION: usize = 64;
 
 /// The chat server: the seed's WebSocket handlers and HTTP routes on `config`.
 pub fn chat_server(config: Config) -> Server {
@@ -49,9 +53,15 @@ fn on_raw_text(session: &Session, text: &str) {
 
 fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
     let outcome = match kind {
-        "room.join" => room_field(payload).map(|room| {
+        "room.join" => room_field(payload).and_then(|room| {
+            if !session.is_member(&room) && session.room_count() >= MAX_ROOMS_PER_SESSION {
+                return Err(format!(
+                    "room limit reached: a session can be in at most {MAX_ROOMS_PER_SESSION} rooms"
+                ));
+            }
             session.join_room(&room);
             session.send_text(&format!("joined room: {room}"));
+            Ok(())
         }),
         "room.leave" => room_field(payload).map(|room| {
             session.leave_room(&room);
