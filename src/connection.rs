@@ -197,7 +197,7 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
     }
     match state.lifecycle.get() {
         Lifecycle::Aborted => return Poll::Ready(Event::Closed),
-        Lifecycle::Ending { since, linger } if state.outbound.borrow().is_empty() => {
+        Lifecycle::Ending { since, linger } if state.outbound.is_empty() => {
             if !linger {
                 return Poll::Ready(Event::Closed);
             }
@@ -223,20 +223,13 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
 
 /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
 fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
-    let mut outbound = state.outbound.borrow_mut();
-    let write_shut = matches!(state.lifecycle.get(), Lifecycle::Draining { .. });
-    while !outbound.is_empty() && !write_shut {
-        if outbound.write_to(io.stream.as_raw_fd())? {
-            break;
-        }
-        let front = outbound.front().expect("not empty");
-        match Pin::new(&mut io.stream).poll_write(cx, front) {
-            Poll::Ready(Ok(n)) => outbound.advance(n),
-            Poll::Ready(Err(e)) => return Err(e),
-            Poll::Pending => break,
-        }
+    if matches!(state.lifecycle.get(), Lifecycle::Draining { .. }) {
+        return Ok(()); // Our write side is shut down.
     }
-    Ok(())
+    let fd = io.stream.as_raw_fd();
+    state
+        .outbound
+        .flush(fd, |front| Pin::new(&mut io.stream).poll_write(cx, front))
 }
 
 /// Decodes received bytes and acts on each message.
@@ -260,7 +253,6 @@ fn process(session: &Session, io: &mut Io, bytes: &mut [u8]) {
                 .report_error(session, &SessionError::Protocol(error));
             state
                 .outbound
-                .borrow_mut()
                 .push_unbounded(codec::close_frame(error.close_code(), &error.to_string()));
         }
         state.lifecycle.set(Lifecycle::Ending {
@@ -291,7 +283,7 @@ fn handle(session: &Session, message: Inbound<'_>) -> Flow {
                     Some((code, _)) => codec::close_frame(code, ""),
                     None => codec::encode_frame(OpCode::Control(Control::Close), &[]),
                 };
-                state.outbound.borrow_mut().push_unbounded(echo);
+                state.outbound.push_unbounded(echo);
             }
             state.lifecycle.set(Lifecycle::Ending {
                 since: state.shard.now(),

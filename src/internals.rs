@@ -136,9 +136,8 @@ impl BenchCluster {
         self.sessions
             .iter()
             .map(|s| {
-                let mut outbound = s.0.outbound.borrow_mut();
-                let queued = outbound.queued();
-                outbound.advance(queued);
+                let queued = s.0.outbound.queued();
+                s.0.outbound.advance(queued);
                 queued
             })
             .sum()

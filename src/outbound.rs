@@ -13,9 +13,11 @@
 //!
 //! It must not decide what to send or when to close; it only holds bytes and writes them.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::unix::io::RawFd;
+use std::task::Poll;
 
 use bytes::Bytes;
 
@@ -25,18 +27,21 @@ pub(crate) const MAX_IOVECS: usize = 64;
 /// The largest frame a queue accepts.
 const MAX_FRAME_LEN: usize = 1 << 31;
 
-/// The queue of frames not yet written to the socket.
-#[derive(Debug, Default)]
+/// One session's outbound queue. Interior-mutable through a `Cell` (taken and put back around each
+/// operation) rather than a `RefCell`: every session carries one, the borrow flag would cost 8 bytes, and no
+/// operation here calls out while it holds the queue.
+#[derive(Default)]
 pub(crate) struct Outbound {
-    /// The frames, oldest first. Boxed and absent while nothing is queued: every idle session carries an
-    /// `Outbound`, and an absent ring costs 8 bytes where an empty `VecDeque` costs 32.
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes per idle session instead of 32"
-    )]
-    frames: Option<Box<VecDeque<Bytes>>>,
-    /// Bytes of the front frame already written. (u32, like `queued`: every idle session carries these, and
-    /// frames and the backpressure limit are far below 4 GiB.)
+    /// Absent while nothing is queued: 8 bytes per idle session.
+    queue: Cell<Option<Box<Queue>>>,
+}
+
+/// The frames, oldest first, and how much of them is written.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the front frame already written. (u32, like `queued`: frames and the backpressure limit
+    /// are far below 4 GiB.)
     front_written: u32,
     /// Unwritten bytes in all of `frames`.
     queued: u32,
@@ -50,64 +55,125 @@ pub(crate) struct Overflow {
 }
 
 impl Outbound {
+    fn with<R>(&self, f: impl FnOnce(&mut Option<Box<Queue>>) -> R) -> R {
+        let mut queue = self.queue.take();
+        let result = f(&mut queue);
+        self.queue.set(queue);
+        result
+    }
+
     /// Queues `frame` unless that would put more than `limit` bytes in the queue.
-    pub(crate) fn push(&mut self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
-        let queued = self.queued as usize;
-        // One frame may exceed the limit when nothing is queued (a large message to an idle client), but
-        // never 2 GiB: the counters are u32.
-        if (queued + frame.len() > limit && queued > 0) || frame.len() > MAX_FRAME_LEN {
-            return Err(Overflow { queued });
-        }
-        self.push_unbounded(frame);
-        Ok(())
+    pub(crate) fn push(&self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
+        self.with(|queue| {
+            let queued = queue.as_ref().map_or(0, |q| q.queued as usize);
+            // One frame may exceed the limit when nothing is queued (a large message to an idle client),
+            // but never 2 GiB: the counters are u32.
+            if (queued + frame.len() > limit && queued > 0) || frame.len() > MAX_FRAME_LEN {
+                return Err(Overflow { queued });
+            }
+            queue.get_or_insert_with(Default::default).push(frame);
+            Ok(())
+        })
     }
 
     /// Queues a frame regardless of the limit: a close frame must always get its chance.
-    pub(crate) fn push_unbounded(&mut self, frame: Bytes) {
-        self.queued += frame.len() as u32;
-        self.frames
-            .get_or_insert_with(Default::default)
-            .push_back(frame);
+    pub(crate) fn push_unbounded(&self, frame: Bytes) {
+        self.with(|queue| queue.get_or_insert_with(Default::default).push(frame));
     }
 
     /// Drops everything not yet written, except the unwritten rest of a frame already begun (cutting it
     /// would corrupt the stream).
-    pub(crate) fn discard(&mut self) {
-        let keep = if self.front_written > 0 { 1 } else { 0 };
-        if let Some(frames) = &mut self.frames {
-            frames.truncate(keep);
-        }
-        self.queued = self.front().map_or(0, |rest| rest.len() as u32);
-        if self.is_empty() {
-            self.frames = None;
-        }
+    pub(crate) fn discard(&self) {
+        self.with(|queue| {
+            if let Some(q) = queue {
+                let keep = if q.front_written > 0 { 1 } else { 0 };
+                q.frames.truncate(keep);
+                q.queued = q.front().map_or(0, |rest| rest.len() as u32);
+            }
+            if queue.as_ref().is_some_and(|q| q.frames.is_empty()) {
+                *queue = None;
+            }
+        });
     }
 
     /// Whether nothing is waiting.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.as_ref().is_none_or(|frames| frames.is_empty())
+        self.with(|queue| queue.as_ref().is_none_or(|q| q.frames.is_empty()))
     }
 
     /// Unwritten bytes.
     pub(crate) fn queued(&self) -> usize {
-        self.queued as usize
+        self.with(|queue| queue.as_ref().map_or(0, |q| q.queued as usize))
     }
 
-    /// The unwritten part of the front frame, for a write that waits for the socket to become writable.
-    pub(crate) fn front(&self) -> Option<&[u8]> {
-        let front = self.frames.as_ref()?.front()?;
+    /// Marks `n` bytes as written (what a completed write would do).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn advance(&self, n: usize) {
+        self.with(|queue| {
+            if let Some(q) = queue {
+                q.advance(n);
+            }
+        });
+    }
+
+    /// Frees the queue when it is empty. The shard's sweep calls it for every session once a second, so a
+    /// busy session keeps its small ring between frames (no allocation per frame) and an idle one holds
+    /// nothing.
+    pub(crate) fn compact(&self) {
+        self.with(|queue| {
+            if queue.as_ref().is_some_and(|q| q.frames.is_empty()) {
+                *queue = None;
+            }
+        });
+    }
+
+    /// Writes as much of the queue as the socket `fd` takes without blocking. When the socket is full,
+    /// `when_writable` gets the unwritten front frame, to write it through a path that can wait (the
+    /// connection hands it to glommio, which arms a writability wake-up); what it wrote is accounted for.
+    pub(crate) fn flush(
+        &self,
+        fd: RawFd,
+        mut when_writable: impl FnMut(&[u8]) -> Poll<io::Result<usize>>,
+    ) -> io::Result<()> {
+        self.with(|queue| {
+            let Some(q) = queue else { return Ok(()) };
+            while !q.frames.is_empty() {
+                if q.write_to(fd)? {
+                    break;
+                }
+                let front = q.front().expect("not empty");
+                match when_writable(front) {
+                    Poll::Ready(Ok(n)) => q.advance(n),
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+            if q.frames.is_empty() && q.frames.capacity() > 64 {
+                // A burst grew the ring; give the memory back at once.
+                *queue = None;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Queue {
+    fn push(&mut self, frame: Bytes) {
+        self.queued += frame.len() as u32;
+        self.frames.push_back(frame);
+    }
+
+    /// The unwritten part of the front frame.
+    fn front(&self) -> Option<&[u8]> {
+        let front = self.frames.front()?;
         Some(&front[self.front_written as usize..])
     }
 
     /// Marks `n` bytes as written.
-    pub(crate) fn advance(&mut self, mut n: usize) {
+    fn advance(&mut self, mut n: usize) {
         self.queued -= n as u32;
-        let Some(frames) = &mut self.frames else {
-            assert_eq!(n, 0, "advanced past the queue");
-            return;
-        };
         while n > 0 {
-            let front = frames.front().expect("advanced past the queue").len()
+            let front = self.frames.front().expect("advanced past the queue").len()
                 - self.front_written as usize;
             if n < front {
                 self.front_written += n as u32;
@@ -115,20 +181,7 @@ impl Outbound {
             }
             n -= front;
             self.front_written = 0;
-            frames.pop_front();
-        }
-        if frames.is_empty() && frames.capacity() > 64 {
-            // A burst grew the ring; give the memory back at once.
-            self.frames = None;
-        }
-    }
-
-    /// Frees the ring of an empty queue. The shard's sweep calls it for every session once a second, so a
-    /// busy session keeps its small ring between frames (no allocation per frame) and an idle one holds
-    /// nothing.
-    pub(crate) fn compact(&mut self) {
-        if self.is_empty() {
-            self.frames = None;
+            self.frames.pop_front();
         }
     }
 
@@ -136,14 +189,14 @@ impl Outbound {
     ///
     /// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full (wait for it to be
     /// writable), or the socket's error.
-    pub(crate) fn write_to(&mut self, fd: RawFd) -> io::Result<bool> {
-        while let Some(frames) = self.frames.as_ref().filter(|frames| !frames.is_empty()) {
+    fn write_to(&mut self, fd: RawFd) -> io::Result<bool> {
+        while !self.frames.is_empty() {
             let mut iovecs = [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             }; MAX_IOVECS];
             let mut count = 0;
-            for (i, frame) in frames.iter().take(MAX_IOVECS).enumerate() {
+            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
                 let bytes = if i == 0 {
                     &frame[self.front_written as usize..]
                 } else {
@@ -184,10 +237,15 @@ mod tests {
     use std::os::unix::io::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    /// A flush that never waits: a full socket leaves the rest queued.
+    fn flush_now(out: &Outbound, fd: RawFd) {
+        out.flush(fd, |_| Poll::Pending).unwrap();
+    }
+
     #[test]
     fn many_frames_leave_in_order_and_partial_writes_resume() {
         let (a, mut b) = UnixStream::pair().unwrap();
-        let mut out = Outbound::default();
+        let out = Outbound::default();
         let mut expected = Vec::new();
         for i in 0..200u8 {
             let frame = Bytes::from(vec![i; 1 + i as usize]);
@@ -195,7 +253,7 @@ mod tests {
             out.push(frame, usize::MAX).unwrap();
         }
         assert_eq!(out.queued(), expected.len());
-        assert!(out.write_to(a.as_raw_fd()).unwrap());
+        flush_now(&out, a.as_raw_fd());
         assert!(out.is_empty());
         let mut got = vec![0; expected.len()];
         b.read_exact(&mut got).unwrap();
@@ -203,14 +261,17 @@ mod tests {
 
         out.push(Bytes::from_static(b"abcdef"), usize::MAX).unwrap();
         out.advance(2);
-        assert_eq!(out.front(), Some(&b"cdef"[..]));
         assert_eq!(out.queued(), 4);
+        flush_now(&out, a.as_raw_fd());
+        let mut rest = [0; 4];
+        b.read_exact(&mut rest).unwrap();
+        assert_eq!(&rest, b"cdef");
     }
 
     #[test]
-    fn a_full_socket_reports_would_block_and_the_limit_holds() {
+    fn a_full_socket_keeps_the_rest_and_the_limit_holds() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let mut out = Outbound::default();
+        let out = Outbound::default();
         let limit = 8 << 20;
         let mut refused = false;
         for _ in 0..1000 {
@@ -218,13 +279,22 @@ mod tests {
                 refused = true;
                 break;
             }
-            if out.write_to(a.as_raw_fd()).unwrap() {
-                continue;
-            }
+            flush_now(&out, a.as_raw_fd());
         }
         assert!(refused, "the queue must stop growing at the limit");
         assert!(out.queued() <= limit);
         out.discard();
         assert!(out.queued() < 64 * 1024);
+    }
+
+    #[test]
+    fn an_empty_queue_holds_no_allocation_after_compaction() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let out = Outbound::default();
+        out.push(Bytes::from_static(b"hi"), 1024).unwrap();
+        flush_now(&out, a.as_raw_fd());
+        assert!(out.is_empty());
+        out.compact();
+        assert!(out.with(|queue| queue.is_none()));
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! It must not touch the socket: only the connection task reads and writes it.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -84,7 +84,7 @@ pub(crate) struct SessionState {
     /// and scope, which a peer address does not need).
     pub(crate) peer: (IpAddr, u16),
     pub(crate) shard: Rc<Shard>,
-    pub(crate) outbound: RefCell<Outbound>,
+    pub(crate) outbound: Outbound,
     /// The connection task's waker, to run it when frames are queued from elsewhere.
     pub(crate) waker: Cell<Option<Waker>>,
     pub(crate) lifecycle: Cell<Lifecycle>,
@@ -117,7 +117,7 @@ impl Session {
             id: shard.next_session_id(),
             peer: (peer.ip(), peer.port()),
             shard: shard.clone(),
-            outbound: RefCell::new(Outbound::default()),
+            outbound: Outbound::default(),
             waker: Cell::new(None),
             lifecycle: Cell::new(Lifecycle::Open),
             rooms: Cell::new(Vec::new()),
@@ -218,7 +218,7 @@ impl Session {
             return Ok(());
         }
         let limit = self.0.shard.settings.max_backpressure;
-        self.0.outbound.borrow_mut().push(frame, limit)?;
+        self.0.outbound.push(frame, limit)?;
         self.wake();
         Ok(())
     }
@@ -229,11 +229,11 @@ impl Session {
             return;
         }
         let limit = self.0.shard.settings.max_backpressure;
-        let queued = self.0.outbound.borrow().queued();
+        let queued = self.0.outbound.queued();
         self.0
             .shard
             .report_error(self, &SessionError::SlowConsumer { queued, limit });
-        self.0.outbound.borrow_mut().discard();
+        self.0.outbound.discard();
         self.start_close(1008, "slow consumer");
     }
 
@@ -241,7 +241,6 @@ impl Session {
     pub(crate) fn start_close(&self, code: u16, reason: &str) {
         self.0
             .outbound
-            .borrow_mut()
             .push_unbounded(codec::close_frame(code, reason));
         let since = self.0.shard.now();
         self.0.lifecycle.set(Lifecycle::Closing { since });

@@ -161,7 +161,7 @@ impl Shard {
             let state = &session.0;
             match state.lifecycle.get() {
                 Lifecycle::Open => {
-                    state.outbound.borrow_mut().compact();
+                    state.outbound.compact();
                     let silent = now.wrapping_sub(state.last_seen.get());
                     if self
                         .settings
