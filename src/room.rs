@@ -25,8 +25,10 @@ pub(crate) struct Rooms {
 impl Rooms {
     /// Adds `session` to `room` if it is not already a member.
     pub(crate) fn join(&mut self, session: &Session, room: &str) {
-        let mut joined = session.0.rooms.take();
-        if !joined.iter().any(|r| &**r == room) {
+        session.0.with_rooms(|joined| {
+            if joined.iter().any(|r| &**r == room) {
+                return;
+            }
             let name = match self.members.get_key_value(room) {
                 Some((name, _)) => name.clone(),
                 None => Rc::from(room),
@@ -36,18 +38,18 @@ impl Rooms {
                 .or_default()
                 .push(session.clone());
             joined.push(name);
-        }
-        session.0.rooms.set(joined);
+        });
     }
 
     /// Removes `session` from `room`; forgets the room when its last local member leaves.
     pub(crate) fn leave(&mut self, session: &Session, room: &str) {
-        let mut joined = session.0.rooms.take();
-        if let Some(at) = joined.iter().position(|r| &**r == room) {
-            joined.remove(at);
+        let was_member = session.0.with_rooms(|joined| {
+            let at = joined.iter().position(|r| &**r == room);
+            at.map(|at| joined.remove(at)).is_some()
+        });
+        if was_member {
             self.remove_member(room, session);
         }
-        session.0.rooms.set(joined);
     }
 
     /// Removes `session` from every room it joined (its end).

@@ -97,6 +97,17 @@ pub(crate) struct SessionState {
     pub(crate) slot: Cell<u32>,
 }
 
+impl SessionState {
+    /// Runs `f` on the joined rooms, taken out of their `Cell` and put back; `f` must not reach this
+    /// session's rooms again (it would see none).
+    pub(crate) fn with_rooms<R>(&self, f: impl FnOnce(&mut Vec<Rc<str>>) -> R) -> R {
+        let mut joined = self.rooms.take();
+        let result = f(&mut joined);
+        self.rooms.set(joined);
+        result
+    }
+}
+
 /// A connected WebSocket client, as callbacks see it. Cloning is cheap (a reference count).
 #[derive(Clone)]
 pub struct Session(pub(crate) Rc<SessionState>);
@@ -175,26 +186,19 @@ impl Session {
 
     /// Whether this session is a member of `room`.
     pub fn is_member(&self, room: &str) -> bool {
-        let joined = self.0.rooms.take();
-        let member = joined.iter().any(|r| &**r == room);
-        self.0.rooms.set(joined);
-        member
+        self.0
+            .with_rooms(|joined| joined.iter().any(|r| &**r == room))
     }
 
     /// How many rooms this session is a member of.
     pub fn room_count(&self) -> usize {
-        let joined = self.0.rooms.take();
-        let count = joined.len();
-        self.0.rooms.set(joined);
-        count
+        self.0.with_rooms(|joined| joined.len())
     }
 
     /// The rooms this session is a member of, in the order joined.
     pub fn rooms(&self) -> Vec<String> {
-        let joined = self.0.rooms.take();
-        let names = joined.iter().map(|r| r.to_string()).collect();
-        self.0.rooms.set(joined);
-        names
+        self.0
+            .with_rooms(|joined| joined.iter().map(|r| r.to_string()).collect())
     }
 
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.
