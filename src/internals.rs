@@ -17,7 +17,6 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 use crate::dispatch::dispatch_text;
 use crate::handler::Callbacks;
-use crate::room::Rooms;
 use crate::session::Session;
 use crate::shard::mesh::{inbox, InboxReceiver, InboxSender, ShardMsg};
 use crate::shard::Shard;
@@ -29,7 +28,7 @@ pub fn mask(payload: &mut [u8], key: [u8; 4]) {
 }
 
 /// Encodes a server text frame, as a broadcast does once for all its recipients.
-pub fn encode_text(text: &str) -> bytes::Bytes {
+pub fn encode_text(text: &str) -> std::rc::Rc<[u8]> {
     text_frame(text)
 }
 
@@ -125,7 +124,7 @@ impl BenchCluster {
             inbox.drain_into(&mut batch);
             for msg in batch.drain(..) {
                 if let ShardMsg::Broadcast { room, frame } = msg {
-                    Rooms::deliver(&shard.rooms, &room, &frame);
+                    shard.deliver_posted(&room, &frame);
                 }
             }
         }

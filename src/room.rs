@@ -12,9 +12,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::Bytes;
-
 use crate::session::Session;
+use crate::ws::codec::Frame;
 
 /// Local membership of every room that has at least one member on this shard.
 #[derive(Default)]
@@ -72,7 +71,7 @@ impl Rooms {
     }
 
     /// Queues `frame` for every local member of `room`.
-    pub(crate) fn deliver(rooms: &RefCell<Rooms>, room: &str, frame: &Bytes) {
+    pub(crate) fn deliver(rooms: &RefCell<Rooms>, room: &str, frame: &Frame) {
         let mut overflowed = Vec::new();
         if let Some(members) = rooms.borrow().members.get(room) {
             for member in members {

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use serde_json::{Map, Value};
 
@@ -279,14 +278,14 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Sends `text` to every member of `room` on every shard; the frame is encoded once, and each shard
-    /// gets its own copy of the bytes so that no reference count is shared between cores.
+    /// copies it into a frame of its own so that no per-delivery reference count is shared between cores.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        let frame = codec::text_frame(text);
+        let frame: Arc<[u8]> = Arc::from(&codec::text_frame(text)[..]);
         let room: Arc<str> = Arc::from(room);
         for shard in self.shards.iter() {
             shard.post(ShardMsg::Broadcast {
                 room: room.clone(),
-                frame: Bytes::copy_from_slice(&frame),
+                frame: frame.clone(),
             });
         }
     }

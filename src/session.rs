@@ -14,12 +14,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::task::Waker;
 
-use bytes::Bytes;
-
 use crate::error::SessionError;
 use crate::outbound::{Outbound, Overflow};
 use crate::shard::Shard;
-use crate::ws::codec;
+use crate::ws::codec::{self, Frame};
 
 /// A session's identity, unique within the process: the shard index in the top 16 bits, a per-shard
 /// counter below.
@@ -210,14 +208,14 @@ impl Session {
     /// Queues an encoded frame (shared with other recipients) unless the session is closing. A frame that
     /// would pass the backpressure limit closes the session as a slow consumer; pongs and pings count too,
     /// so a client flooding pings without reading the pongs is one.
-    pub(crate) fn send_frame(&self, frame: Bytes) {
+    pub(crate) fn send_frame(&self, frame: Frame) {
         if self.queue_frame(frame).is_err() {
             self.close_slow_consumer();
         }
     }
 
     /// Queues a frame without running any callback; an overflow is left to the caller to act on.
-    pub(crate) fn queue_frame(&self, frame: Bytes) -> Result<(), Overflow> {
+    pub(crate) fn queue_frame(&self, frame: Frame) -> Result<(), Overflow> {
         if !self.is_open() {
             return Ok(());
         }

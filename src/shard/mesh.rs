@@ -18,7 +18,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_lite::AsyncReadExt;
 
@@ -29,8 +28,10 @@ pub(crate) enum ShardMsg {
     Broadcast {
         /// The room.
         room: Arc<str>,
-        /// The frame, shared with every other shard's copy of this message.
-        frame: Bytes,
+        /// The encoded frame, read-only and shared by every shard it was posted to; each copies it into
+        /// a [`crate::ws::codec::Frame`] of its own before delivering, so that the per-delivery
+        /// reference counting stays on one core and non-atomic.
+        frame: Arc<[u8]>,
     },
     /// Stop accepting, close every session with 1001, and end the executor once they are gone.
     Shutdown,

@@ -20,7 +20,6 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use slab::Slab;
 
 use crate::config::WebSocketSettings;
@@ -28,7 +27,7 @@ use crate::error::SessionError;
 use crate::handler::{guarded, Callbacks};
 use crate::room::Rooms;
 use crate::session::{Lifecycle, Session, SessionId};
-use crate::ws::codec;
+use crate::ws::codec::{self, Frame};
 use mesh::{InboxReceiver, InboxSender, ShardMsg};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
@@ -115,22 +114,30 @@ impl Shard {
 
     /// Delivers `frame` to the members of `room` here, and posts it once to every other shard.
     ///
-    /// Each other shard gets its own copy of the encoded bytes (a memcpy, not a re-encode): every member's
-    /// queue clones and drops the frame's atomic reference count, and two cores doing that on one count
-    /// bounce its cache line between them on every delivery, which halved throughput with two shards.
-    pub(crate) fn broadcast(&self, room: &str, frame: Bytes) {
+    /// The other shards share one read-only copy of the bytes and each copies it into a frame of its own
+    /// (a memcpy per shard, not a re-encode): every member's queue clones and drops its frame's reference
+    /// count, and two cores doing that on one count would bounce its cache line between them on every
+    /// delivery, which halved throughput with two shards when the count was shared.
+    pub(crate) fn broadcast(&self, room: &str, frame: Frame) {
         if self.peers.len() > 1 {
             let room_name: Arc<str> = Arc::from(room);
+            let shared: Arc<[u8]> = Arc::from(&frame[..]);
             for (index, peer) in self.peers.iter().enumerate() {
                 if index != self.index {
                     peer.post(ShardMsg::Broadcast {
                         room: room_name.clone(),
-                        frame: Bytes::copy_from_slice(&frame),
+                        frame: shared.clone(),
                     });
                 }
             }
         }
         Rooms::deliver(&self.rooms, room, &frame);
+    }
+
+    /// Delivers a broadcast another shard posted: its bytes are copied into a frame of this shard's own
+    /// first (see [`Shard::broadcast`]).
+    pub(crate) fn deliver_posted(&self, room: &str, frame: &[u8]) {
+        Rooms::deliver(&self.rooms, room, &Frame::from(frame));
     }
 
     /// Logs a session's error and hands it to `on_error`.
@@ -148,7 +155,7 @@ impl Shard {
     /// The clock counts sweeps, so a stamp taken between two sweeps carries the earlier one's tick; a deadline
     /// of N seconds is passed only when more than N ticks have gone by since the stamp, which is more than N
     /// seconds after the activity itself: a session is never closed early, and at most about a second late.
-    fn sweep(&self, send_ping: bool, ping: &Bytes) {
+    fn sweep(&self, send_ping: bool, ping: &Frame) {
         self.clock.set(self.clock.get().wrapping_add(1));
         let now = self.now();
         let sessions: Vec<Session> = self
@@ -207,7 +214,7 @@ pub(crate) async fn run(start: ShardStart) {
         }
         for msg in batch.drain(..) {
             match msg {
-                ShardMsg::Broadcast { room, frame } => Rooms::deliver(&shard.rooms, &room, &frame),
+                ShardMsg::Broadcast { room, frame } => shard.deliver_posted(&room, &frame),
                 ShardMsg::Shutdown => break 'serve,
             }
         }

@@ -14,8 +14,8 @@
 //! as nothing is half-received, so an idle session's decoder is one null pointer.
 
 use std::io::Cursor;
+use std::rc::Rc;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
@@ -350,34 +350,53 @@ pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Encodes one unmasked server frame; the result is shared by every recipient of a broadcast.
-pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+/// An encoded server frame. A broadcast encodes its frame once and every recipient's queue holds a
+/// pointer to it. The count is not atomic because a frame never leaves its shard (another shard gets its
+/// own copy, see [`crate::shard::Shard::broadcast`]): an atomic increment and decrement per delivery cost
+/// about a third of the server's user-space time in a 1,000-member broadcast.
+pub(crate) type Frame = Rc<[u8]>;
+
+/// Encodes one unmasked server frame, written straight into its shared allocation.
+pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Frame {
     let header = FrameHeader {
         is_final: true,
         opcode,
         ..FrameHeader::default()
     };
-    let mut out = BytesMut::with_capacity(header.len(payload.len() as u64) + payload.len());
-    let mut writer = (&mut out).writer();
+    // A server frame's header is at most 10 bytes: 2, plus 8 for a 64-bit length, and no mask.
+    let mut head = [0u8; 10];
+    let mut cursor = Cursor::new(&mut head[..]);
     header
-        .format(payload.len() as u64, &mut writer)
-        .expect("writing to memory cannot fail");
-    out.extend_from_slice(payload);
-    out.freeze()
+        .format(payload.len() as u64, &mut cursor)
+        .expect("an unmasked header fits in 10 bytes");
+    let head_len = cursor.position() as usize;
+    let head = &head[..head_len];
+    let mut frame = Rc::<[u8]>::new_uninit_slice(head.len() + payload.len());
+    let buf = Rc::get_mut(&mut frame)
+        .expect("a new Rc is unique")
+        .as_mut_ptr()
+        .cast::<u8>();
+    // SAFETY: `buf` has room for exactly the header and the payload, which do not overlap it; once both
+    // are copied every byte is initialised.
+    unsafe {
+        std::ptr::copy_nonoverlapping(head.as_ptr(), buf, head_len);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), buf.add(head_len), payload.len());
+        frame.assume_init()
+    }
 }
 
 /// A text message frame.
-pub(crate) fn text_frame(text: &str) -> Bytes {
+pub(crate) fn text_frame(text: &str) -> Frame {
     encode_frame(OpCode::Data(Data::Text), text.as_bytes())
 }
 
 /// A binary message frame.
-pub(crate) fn binary_frame(data: &[u8]) -> Bytes {
+pub(crate) fn binary_frame(data: &[u8]) -> Frame {
     encode_frame(OpCode::Data(Data::Binary), data)
 }
 
 /// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
-pub(crate) fn close_frame(code: u16, reason: &str) -> Bytes {
+pub(crate) fn close_frame(code: u16, reason: &str) -> Frame {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -389,12 +408,12 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Bytes {
 }
 
 /// A pong echoing a ping's payload.
-pub(crate) fn pong_frame(payload: &[u8]) -> Bytes {
+pub(crate) fn pong_frame(payload: &[u8]) -> Frame {
     encode_frame(OpCode::Control(Control::Pong), payload)
 }
 
 /// An empty ping, as the server sends every `WEBSOCKET_PING_INTERVAL`.
-pub(crate) fn ping_frame() -> Bytes {
+pub(crate) fn ping_frame() -> Frame {
     encode_frame(OpCode::Control(Control::Ping), &[])
 }
 
