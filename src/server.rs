@@ -32,6 +32,9 @@ const EXECUTOR_FIX: &str = "roomcast needs io_uring (Linux 5.8 or newer, not dis
     kernel.io_uring_disabled sysctl or a seccomp profile) and, on kernels before 5.12, enough locked memory \
     for its rings: raise `ulimit -l` (LimitMEMLOCK= under systemd) or lower SERVER_IO_THREADS";
 
+/// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`shard::RING_DEPTH`]).
+const HTTP_RING_DEPTH: usize = 128;
+
 /// A configured server with its callbacks and routes, not yet started.
 pub struct Server {
     config: Config,
@@ -164,10 +167,12 @@ impl Server {
                 bench_mode: config.server.bench_mode,
             };
             let placement = Placement::Fixed(cpus[index % cpus.len()]);
-            let thread =
-                start_executor(format!("websocket shard {index}"), placement, move || {
-                    shard::run(start)
-                })?;
+            let thread = start_executor(
+                format!("websocket shard {index}"),
+                placement,
+                shard::RING_DEPTH,
+                move || shard::run(start),
+            )?;
             running.shard_threads.push(thread);
         }
         tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
@@ -183,6 +188,7 @@ impl Server {
         let thread = start_executor(
             "http shard".to_owned(),
             Placement::Unbound,
+            HTTP_RING_DEPTH,
             move || async move {
                 let listener = {
                     use std::os::unix::io::{FromRawFd, IntoRawFd};
@@ -301,6 +307,7 @@ impl ServerHandle {
 fn start_executor<F, Fut>(
     name: String,
     placement: Placement,
+    ring_depth: usize,
     make_future: F,
 ) -> Result<JoinHandle<()>, StartError>
 where
@@ -314,6 +321,7 @@ where
         .spawn(move || {
             let executor = match LocalExecutorBuilder::new(placement)
                 .name(&thread_name)
+                .ring_depth(ring_depth)
                 .make()
             {
                 Ok(executor) => executor,

@@ -37,6 +37,12 @@ pub(crate) const CLOSE_TIMEOUT_SECS: u32 = 3;
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(6);
 /// How often the sweep looks at timeouts and pings.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Submission entries of each of the shard's io_uring rings (glommio's default is 128). Every idle
+/// session keeps one poll pending in the kernel, and the kernel hashes pending polls into a table of
+/// `cq_entries / 32` buckets (at most 256) that it walks on every cancellation; glommio cancels its
+/// preemption timers each time the executor parks. With 128 entries (8 buckets) that walk was 6 % of a
+/// 2-shard server's CPU serving 2,000 clients; 4,096 gives 256 buckets, for about 1.2 MB more RSS per shard.
+pub(crate) const RING_DEPTH: usize = 4096;
 /// The shard's read buffer: large enough for a burst of frames in one read, shared by all its sessions.
 const READ_BUFFER_LEN: usize = 64 * 1024;
 
