@@ -22,8 +22,8 @@ use crate::tracker::{Arrival, SeqTrack};
 
 /// The seed's greeting, sent on open.
 pub const WELCOME: &str = "welcome to Vix WebSocket chat";
-/// A read buffer starts this large and doubles, up to one maximum frame, only if a frame needs it.
-const INITIAL_READ_BUFFER: usize = 2048;
+/// Room for at least this much new data in every read into the thread's shared read buffer.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,9 +86,10 @@ pub struct Progress {
 /// The socket and its buffers.
 struct Io {
     stream: Option<TcpStream>,
-    /// Received bytes not yet parsed are `rbuf[..filled]`.
-    rbuf: Vec<u8>,
-    filled: usize,
+    /// Received bytes not yet parsed: the start of a frame whose rest has not arrived. Reads go to the
+    /// driver thread's shared buffer ([`ReadBuffer`]); only this remainder is kept per connection, so a
+    /// connection holds no read buffer between bursts.
+    carry: Vec<u8>,
     /// Bytes to send are `wbuf[wpos..]`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -126,8 +127,7 @@ impl Client {
         Client {
             io: Io {
                 stream: None,
-                rbuf: Vec::new(),
-                filled: 0,
+                carry: Vec::new(),
                 wbuf: Vec::new(),
                 wpos: 0,
                 mask: (seed | 1).to_le_bytes(),
@@ -164,8 +164,7 @@ impl Client {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(e) => return Err(e),
         }
-        self.io.rbuf.resize(INITIAL_READ_BUFFER, 0);
-        self.io.filled = 0;
+        self.io.carry.clear();
         self.io.wbuf.clear();
         self.io.wpos = 0;
         self.stage = Stage::Connecting;
@@ -182,7 +181,7 @@ impl Client {
         self.io.stream = None;
         self.stage = Stage::Closed;
         self.upgrade = None;
-        self.io.filled = 0;
+        self.io.carry.clear();
         self.io.wbuf.clear();
         self.io.wpos = 0;
     }
@@ -241,25 +240,29 @@ impl Client {
         plan: &Plan,
         slot: &ClientPlan,
         counting: &mut Counting<'_>,
+        read_buf: &mut ReadBuffer,
     ) -> Result<Progress, ErrorKind> {
         let mut progress = Progress::default();
         loop {
-            if self.io.filled == self.io.rbuf.len() {
-                // Only a frame larger than the buffer gets here; bounded by the largest frame.
-                if self.io.rbuf.len() >= MAX_FRAME + 14 {
-                    return Err(ErrorKind::Protocol);
-                }
-                let grown = (self.io.rbuf.len() * 2).clamp(INITIAL_READ_BUFFER, MAX_FRAME + 14);
-                self.io.rbuf.resize(grown, 0);
-            }
+            let carried = self.io.carry.len();
+            let buf = read_buf.with_room(carried);
             let Some(stream) = self.io.stream.as_mut() else {
                 return Ok(progress);
             };
-            match stream.read(&mut self.io.rbuf[self.io.filled..]) {
+            // New bytes go after room for the carried start of a frame, which is copied in only when
+            // something arrived.
+            match stream.read(&mut buf[carried..]) {
                 Ok(0) => return Err(ErrorKind::Closed),
                 Ok(n) => {
-                    self.io.filled += n;
-                    self.parse_frames(plan, slot, counting, &mut progress)?;
+                    buf[..carried].copy_from_slice(&self.io.carry);
+                    let total = carried + n;
+                    let used =
+                        self.parse_frames(&buf[..total], plan, slot, counting, &mut progress)?;
+                    if total - used > MAX_FRAME + 14 {
+                        return Err(ErrorKind::Protocol);
+                    }
+                    self.io.carry.clear();
+                    self.io.carry.extend_from_slice(&buf[used..total]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -270,18 +273,20 @@ impl Client {
         Ok(progress)
     }
 
+    /// Acts on every complete frame in `buf`; returns how many bytes that used.
     fn parse_frames(
         &mut self,
+        buf: &[u8],
         plan: &Plan,
         slot: &ClientPlan,
         counting: &mut Counting<'_>,
         progress: &mut Progress,
-    ) -> Result<(), ErrorKind> {
+    ) -> Result<usize, ErrorKind> {
         let mut start = 0;
         if self.stage == Stage::Upgrading {
             let upgrade = self.upgrade.as_ref().ok_or(ErrorKind::Other)?;
-            match upgrade.check(&self.io.rbuf[..self.io.filled]) {
-                Ok(None) => return Ok(()),
+            match upgrade.check(buf) {
+                Ok(None) => return Ok(0),
                 Ok(Some(used)) => {
                     start = used;
                     self.stage = Stage::Welcome;
@@ -292,12 +297,12 @@ impl Client {
             }
         }
         loop {
-            let frame = match codec::parse(&self.io.rbuf[start..self.io.filled], MAX_FRAME) {
+            let frame = match codec::parse(&buf[start..], MAX_FRAME) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(_) => return Err(ErrorKind::Protocol),
             };
-            let payload = &self.io.rbuf[start + frame.payload.start..start + frame.payload.end];
+            let payload = &buf[start + frame.payload.start..start + frame.payload.end];
             match frame.opcode {
                 OpCode::Text => {
                     let mut turn = Turn {
@@ -318,9 +323,22 @@ impl Client {
             }
             start += frame.len;
         }
-        self.io.rbuf.copy_within(start..self.io.filled, 0);
-        self.io.filled -= start;
-        Ok(())
+        Ok(start)
+    }
+}
+
+/// One driver thread's read buffer, shared by all its connections: a read fetches a whole burst of
+/// frames with one syscall whatever the connection, and no connection holds a buffer of its own.
+#[derive(Default)]
+pub struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    /// The buffer, with room for `carried` bytes and then at least [`READ_CHUNK`] more.
+    fn with_room(&mut self, carried: usize) -> &mut [u8] {
+        if self.0.len() < carried + READ_CHUNK {
+            self.0.resize(carried + READ_CHUNK, 0);
+        }
+        &mut self.0
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::client::{Client, Counting, Progress, Stage};
+use crate::client::{Client, Counting, Progress, ReadBuffer, Stage};
 use crate::plan::{Pacing, Phase, Plan, Shared};
 use crate::stamp::{self, Stamp};
 use crate::tally::{latency_histogram, ErrorKind, Interval, Tally};
@@ -67,6 +67,8 @@ struct Driver {
     churn_started: bool,
     probes_sent: bool,
     scratch: Vec<u8>,
+    /// Every read of this thread's connections lands here first.
+    read_buf: ReadBuffer,
     tally: Tally,
     interval_latency: Histogram<u64>,
     interval_deliveries: u64,
@@ -119,6 +121,7 @@ impl Driver {
             churn_started: false,
             probes_sent: false,
             scratch: Vec::new(),
+            read_buf: ReadBuffer::default(),
             interval_latency: latency_histogram(),
             interval_deliveries: 0,
             interval_second: 0,
@@ -180,7 +183,8 @@ impl Driver {
             interval_deliveries: &mut self.interval_deliveries,
             now_ns: now,
         };
-        let result = self.clients[local].on_readable(&self.plan, slot, &mut counting);
+        let result =
+            self.clients[local].on_readable(&self.plan, slot, &mut counting, &mut self.read_buf);
         self.settle(local, result, phase);
     }
 
