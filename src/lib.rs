@@ -56,7 +56,7 @@
 //!   [`ServerHandle`] (broadcast from any thread).
 //! - `shard`: one glommio executor per core owning its listener, sessions, rooms and inbox; the sweep task
 //!   that owns timeouts and pings. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
-//!   `shard::mesh`: crossbeam inboxes with a doorbell that wakes a sleeping shard without polling.
+//!   `shard::mesh`: crossbeam inboxes; a post wakes a sleeping shard through glommio, without polling.
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
 //!   unmasking in place) and encoding.
 //! - `connection`: one session's task: read, decode, write, close handshake.

@@ -139,7 +139,7 @@ impl Server {
         let mut senders = Vec::with_capacity(shard_count);
         let mut receivers = Vec::with_capacity(shard_count);
         for _ in 0..shard_count {
-            let (tx, rx) = inbox().map_err(|e| executor_error("the shard mesh", e.to_string()))?;
+            let (tx, rx) = inbox();
             senders.push(tx);
             receivers.push(rx);
         }
@@ -177,8 +177,7 @@ impl Server {
         }
         tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
 
-        let (stop_tx, stop_rx) =
-            inbox().map_err(|e| executor_error("the http shard", e.to_string()))?;
+        let (stop_tx, stop_rx) = inbox();
         let site = Site {
             routes,
             public: config.public.clone(),
@@ -195,14 +194,11 @@ impl Server {
                     // SAFETY: the fd comes from a std listener we own and give up here.
                     unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) }
                 };
-                let mut stop = stop_rx.into_waiter();
                 let stopped = async move {
                     let mut batch = Vec::new();
                     while !batch.iter().any(|m| matches!(m, ShardMsg::Shutdown)) {
                         batch.clear();
-                        if stop.next_batch(&mut batch).await.is_err() {
-                            return;
-                        }
+                        stop_rx.next_batch(&mut batch).await;
                     }
                 };
                 http::serve(listener, std::rc::Rc::new(site), stopped).await;

@@ -211,13 +211,9 @@ pub(crate) async fn run(start: ShardStart) {
     let acceptor = glommio::spawn_local(acceptor::accept_loop(start.listener, shard.clone()));
     let sweeper = glommio::spawn_local(sweep_loop(shard.clone()));
 
-    let mut inbox = start.inbox.into_waiter();
     let mut batch = Vec::new();
     'serve: loop {
-        if let Err(e) = inbox.next_batch(&mut batch).await {
-            tracing::error!(shard = shard.index, error = %e, "inbox failed; stopping shard");
-            break;
-        }
+        start.inbox.next_batch(&mut batch).await;
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Broadcast { room, frame } => shard.deliver_posted(&room, &frame),
