@@ -5,7 +5,7 @@
 //! Its state is `!Send` and lives in one `Rc`: nothing on the message path takes a lock. Other shards and
 //! outside threads reach it only by posting a [`mesh::ShardMsg`].
 //!
-//! One sweep task per shard owns time: once a second it frees the empty outbound rings of sessions, pings every session when `WEBSOCKET_PING_INTERVAL`
+//! One sweep task per shard owns time: once a second it pings every session when `WEBSOCKET_PING_INTERVAL`
 //! has passed, closes sessions silent for `WEBSOCKET_IDLE_TIMEOUT` (code 1001, reason "idle timeout"), and
 //! aborts close handshakes older than [`CLOSE_TIMEOUT`]. One timer per shard instead of one per session
 //! keeps idle sessions free of timer state; the price is a second of slack on those deadlines.
@@ -174,7 +174,6 @@ impl Shard {
             let state = &session.0;
             match state.lifecycle.get() {
                 Lifecycle::Open => {
-                    state.outbound.compact();
                     let silent = now.wrapping_sub(state.last_seen.get());
                     if self
                         .settings
