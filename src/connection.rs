@@ -192,6 +192,7 @@ fn end(session: &Session) {
 
 fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Event> {
     let state = &session.0;
+    state.shard.deliver_posted_now();
     if let Err(e) = poll_flush(state, io, cx) {
         return Poll::Ready(Event::Failed(e));
     }

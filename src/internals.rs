@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::dispatch::dispatch_text;
 use crate::handler::Callbacks;
 use crate::session::Session;
-use crate::shard::mesh::{inbox, InboxReceiver, InboxSender, ShardMsg};
+use crate::shard::mesh::{inbox, InboxReceiver, InboxSender};
 use crate::shard::Shard;
 use crate::ws::codec::{self, apply_mask, text_frame, Decoder, Flow, Inbound};
 
@@ -63,7 +63,6 @@ pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Shards and sessions without executors or sockets, all on the calling thread.
 pub struct BenchCluster {
     shards: Vec<Rc<Shard>>,
-    inboxes: Vec<InboxReceiver>,
     sessions: Vec<Session>,
 }
 
@@ -88,7 +87,7 @@ impl BenchCluster {
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         let mut shards = Vec::new();
         let mut sessions = Vec::new();
-        for (index, &count) in members.iter().enumerate() {
+        for ((index, &count), inbox) in members.iter().enumerate().zip(inboxes) {
             let shard = Rc::new(Shard::new(
                 index,
                 settings.clone(),
@@ -96,6 +95,7 @@ impl BenchCluster {
                 true,
                 callbacks.clone(),
                 peers.clone(),
+                inbox,
             ));
             for _ in 0..count {
                 let session = Session::new(peer, &shard);
@@ -104,11 +104,7 @@ impl BenchCluster {
             }
             shards.push(shard);
         }
-        BenchCluster {
-            shards,
-            inboxes,
-            sessions,
-        }
+        BenchCluster { shards, sessions }
     }
 
     /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode once, deliver
@@ -117,16 +113,10 @@ impl BenchCluster {
         self.shards[from].broadcast(room, text_frame(text));
     }
 
-    /// Every shard takes what was posted to it and delivers it to its members, as its inbox loop does.
+    /// Every shard takes what was posted to it and delivers it to its members, as its sessions do.
     pub fn deliver_posted(&self) {
-        let mut batch = Vec::new();
-        for (shard, inbox) in self.shards.iter().zip(&self.inboxes) {
-            inbox.drain_into(&mut batch);
-            for msg in batch.drain(..) {
-                if let ShardMsg::Broadcast { room, frame } = msg {
-                    shard.deliver_posted(&room, &frame);
-                }
-            }
+        for shard in &self.shards {
+            shard.deliver_posted_now();
         }
     }
 

