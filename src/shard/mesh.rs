@@ -16,6 +16,10 @@
 //! flag was set) *before* its last drain, and a sender sets it *after* pushing; a sender that finds it
 //! already set pushed before the clear, so the drain that follows sees its message.
 //!
+//! The shard's sessions also take messages before they write ([`super::Shard::deliver_posted_now`]);
+//! that leaves the flag set, so the inbox task, already woken, clears it and drains again before it
+//! waits: nothing posted is left behind.
+//!
 //! It must not interpret messages; [`super::Shard`] does.
 
 use std::future::poll_fn;
