@@ -53,7 +53,7 @@
 //! - [`config`]: every `.env` key, its default and its validation.
 //! - [`error`]: start-up, configuration, protocol and session errors.
 //! - `server`: [`Server`] (callbacks, routes, start), [`RunningServer`] (addresses, stop),
-//!   [`ServerHandle`] (broadcast from any thread).
+//!   [`ServerHandle`] (broadcast and shut down from any thread).
 //! - `shard`: one glommio executor per core owning its listener, sessions, rooms and inbox; the sweep task
 //!   that owns timeouts and pings. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
 //!   `shard::mesh`: crossbeam inboxes; a post wakes a sleeping shard through glommio, without polling.

@@ -145,11 +145,13 @@ impl Server {
         }
         let peers: Arc<[InboxSender]> = senders.into();
         let callbacks = Arc::new(callbacks);
+        let (stop_tx, stop_rx) = inbox();
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
             handle: ServerHandle {
                 shards: peers.clone(),
+                http_stop: Arc::new(stop_tx),
             },
             shard_threads: Vec::new(),
             http: None,
@@ -177,7 +179,6 @@ impl Server {
         }
         tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
 
-        let (stop_tx, stop_rx) = inbox();
         let site = Site {
             routes,
             public: config.public.clone(),
@@ -204,7 +205,7 @@ impl Server {
                 http::serve(listener, std::rc::Rc::new(site), stopped).await;
             },
         )?;
-        running.http = Some((thread, stop_tx));
+        running.http = Some(thread);
         tracing::info!("http listening on {http_addr}");
         Ok(running)
     }
@@ -216,7 +217,7 @@ pub struct RunningServer {
     http_addr: SocketAddr,
     handle: ServerHandle,
     shard_threads: Vec<JoinHandle<()>>,
-    http: Option<(JoinHandle<()>, InboxSender)>,
+    http: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -241,18 +242,14 @@ impl RunningServer {
         self.shutdown();
     }
 
-    /// Blocks until every executor has ended (after [`ServerHandle::shutdown`] from another thread).
+    /// Blocks until every executor has ended, after [`ServerHandle::shutdown`] from another thread (a
+    /// signal handler's, say).
     pub fn wait(mut self) {
         self.join();
     }
 
     fn shutdown(&mut self) {
-        for shard in self.handle.shards.iter() {
-            shard.post(ShardMsg::Shutdown);
-        }
-        if let Some((_, stop)) = &self.http {
-            stop.post(ShardMsg::Shutdown);
-        }
+        self.handle.shutdown();
         self.join();
     }
 
@@ -260,7 +257,7 @@ impl RunningServer {
         for thread in self.shard_threads.drain(..) {
             let _ = thread.join();
         }
-        if let Some((thread, _)) = self.http.take() {
+        if let Some(thread) = self.http.take() {
             let _ = thread.join();
         }
     }
@@ -276,6 +273,7 @@ impl Drop for RunningServer {
 #[derive(Clone)]
 pub struct ServerHandle {
     shards: Arc<[InboxSender]>,
+    http_stop: Arc<InboxSender>,
 }
 
 impl ServerHandle {
@@ -290,6 +288,16 @@ impl ServerHandle {
                 frame: frame.clone(),
             });
         }
+    }
+
+    /// Asks the server to stop, as [`RunningServer::stop`] does, and returns at once: every shard stops
+    /// accepting and closes its sessions with 1001, the HTTP shard finishes its requests in flight.
+    /// [`RunningServer::wait`] returns once they have all ended.
+    pub fn shutdown(&self) {
+        for shard in self.shards.iter() {
+            shard.post(ShardMsg::Shutdown);
+        }
+        self.http_stop.post(ShardMsg::Shutdown);
     }
 
     /// How many WebSocket shards run.

@@ -1,7 +1,13 @@
 //! Graceful shutdown, seen from outside: on SIGTERM or SIGINT every connected client receives a close frame
-//! with code 1001 (going away), and once the close handshakes are done the process exits with code 0.
+//! with code 1001 (going away), and once the close handshakes are done the process exits with code 0. A
+//! library user gets the same from `ServerHandle::shutdown` on any thread, with `RunningServer::wait`
+//! returning once every executor has ended.
 
 mod common;
+mod library;
+
+use std::sync::mpsc;
+use std::time::Duration;
 
 use common::{connect, recv_close_code, recv_text, send_text, spawn_app};
 
@@ -50,4 +56,22 @@ fn sigterm_without_clients_exits_0() {
         "exit status {status}; output:\n{}",
         app.output.text()
     );
+}
+
+#[test]
+fn a_handle_on_another_thread_stops_a_server_that_waits() {
+    let server = library::start(&[], |s| s.on_open(|session| session.send_text("hi")));
+    let mut client = connect(server.websocket_addr());
+    assert_eq!(recv_text(&mut client), "hi");
+    let handle = server.handle();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        server.wait();
+        let _ = done_tx.send(());
+    });
+    std::thread::spawn(move || handle.shutdown());
+    assert_eq!(recv_close_code(&mut client), 1001);
+    done_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("wait() returns once the shards and the HTTP shard have ended");
 }
