@@ -195,13 +195,8 @@ impl Server {
                     // SAFETY: the fd comes from a std listener we own and give up here.
                     unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) }
                 };
-                let stopped = async move {
-                    let mut batch = Vec::new();
-                    while !batch.iter().any(|m| matches!(m, ShardMsg::Shutdown)) {
-                        batch.clear();
-                        stop_rx.next_batch(&mut batch).await;
-                    }
-                };
+                // Only Shutdown is ever posted to the HTTP shard.
+                let stopped = async move { stop_rx.wait_for_post().await };
                 http::serve(listener, std::rc::Rc::new(site), stopped).await;
             },
         )?;

@@ -99,17 +99,16 @@ impl InboxReceiver {
         self.messages.try_recv().ok()
     }
 
-    /// Waits until something was posted, then returns every message posted so far.
-    pub(crate) async fn next_batch(&self, batch: &mut Vec<ShardMsg>) {
+    /// Waits until something was posted; [`InboxReceiver::try_take`] then takes it. Call it only once
+    /// everything posted before was taken, or it returns at once.
+    pub(crate) async fn wait_for_post(&self) {
         poll_fn(|cx| {
-            batch.extend(self.messages.try_iter());
-            if !batch.is_empty() {
+            if !self.messages.is_empty() {
                 return Poll::Ready(());
             }
             self.wake.waker.register(cx.waker());
             self.wake.pending.swap(false, Ordering::SeqCst);
-            batch.extend(self.messages.try_iter());
-            if batch.is_empty() {
+            if self.messages.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -130,9 +129,8 @@ mod tests {
             tx.post(ShardMsg::Shutdown);
         }
         assert!(tx.wake.pending.load(Ordering::SeqCst));
-        let mut batch = Vec::new();
-        futures_lite::future::block_on(rx.next_batch(&mut batch));
-        assert_eq!(batch.len(), 100);
+        futures_lite::future::block_on(rx.wait_for_post());
+        assert_eq!(std::iter::from_fn(|| rx.try_take()).count(), 100);
     }
 
     #[test]
@@ -141,12 +139,10 @@ mod tests {
         let shard = glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
                 let mut total = 0;
-                let mut batch = Vec::new();
-                // Two rounds: the second wait starts after the first drain cleared the flag.
+                // Two rounds: the second wait starts after the first drain, and clears the flag.
                 for _ in 0..2 {
-                    batch.clear();
-                    rx.next_batch(&mut batch).await;
-                    total += batch.len();
+                    rx.wait_for_post().await;
+                    total += std::iter::from_fn(|| rx.try_take()).count();
                 }
                 total
             })

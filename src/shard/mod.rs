@@ -17,6 +17,7 @@ pub(crate) mod acceptor;
 pub(crate) mod mesh;
 
 use std::cell::{Cell, RefCell};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,31 +145,33 @@ impl Shard {
         Rooms::deliver(&self.rooms, room, &frame);
     }
 
-    /// Delivers a broadcast another shard posted: its bytes are copied into a frame of this shard's own
-    /// first (see [`Shard::broadcast`]).
-    pub(crate) fn deliver_posted(&self, room: &str, frame: &[u8]) {
-        Rooms::deliver(&self.rooms, room, &Frame::from(frame));
-    }
-
-    /// Delivers what other shards posted since the inbox task last ran, at once.
+    /// Delivers what other shards posted and not yet delivered. Returns `Break` at a
+    /// [`ShardMsg::Shutdown`], leaving anything posted after it for later.
     ///
-    /// Every session task calls this before it writes. While a shard is busy writing a round of
-    /// broadcast frames, the inbox task's wake-up waits behind all of those writes; taking the posts here
-    /// lets the frames join the writes still to come in the round instead of the next one. In the closed
-    /// loop of a 2-shard `saturate` run (1,000 members, window 32) that removed part of the second shard's
-    /// lag: deliveries per server CPU-second rose in each of 5 paired runs, by 10 % on average, and p99
-    /// latency fell from 13-15 ms to 11-13 ms. The inbox task still delivers what arrives while the shard is
-    /// idle.
-    pub(crate) fn deliver_posted_now(&self) {
+    /// The inbox task calls this when woken, and every session task before it writes. While a shard is
+    /// busy writing a round of broadcast frames, the inbox task's wake-up waits behind all of those
+    /// writes; taking the posts in the sessions lets the frames join the writes still to come in the round
+    /// instead of the next one. In the closed loop of a 2-shard `saturate` run (1,000 members, window 32)
+    /// that removed part of the second shard's lag: deliveries per server CPU-second rose in each of 5
+    /// paired runs, by 10 % on average, and p99 latency fell from 13-15 ms to 11-13 ms.
+    pub(crate) fn deliver_posted(&self) -> ControlFlow<()> {
         while let Some(msg) = self.inbox.try_take() {
             match msg {
-                ShardMsg::Broadcast { room, frame } => self.deliver_posted(&room, &frame),
-                ShardMsg::Shutdown => {
-                    // Ending the shard is the inbox task's job: hand the message back to it.
-                    self.peers[self.index].post(ShardMsg::Shutdown);
-                    return;
+                // Copied into a frame of this shard's own first (see `broadcast`).
+                ShardMsg::Broadcast { room, frame } => {
+                    Rooms::deliver(&self.rooms, &room, &Frame::from(&frame[..]))
                 }
+                ShardMsg::Shutdown => return ControlFlow::Break(()),
             }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// [`Shard::deliver_posted`] for a session about to write: a shutdown it comes across is handed back
+    /// to the inbox, for the inbox task, whose job ending the shard is.
+    pub(crate) fn deliver_posted_now(&self) {
+        if self.deliver_posted().is_break() {
+            self.peers[self.index].post(ShardMsg::Shutdown);
         }
     }
 
@@ -237,15 +240,8 @@ pub(crate) async fn run(start: ShardStart) {
     let acceptor = glommio::spawn_local(acceptor::accept_loop(start.listener, shard.clone()));
     let sweeper = glommio::spawn_local(sweep_loop(shard.clone()));
 
-    let mut batch = Vec::new();
-    'serve: loop {
-        shard.inbox.next_batch(&mut batch).await;
-        for msg in batch.drain(..) {
-            match msg {
-                ShardMsg::Broadcast { room, frame } => shard.deliver_posted(&room, &frame),
-                ShardMsg::Shutdown => break 'serve,
-            }
-        }
+    while shard.deliver_posted().is_continue() {
+        shard.inbox.wait_for_post().await;
     }
 
     acceptor.cancel().await;
