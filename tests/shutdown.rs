@@ -28,12 +28,7 @@ fn shuts_down_on(signal: libc::c_int) {
     assert_eq!(recv_close_code(&mut idle), 1001, "idle client");
     assert_eq!(recv_close_code(&mut member), 1001, "room member");
     let status = app.wait_exit();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status {status}; output:\n{}",
-        app.output.text()
-    );
+    assert_exited_0(&app, status);
 }
 
 #[test]
@@ -50,6 +45,10 @@ fn sigint_closes_clients_with_1001_and_exits_0() {
 fn sigterm_without_clients_exits_0() {
     let mut app = spawn_app(&[]);
     let status = app.terminate();
+    assert_exited_0(&app, status);
+}
+
+fn assert_exited_0(app: &common::App, status: std::process::ExitStatus) {
     assert_eq!(
         status.code(),
         Some(0),
