@@ -2,14 +2,18 @@
 //! second. Run: `cargo bench --bench codec`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use roomcast::internals::{client_frame, encode_text, mask, FrameDecoder};
+use loadtest::codec::{push_frame, OpCode};
+use roomcast::internals::{encode_text, mask, FrameDecoder};
 
 const SIZES: [usize; 6] = [16, 128, 1024, 4096, 16 * 1024, 64 * 1024];
+/// Any masking key will do: the server unmasks whatever the client chose.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_text_frame");
     for size in SIZES {
-        let frame = client_frame(0x1, "x".repeat(size).as_bytes());
+        let mut frame = Vec::new();
+        push_frame(&mut frame, OpCode::Text, "x".repeat(size).as_bytes(), MASK);
         let mut input = frame.clone();
         let mut decoder = FrameDecoder::default();
         group.throughput(Throughput::Bytes(size as u64));

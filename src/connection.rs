@@ -10,10 +10,12 @@
 //! with a counting allocator, an idle session is about 870 bytes of heap: its task (about 250), its
 //! [`SessionState`] (120 with its reference counts) and glommio's pending readiness poll (496).
 //!
-//! The close handshake: when the peer closes first we echo its code and end once the echo is written; when
-//! we close first (the application, the idle timeout, shutdown, a slow consumer) we wait for the peer's close
-//! frame, bounded by the shard's close timeout. After a protocol error we send the close code, shut down our
-//! write side and drain input until the peer closes, so the close frame is not lost to a TCP reset.
+//! The close handshake is [`Lifecycle`]'s: this task acts on its predicates (what to read, whether to
+//! write, when to shut the write side, when to end). This task is also where every session error is
+//! reported to `on_error`: protocol and socket errors as they happen, and a slow consumer, which its shard
+//! found during a fan-out and recorded in the lifecycle, on the task's next turn.
+//!
+//! The session task holds a pass of its shard's gate, so shutdown waits for its close handshake.
 //!
 //! Timeouts other than the handshake's are the shard's sweep ([`crate::shard`]); this task owns none, so
 //! an idle session costs no timer.
@@ -25,16 +27,20 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::sync::Gate;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
-use crate::handler::guarded;
-use crate::session::{Lifecycle, Session, SessionState};
+use crate::handler::{guarded, Callbacks};
+use crate::lifecycle::{AfterFlush, Lifecycle};
+use crate::session::Session;
+use crate::session_state::SessionState;
 use crate::shard::Shard;
 use crate::ws::codec::{self, Decoder, Flow, Inbound};
 use crate::ws::handshake::{self, Handshake};
@@ -43,6 +49,8 @@ use crate::ws::handshake::{self, Handshake};
 enum Event {
     /// `n` bytes are in the shard's read buffer.
     Read(usize),
+    /// The shard found the session a slow consumer with this many bytes queued; `on_error` is to be told.
+    SlowConsumer(u32),
     /// The session is over: the peer closed, the close handshake finished, or it was aborted.
     Closed,
     /// The socket failed.
@@ -55,14 +63,23 @@ struct Io {
     decoder: Decoder,
 }
 
-/// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own.
+/// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own,
+/// under a pass of `sessions` (a session upgraded once shutdown has begun is dropped).
 ///
 /// Two tasks rather than one because an async fn's future is as large as the state of all its awaits and
 /// lives as long as the task: the handshake's buffers, timer and writes die with this short task, and the
 /// session's task, which may live for days, holds the session handle and its [`Io`] and nothing else.
-pub(crate) async fn run(shard: Rc<Shard>, stream: TcpStream) {
+pub(crate) async fn run(
+    shard: Rc<Shard>,
+    callbacks: Arc<Callbacks>,
+    sessions: Gate,
+    stream: TcpStream,
+) {
     if let Some((session, io)) = upgrade(shard, stream).await {
-        glommio::spawn_local(serve(session, io)).detach();
+        match sessions.spawn(serve(session, callbacks, io)) {
+            Ok(task) => drop(task.detach()),
+            Err(e) => tracing::debug!(error = %e, "upgraded during shutdown; dropped"),
+        }
     }
 }
 
@@ -71,34 +88,45 @@ pub(crate) async fn run(shard: Rc<Shard>, stream: TcpStream) {
 /// An async block that uses its captures in place, not an async fn: an async fn moves its arguments
 /// into locals, which doubles the space the socket state takes in the future.
 #[expect(clippy::manual_async_fn, reason = "an async fn would store `io` twice")]
-fn serve(session: Session, mut io: Io) -> impl std::future::Future<Output = ()> {
+fn serve(
+    session: Session,
+    callbacks: Arc<Callbacks>,
+    mut io: Io,
+) -> impl std::future::Future<Output = ()> {
     async move {
-        open(&session, &mut io);
-        let shard = &session.0.shard;
+        open(&session, &callbacks, &mut io);
         loop {
             match poll_fn(|cx| poll_event(&session, &mut io, cx)).await {
                 Event::Read(n) => {
-                    let filled = {
-                        let mut buf = shard.read_buf.borrow_mut();
-                        process(&session, &mut io, &mut buf[..n]);
+                    let filled = session.owner().with_read_buf(|buf| {
+                        process(&session, &callbacks, &mut io, &mut buf[..n]);
                         n == buf.len()
-                    };
+                    });
                     if filled {
                         // More is probably waiting: let the shard's other sessions run before reading
                         // it, so one flooding client cannot stall the rest.
                         futures_lite::future::yield_now().await;
                     }
                 }
+                Event::SlowConsumer(queued) => {
+                    session.state().transition(Lifecycle::cause_reported);
+                    let limit = session.owner().settings().max_backpressure;
+                    let error = SessionError::SlowConsumer {
+                        queued: queued as usize,
+                        limit,
+                    };
+                    report(&session, &callbacks, &error);
+                }
                 Event::Closed => break,
                 Event::Failed(e) => {
                     if session.is_open() {
-                        shard.report_error(&session, &SessionError::Io(e));
+                        report(&session, &callbacks, &SessionError::Io(e));
                     }
                     break;
                 }
             }
         }
-        end(&session);
+        end(&session, &callbacks);
     }
 }
 
@@ -114,13 +142,14 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io
         loop {
             let room_left = handshake::MAX_REQUEST_LEN + 1 - request.len();
             let n = poll_fn(|cx| {
-                let mut buf = shard.read_buf.borrow_mut();
-                let limit = room_left.min(buf.len());
-                let polled = Pin::new(&mut stream).poll_read(cx, &mut buf[..limit]);
-                if let Poll::Ready(Ok(n)) = polled {
-                    request.extend_from_slice(&buf[..n]);
-                }
-                polled
+                shard.with_read_buf(|buf| {
+                    let limit = room_left.min(buf.len());
+                    let polled = Pin::new(&mut stream).poll_read(cx, &mut buf[..limit]);
+                    if let Poll::Ready(Ok(n)) = polled {
+                        request.extend_from_slice(&buf[..n]);
+                    }
+                    polled
+                })
             })
             .await?;
             if n == 0 {
@@ -134,17 +163,18 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io
                     return Ok(Some(request));
                 }
                 Handshake::Reject { response, reason } => {
-                    tracing::debug!(shard = shard.index, %reason, "upgrade refused");
+                    tracing::debug!(shard = shard.index(), %reason, "upgrade refused");
                     let _ = stream.write_all(&response).await;
                     return Ok(None);
                 }
             }
         }
     };
-    let early_frames = match glommio::timer::timeout(shard.request_timeout, exchange).await {
+    let early_frames = match glommio::timer::timeout(shard.config().request_timeout, exchange).await
+    {
         Ok(frames) => frames?,
         Err(e) => {
-            tracing::debug!(shard = shard.index, error = %e, "upgrade not completed");
+            tracing::debug!(shard = shard.index(), error = %e, "upgrade not completed");
             return None;
         }
     };
@@ -152,80 +182,87 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io
         stream,
         decoder: Decoder::with_input(early_frames),
     };
-    Some((Session::new(peer, &shard), io))
+    let state = shard.register(peer);
+    Some((Session::new(state, shard), io))
 }
 
-/// The session begins: registered with its shard, announced, `on_open`, then any frames that came with
-/// the upgrade request.
-fn open(session: &Session, io: &mut Io) {
-    let shard = &session.0.shard;
-    let slot = shard.sessions.borrow_mut().insert(session.clone());
-    // A shard holds far fewer than 2^32 sessions (descriptors run out first); u32 keeps the state small.
-    session.0.slot.set(slot as u32);
-    if !shard.bench_mode {
-        tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index, "client connected");
+/// The session begins: announced, `on_open`, then any frames that came with the upgrade request.
+fn open(session: &Session, callbacks: &Callbacks, io: &mut Io) {
+    let shard = session.owner();
+    if !shard.config().bench_mode {
+        tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index(), "client connected");
     }
-    if let Some(on_open) = &shard.callbacks.on_open {
+    if let Some(on_open) = &callbacks.on_open {
         guarded(session, "on_open", || on_open(session));
     }
     if io.decoder.has_input() {
-        process(session, io, &mut []);
+        process(session, callbacks, io, &mut []);
     }
 }
 
 /// The session ends: `on_close`, then its rooms and its shard forget it.
-fn end(session: &Session) {
-    let shard = &session.0.shard;
-    if let Some(on_close) = &shard.callbacks.on_close {
+fn end(session: &Session, callbacks: &Callbacks) {
+    if let Some(on_close) = &callbacks.on_close {
         guarded(session, "on_close", || on_close(session));
     }
-    shard.rooms.borrow_mut().leave_all(session);
-    shard
-        .sessions
-        .borrow_mut()
-        .remove(session.0.slot.get() as usize);
-    session.0.lifecycle.set(Lifecycle::Aborted);
-    if !shard.bench_mode {
+    let shard = session.owner();
+    shard.unregister(session.state());
+    if !shard.config().bench_mode {
         tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
     }
 }
 
+/// Logs a session's error and hands it to `on_error`.
+fn report(session: &Session, callbacks: &Callbacks, error: &SessionError) {
+    if !session.owner().config().bench_mode {
+        tracing::warn!(session = %session.id(), peer = %session.peer_addr(), %error, "websocket error");
+    }
+    if let Some(on_error) = &callbacks.on_error {
+        guarded(session, "on_error", || on_error(session, error));
+    }
+}
+
 fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Event> {
-    let state = &session.0;
-    state.shard.deliver_posted_now();
+    let state = session.state();
+    session.owner().deliver_posted();
+    if let Some(queued) = state.lifecycle().unreported_slow_consumer() {
+        return Poll::Ready(Event::SlowConsumer(queued));
+    }
     if let Err(e) = poll_flush(state, io, cx) {
         return Poll::Ready(Event::Failed(e));
     }
-    match state.lifecycle.get() {
-        Lifecycle::Aborted => return Poll::Ready(Event::Closed),
-        Lifecycle::Ending { since, linger } if state.outbound.is_empty() => {
-            if !linger {
-                return Poll::Ready(Event::Closed);
+    let lifecycle = state.lifecycle();
+    if lifecycle.is_over() {
+        return Poll::Ready(Event::Closed);
+    }
+    if state.outbound.is_empty() {
+        match lifecycle.after_flush() {
+            Some(AfterFlush::End) => return Poll::Ready(Event::Closed),
+            Some(AfterFlush::Drain) => {
+                // glommio shuts the write side at once (a plain `shutdown(2)`), so this is always ready.
+                if let Poll::Ready(Err(e)) = Pin::new(&mut io.stream).poll_close(cx) {
+                    return Poll::Ready(Event::Failed(e));
+                }
+                state.transition(Lifecycle::write_shut);
             }
-            // SAFETY: shutdown on a socket we own; no memory is involved.
-            unsafe { libc::shutdown(io.stream.as_raw_fd(), libc::SHUT_WR) };
-            state.lifecycle.set(Lifecycle::Draining { since });
+            None => {}
         }
-        _ => {}
     }
-    let waker = state.waker.take();
-    state.waker.set(Some(match waker {
-        Some(w) if w.will_wake(cx.waker()) => w,
-        _ => cx.waker().clone(),
-    }));
-    let mut buf = state.shard.read_buf.borrow_mut();
-    match Pin::new(&mut io.stream).poll_read(cx, &mut buf[..]) {
-        Poll::Ready(Ok(0)) => Poll::Ready(Event::Closed),
-        Poll::Ready(Ok(n)) => Poll::Ready(Event::Read(n)),
-        Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
-        Poll::Pending => Poll::Pending,
-    }
+    state.set_waker(cx.waker());
+    session
+        .owner()
+        .with_read_buf(|buf| match Pin::new(&mut io.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Event::Closed),
+            Poll::Ready(Ok(n)) => Poll::Ready(Event::Read(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
+            Poll::Pending => Poll::Pending,
+        })
 }
 
 /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
 fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
-    if matches!(state.lifecycle.get(), Lifecycle::Draining { .. }) {
-        return Ok(()); // Our write side is shut down.
+    if !state.lifecycle().can_write() {
+        return Ok(());
     }
     let fd = io.stream.as_raw_fd();
     state
@@ -234,51 +271,44 @@ fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Re
 }
 
 /// Decodes received bytes and acts on each message.
-fn process(session: &Session, io: &mut Io, bytes: &mut [u8]) {
-    let state = &session.0;
-    state.last_seen.set(state.shard.now());
-    if matches!(
-        state.lifecycle.get(),
-        Lifecycle::Ending { .. } | Lifecycle::Draining { .. } | Lifecycle::Aborted
-    ) {
-        return; // Draining after our close: nothing more is read as messages.
+fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u8]) {
+    let state = session.state();
+    let shard = session.owner();
+    state.seen(shard.now());
+    if !state.lifecycle().reads_messages() {
+        return; // Flushing or draining after a close: nothing more is read as messages.
     }
-    let max = state.shard.settings.max_message_size;
+    let max = shard.settings().max_message_size;
     let result = io
         .decoder
-        .decode(bytes, max, |message| handle(session, message));
+        .decode(bytes, max, |message| handle(session, callbacks, message));
     if let Err(error) = result {
-        if state.lifecycle.get().is_open() {
-            state
-                .shard
-                .report_error(session, &SessionError::Protocol(error));
+        if state.is_open() {
+            report(session, callbacks, &SessionError::Protocol(error));
             state
                 .outbound
                 .push_unbounded(codec::close_frame(error.close_code(), &error.to_string()));
         }
-        state.lifecycle.set(Lifecycle::Ending {
-            since: state.shard.now(),
-            linger: true,
-        });
+        state.transition(|l| l.failed(shard.now()));
     }
 }
 
 /// Acts on one complete message or control frame.
-fn handle(session: &Session, message: Inbound<'_>) -> Flow {
-    let state = &session.0;
-    let shard = &state.shard;
+fn handle(session: &Session, callbacks: &Callbacks, message: Inbound<'_>) -> Flow {
+    let open = session.is_open();
     match message {
-        Inbound::Text(text) if session.is_open() => dispatch_text(&shard.callbacks, session, text),
-        Inbound::Binary(data) if session.is_open() => {
-            if let Some(on_binary) = &shard.callbacks.on_binary {
+        Inbound::Text(text) if open => dispatch_text(callbacks, session, text),
+        Inbound::Binary(data) if open => {
+            if let Some(on_binary) = &callbacks.on_binary {
                 guarded(session, "on_binary", || on_binary(session, data));
             }
         }
-        Inbound::Ping(payload) if session.is_open() && shard.settings.auto_ping_pong => {
+        Inbound::Ping(payload) if open && session.owner().settings().auto_ping_pong => {
             session.send_frame(codec::pong_frame(payload));
         }
         Inbound::Close(code) => {
-            if session.is_open() {
+            let state = session.state();
+            if open {
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
                 let echo = match code {
                     Some((code, _)) => codec::close_frame(code, ""),
@@ -286,10 +316,7 @@ fn handle(session: &Session, message: Inbound<'_>) -> Flow {
                 };
                 state.outbound.push_unbounded(echo);
             }
-            state.lifecycle.set(Lifecycle::Ending {
-                since: state.shard.now(),
-                linger: false,
-            });
+            state.transition(|l| l.peer_closed(session.owner().now()));
             return Flow::Stop;
         }
         // Data after our close frame, pongs, and pings we are not to answer: nothing to do.

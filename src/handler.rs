@@ -1,4 +1,4 @@
-//! The application's callbacks, registered once on the [`crate::ServerBuilder`] and shared by every shard.
+//! The application's callbacks, registered once on the [`crate::Server`] and shared by every shard.
 //!
 //! Each callback runs on the shard that owns the session, synchronously, between socket reads: it must
 //! stay short (queue work elsewhere rather than block), because a slow callback stalls every session of

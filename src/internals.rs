@@ -9,8 +9,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -18,9 +16,9 @@ use crate::config::Config;
 use crate::dispatch::dispatch_text;
 use crate::handler::Callbacks;
 use crate::session::Session;
-use crate::shard::mesh::{inbox, InboxReceiver, InboxSender};
-use crate::shard::Shard;
-use crate::ws::codec::{self, apply_mask, text_frame, Decoder, Flow, Inbound};
+use crate::shard::mesh::{inbox, Peers};
+use crate::shard::{Shard, ShardConfig};
+use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound};
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {
@@ -55,24 +53,21 @@ impl FrameDecoder {
     }
 }
 
-/// A masked client frame carrying `payload` with `opcode` (0x1 text, 0x2 binary), as a browser sends it.
-pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    codec::client_frame(opcode, true, payload)
-}
-
 /// Shards and sessions without executors or sockets, all on the calling thread.
 pub struct BenchCluster {
     shards: Vec<Rc<Shard>>,
     sessions: Vec<Session>,
+    callbacks: Callbacks,
 }
 
 impl BenchCluster {
     /// `members[i]` sessions on shard `i`, every one a member of `room`. Callbacks count typed and raw
     /// messages into nothing (they only read their input), for the dispatch bench.
     pub fn new(members: &[usize], room: &str) -> BenchCluster {
-        let mut settings = Config::default().websocket;
-        settings.max_backpressure = usize::MAX;
-        let callbacks = Arc::new(Callbacks {
+        let mut config = ShardConfig::new(&Config::default());
+        config.websocket.max_backpressure = usize::MAX;
+        config.bench_mode = true;
+        let callbacks = Callbacks {
             on_message: Some(Box::new(|_, text: &str| {
                 std::hint::black_box(text);
             })),
@@ -80,31 +75,26 @@ impl BenchCluster {
                 std::hint::black_box((kind, payload));
             })),
             ..Callbacks::default()
-        });
-        let (senders, inboxes): (Vec<InboxSender>, Vec<InboxReceiver>) =
-            members.iter().map(|_| inbox()).unzip();
-        let peers: Arc<[InboxSender]> = senders.into();
+        };
+        let (senders, inboxes): (Vec<_>, Vec<_>) = members.iter().map(|_| inbox()).unzip();
+        let peers = Peers::new(senders);
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         let mut shards = Vec::new();
         let mut sessions = Vec::new();
         for ((index, &count), inbox) in members.iter().enumerate().zip(inboxes) {
-            let shard = Rc::new(Shard::new(
-                index,
-                settings.clone(),
-                Duration::from_secs(5),
-                true,
-                callbacks.clone(),
-                peers.clone(),
-                inbox,
-            ));
+            let shard = Rc::new(Shard::new(index, config.clone(), peers.clone(), inbox));
             for _ in 0..count {
-                let session = Session::new(peer, &shard);
+                let session = Session::new(shard.register(peer), shard.clone());
                 session.join_room(room);
                 sessions.push(session);
             }
             shards.push(shard);
         }
-        BenchCluster { shards, sessions }
+        BenchCluster {
+            shards,
+            sessions,
+            callbacks,
+        }
     }
 
     /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode once, deliver
@@ -116,7 +106,7 @@ impl BenchCluster {
     /// Every shard takes what was posted to it and delivers it to its members, as its sessions do.
     pub fn deliver_posted(&self) {
         for shard in &self.shards {
-            shard.deliver_posted_now();
+            shard.deliver_posted();
         }
     }
 
@@ -125,8 +115,9 @@ impl BenchCluster {
         self.sessions
             .iter()
             .map(|s| {
-                let queued = s.0.outbound.queued();
-                s.0.outbound.advance(queued);
+                let outbound = &s.state().outbound;
+                let queued = outbound.queued();
+                outbound.advance(queued);
                 queued
             })
             .sum()
@@ -135,6 +126,6 @@ impl BenchCluster {
     /// Routes one text message of the first session through dispatch, as the connection does.
     pub fn dispatch(&self, text: &str) {
         let session = &self.sessions[0];
-        dispatch_text(&session.0.shard.callbacks, session, text);
+        dispatch_text(&self.callbacks, session, text);
     }
 }

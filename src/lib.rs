@@ -47,24 +47,33 @@
 //!
 //! ```text
 //!  accept ──► handshake ──► frames ──► messages ──► dispatch ──► rooms ──► outbound writes
-//!  shard::acceptor  ws::handshake  ws::codec  connection  dispatch  room + shard::mesh  outbound
+//!  shard::acceptor  ws::handshake  ws::codec  connection  dispatch  shard + room + shard::mesh  outbound
 //! ```
 //!
-//! - [`config`]: every `.env` key, its default and its validation.
-//! - [`error`]: start-up, configuration, protocol and session errors.
+//! Modules, in the order a message meets them; each imports only modules further down this list (plus
+//! `config` and `error`, which everything may use), so there is no import loop:
+//!
 //! - `server`: [`Server`] (callbacks, routes, start), [`RunningServer`] (addresses, stop),
 //!   [`ServerHandle`] (broadcast and shut down from any thread).
-//! - `shard`: one glommio executor per core owning its listener, sessions, rooms and inbox; the sweep task
-//!   that owns timeouts and pings. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
-//!   `shard::mesh`: crossbeam inboxes; a post wakes a sleeping shard through glommio, without polling.
+//! - `shutdown`: the one shutdown sequence of every executor: stop accepting, close, bounded drain of a
+//!   glommio gate, exit.
+//! - `http`: the HTTP shard (hyper): JSON routes and traversal-safe static files.
+//! - `shard::executor`: starting glommio executors (the io_uring probe, CPU affinity), and a WebSocket
+//!   shard's tasks: inbox, sweep, accept. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
+//! - `connection`: one session's task: handshake, read, decode, write, close handshake; reports errors.
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
 //!   unmasking in place) and encoding.
-//! - `connection`: one session's task: read, decode, write, close handshake.
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
+//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its clock
+//!   and the sweep. `shard::mesh`: crossbeam inboxes between shards; a post wakes a sleeping shard through
+//!   glommio, without polling.
 //! - `room`: a shard's local room membership and fan-out.
+//! - `session_state`: one session as its shard sees it (queue, lifecycle, liveness, rooms joined).
+//! - `lifecycle`: the session's lifecycle enum: the close handshake's states and transitions.
 //! - `outbound`: a session's bounded queue of shared frames, written many per syscall.
-//! - `http`: the HTTP shard (hyper): JSON routes and traversal-safe static files.
+//! - [`config`]: every `.env` key, its default and its validation. [`error`]: start-up, configuration,
+//!   protocol and session errors.
 //!
 //! Sessions never move between shards, and shard state is never shared: a broadcast is delivered to local
 //! members and posted once to each other shard as one reference-counted encoded frame.
@@ -79,11 +88,14 @@ mod http;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
+mod lifecycle;
 mod outbound;
 mod room;
 mod server;
 mod session;
+mod session_state;
 mod shard;
+mod shutdown;
 mod ws;
 
 pub use config::{Config, ConfigSource};
@@ -91,4 +103,5 @@ pub use dispatch::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use http::{HttpContext, JsonRoute};
 pub use server::{RunningServer, Server, ServerHandle};
-pub use session::{Session, SessionId};
+pub use session::Session;
+pub use session_state::SessionId;

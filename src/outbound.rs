@@ -1,6 +1,6 @@
 //! One session's outbound queue: encoded frames waiting to be written, and the slow-consumer policy.
 //!
-//! Frames are reference-counted ([`Frame`]): a broadcast encodes its frame once and every recipient's queue
+//! Frames are reference-counted ([`EncodedFrame`]): a broadcast encodes its frame once and every recipient's queue
 //! holds a pointer to the same bytes. Everything queued leaves in one `sendmsg` with an iovec per frame
 //! (up to [`MAX_IOVECS`]), so a burst of frames costs one syscall, not one per frame; the connection drains
 //! the queue each time its task runs, which batches whatever the shard queued since.
@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::task::Poll;
 
-use crate::ws::codec::Frame;
+use crate::ws::codec::EncodedFrame;
 
 /// How many frames one `sendmsg` carries at most; the kernel's limit is 1024 (`UIO_MAXIOV`).
 pub(crate) const MAX_IOVECS: usize = 64;
@@ -39,7 +39,7 @@ pub(crate) struct Outbound {
 /// The frames, oldest first, and how much of them is written.
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<Frame>,
+    frames: VecDeque<EncodedFrame>,
     /// Bytes of the front frame already written. (u32, like `queued`: frames and the backpressure limit
     /// are far below 4 GiB.)
     front_written: u32,
@@ -63,7 +63,7 @@ impl Outbound {
     }
 
     /// Queues `frame` unless that would put more than `limit` bytes in the queue.
-    pub(crate) fn push(&self, frame: Frame, limit: usize) -> Result<(), Overflow> {
+    pub(crate) fn push(&self, frame: EncodedFrame, limit: usize) -> Result<(), Overflow> {
         self.with(|queue| {
             let queued = queue.as_ref().map_or(0, |q| q.queued as usize);
             // One frame may exceed the limit when nothing is queued (a large message to an idle client),
@@ -77,7 +77,7 @@ impl Outbound {
     }
 
     /// Queues a frame regardless of the limit: a close frame must always get its chance.
-    pub(crate) fn push_unbounded(&self, frame: Frame) {
+    pub(crate) fn push_unbounded(&self, frame: EncodedFrame) {
         self.with(|queue| queue.get_or_insert_with(Default::default).push(frame));
     }
 
@@ -102,6 +102,7 @@ impl Outbound {
     }
 
     /// Unwritten bytes.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn queued(&self) -> usize {
         self.with(|queue| queue.as_ref().map_or(0, |q| q.queued as usize))
     }
@@ -150,7 +151,7 @@ impl Outbound {
 }
 
 impl Queue {
-    fn push(&mut self, frame: Frame) {
+    fn push(&mut self, frame: EncodedFrame) {
         self.queued += frame.len() as u32;
         self.frames.push_back(frame);
     }
@@ -240,7 +241,7 @@ mod tests {
         let out = Outbound::default();
         let mut expected = Vec::new();
         for i in 0..200u8 {
-            let frame = Frame::from(vec![i; 1 + i as usize]);
+            let frame = EncodedFrame::from(vec![i; 1 + i as usize]);
             expected.extend_from_slice(&frame);
             out.push(frame, usize::MAX).unwrap();
         }
@@ -251,7 +252,8 @@ mod tests {
         b.read_exact(&mut got).unwrap();
         assert_eq!(got, expected);
 
-        out.push(Frame::from(&b"abcdef"[..]), usize::MAX).unwrap();
+        out.push(EncodedFrame::from(&b"abcdef"[..]), usize::MAX)
+            .unwrap();
         out.advance(2);
         assert_eq!(out.queued(), 4);
         flush_now(&out, a.as_raw_fd());
@@ -267,7 +269,10 @@ mod tests {
         let limit = 8 << 20;
         let mut refused = false;
         for _ in 0..1000 {
-            if out.push(Frame::from(vec![0; 64 * 1024]), limit).is_err() {
+            if out
+                .push(EncodedFrame::from(vec![0; 64 * 1024]), limit)
+                .is_err()
+            {
                 refused = true;
                 break;
             }
@@ -283,7 +288,7 @@ mod tests {
     fn a_flushed_queue_holds_no_allocation() {
         let (a, _b) = UnixStream::pair().unwrap();
         let out = Outbound::default();
-        out.push(Frame::from(&b"hi"[..]), 1024).unwrap();
+        out.push(EncodedFrame::from(&b"hi"[..]), 1024).unwrap();
         flush_now(&out, a.as_raw_fd());
         assert!(out.is_empty());
         assert!(out.with(|queue| queue.is_none()));

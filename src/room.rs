@@ -6,25 +6,24 @@
 //! known to have members, costs one message per shard per broadcast but can never miss a member who joined
 //! a moment ago on another core, which a propagated interest table could.
 //!
-//! It must not write to sockets or cross shards; it only fans a frame out into local queues.
+//! It must not write to sockets, cross shards or run callbacks; it only fans a frame out into local queues.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::session::Session;
-use crate::ws::codec::Frame;
+use crate::session_state::SessionState;
+use crate::ws::codec::EncodedFrame;
 
 /// Local membership of every room that has at least one member on this shard.
 #[derive(Default)]
 pub(crate) struct Rooms {
-    members: HashMap<Rc<str>, Vec<Session>>,
+    members: HashMap<Rc<str>, Vec<Rc<SessionState>>>,
 }
 
 impl Rooms {
     /// Adds `session` to `room` if it is not already a member.
-    pub(crate) fn join(&mut self, session: &Session, room: &str) {
-        session.0.with_rooms(|joined| {
+    pub(crate) fn join(&mut self, session: &Rc<SessionState>, room: &str) {
+        session.with_rooms(|joined| {
             if joined.iter().any(|r| &**r == room) {
                 return;
             }
@@ -41,8 +40,8 @@ impl Rooms {
     }
 
     /// Removes `session` from `room`; forgets the room when its last local member leaves.
-    pub(crate) fn leave(&mut self, session: &Session, room: &str) {
-        let was_member = session.0.with_rooms(|joined| {
+    pub(crate) fn leave(&mut self, session: &SessionState, room: &str) {
+        let was_member = session.with_rooms(|joined| {
             let at = joined.iter().position(|r| &**r == room);
             at.map(|at| joined.remove(at)).is_some()
         });
@@ -52,16 +51,15 @@ impl Rooms {
     }
 
     /// Removes `session` from every room it joined (its end).
-    pub(crate) fn leave_all(&mut self, session: &Session) {
-        let joined = session.0.rooms.take();
-        for room in joined {
+    pub(crate) fn leave_all(&mut self, session: &SessionState) {
+        for room in session.take_rooms() {
             self.remove_member(&room, session);
         }
     }
 
-    fn remove_member(&mut self, room: &str, session: &Session) {
+    fn remove_member(&mut self, room: &str, session: &SessionState) {
         if let Some(members) = self.members.get_mut(room) {
-            if let Some(i) = members.iter().position(|m| Rc::ptr_eq(&m.0, &session.0)) {
+            if let Some(i) = members.iter().position(|m| std::ptr::eq(&**m, session)) {
                 members.swap_remove(i);
             }
             if members.is_empty() {
@@ -70,20 +68,14 @@ impl Rooms {
         }
     }
 
-    /// Queues `frame` for every local member of `room`.
-    pub(crate) fn deliver(rooms: &RefCell<Rooms>, room: &str, frame: &Frame) {
-        let mut overflowed = Vec::new();
-        if let Some(members) = rooms.borrow().members.get(room) {
+    /// Queues `frame` for every local member of `room`, under the backpressure `limit`; `now` is the shard
+    /// clock, for a member that overflows and starts closing. No callback runs here: a slow consumer is
+    /// reported later, by its own connection task.
+    pub(crate) fn deliver(&self, room: &str, frame: &EncodedFrame, limit: usize, now: u32) {
+        if let Some(members) = self.members.get(room) {
             for member in members {
-                if member.queue_frame(frame.clone()).is_err() {
-                    overflowed.push(member.clone());
-                }
+                member.send(frame.clone(), limit, now);
             }
-        }
-        // Closing a slow consumer runs `on_error`, which may join or leave rooms: only once the table is
-        // no longer borrowed.
-        for member in overflowed {
-            member.close_slow_consumer();
         }
     }
 }

@@ -7,14 +7,14 @@
 //! thread is joined, all bounded in time. An executor that cannot start (io_uring refused, a locked-memory
 //! limit on an older kernel) is a [`StartError::Executor`] naming the cause and the fix, never a panic.
 //!
-//! It must not handle signals or read `.env`: the binary does that and hands over a [`Config`].
+//! It must not handle signals or read `.env` (the binary does that and hands over a [`Config`]), nor hold
+//! executor plumbing (that is `shard::executor`) or decide how shutdown proceeds (`shutdown`).
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::Placement;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
@@ -22,17 +22,14 @@ use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
 use crate::http::{self, HttpContext, JsonRoute, Site};
 use crate::session::Session;
-use crate::shard::acceptor::bind_shared;
-use crate::shard::mesh::{inbox, InboxSender, ShardMsg};
-use crate::shard::{self, ShardStart};
+use crate::shard::acceptor::{bind_shared, into_executor};
+use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
+use crate::shard::mesh::{inbox, Peers};
+use crate::shard::ShardConfig;
+use crate::shutdown::Stop;
 use crate::ws::codec;
 
-/// What to tell an operator whose kernel refuses to create an io_uring executor.
-const EXECUTOR_FIX: &str = "roomcast needs io_uring (Linux 5.8 or newer, not disabled by the \
-    kernel.io_uring_disabled sysctl or a seccomp profile) and, on kernels before 5.12, enough locked memory \
-    for its rings: raise `ulimit -l` (LimitMEMLOCK= under systemd) or lower SERVER_IO_THREADS";
-
-/// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`shard::RING_DEPTH`]).
+/// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
 const HTTP_RING_DEPTH: usize = 128;
 
 /// A configured server with its callbacks and routes, not yet started.
@@ -108,8 +105,8 @@ impl Server {
             callbacks,
             routes,
         } = self;
-        check_io_uring()?;
-        let cpus = allowed_cpus();
+        executor::check_io_uring()?;
+        let cpus = executor::allowed_cpus();
         let shard_count = match config.server.io_threads {
             0 => cpus.len().max(1),
             n => n,
@@ -136,46 +133,39 @@ impl Server {
             .local_addr()
             .expect("a bound socket has an address");
 
-        let mut senders = Vec::with_capacity(shard_count);
-        let mut receivers = Vec::with_capacity(shard_count);
-        for _ in 0..shard_count {
-            let (tx, rx) = inbox();
-            senders.push(tx);
-            receivers.push(rx);
-        }
-        let peers: Arc<[InboxSender]> = senders.into();
+        let (senders, inboxes): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| inbox()).unzip();
+        let peers = Peers::new(senders);
+        let stop = Arc::new(Stop::default());
         let callbacks = Arc::new(callbacks);
-        let (stop_tx, stop_rx) = inbox();
+        let shard_config = ShardConfig::new(&config);
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
             handle: ServerHandle {
                 shards: peers.clone(),
-                http_stop: Arc::new(stop_tx),
+                stop: stop.clone(),
             },
-            shard_threads: Vec::new(),
-            http: None,
+            threads: Vec::new(),
         };
 
-        for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let start = ShardStart {
                 index,
+                config: shard_config.clone(),
                 listener,
-                inbox,
                 peers: peers.clone(),
+                inbox,
                 callbacks: callbacks.clone(),
-                settings: config.websocket.clone(),
-                request_timeout: config.server.request_timeout,
-                bench_mode: config.server.bench_mode,
+                stop: stop.clone(),
             };
             let placement = Placement::Fixed(cpus[index % cpus.len()]);
-            let thread = start_executor(
+            let thread = executor::start(
                 format!("websocket shard {index}"),
                 placement,
-                shard::RING_DEPTH,
-                move || shard::run(start),
+                SHARD_RING_DEPTH,
+                move || executor::run(start),
             )?;
-            running.shard_threads.push(thread);
+            running.threads.push(thread);
         }
         tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
 
@@ -185,22 +175,16 @@ impl Server {
             server: config.server.clone(),
             context: HttpContext::new(websocket_addr),
         };
-        let thread = start_executor(
+        let thread = executor::start(
             "http shard".to_owned(),
             Placement::Unbound,
             HTTP_RING_DEPTH,
             move || async move {
-                let listener = {
-                    use std::os::unix::io::{FromRawFd, IntoRawFd};
-                    // SAFETY: the fd comes from a std listener we own and give up here.
-                    unsafe { glommio::net::TcpListener::from_raw_fd(http_listener.into_raw_fd()) }
-                };
-                // Only Shutdown is ever posted to the HTTP shard.
-                let stopped = async move { stop_rx.wait_for_post().await };
-                http::serve(listener, std::rc::Rc::new(site), stopped).await;
+                let listener = into_executor(http_listener);
+                http::serve(listener, std::rc::Rc::new(site), &stop).await;
             },
         )?;
-        running.http = Some(thread);
+        running.threads.push(thread);
         tracing::info!("http listening on {http_addr}");
         Ok(running)
     }
@@ -211,8 +195,8 @@ pub struct RunningServer {
     websocket_addr: SocketAddr,
     http_addr: SocketAddr,
     handle: ServerHandle,
-    shard_threads: Vec<JoinHandle<()>>,
-    http: Option<JoinHandle<()>>,
+    /// Every executor's thread: the WebSocket shards', then the HTTP shard's.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -232,9 +216,10 @@ impl RunningServer {
     }
 
     /// Stops accepting, closes every session with 1001, waits (bounded) for close handshakes and in-flight
-    /// HTTP requests, and joins every executor thread.
+    /// HTTP requests, and joins every executor thread (the sequence is in the `shutdown` module).
     pub fn stop(mut self) {
-        self.shutdown();
+        self.handle.shutdown();
+        self.join();
     }
 
     /// Blocks until every executor has ended, after [`ServerHandle::shutdown`] from another thread (a
@@ -243,16 +228,8 @@ impl RunningServer {
         self.join();
     }
 
-    fn shutdown(&mut self) {
-        self.handle.shutdown();
-        self.join();
-    }
-
     fn join(&mut self) {
-        for thread in self.shard_threads.drain(..) {
-            let _ = thread.join();
-        }
-        if let Some(thread) = self.http.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -260,146 +237,34 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
-        self.shutdown();
+        self.handle.shutdown();
+        self.join();
     }
 }
 
 /// Reaches a running server's shards from any thread: `Send`, `Sync`, cheap to clone.
 #[derive(Clone)]
 pub struct ServerHandle {
-    shards: Arc<[InboxSender]>,
-    http_stop: Arc<InboxSender>,
+    shards: Peers,
+    stop: Arc<Stop>,
 }
 
 impl ServerHandle {
     /// Sends `text` to every member of `room` on every shard; the frame is encoded once, and each shard
     /// copies it into a frame of its own so that no per-delivery reference count is shared between cores.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        let frame: Arc<[u8]> = Arc::from(&codec::text_frame(text)[..]);
-        let room: Arc<str> = Arc::from(room);
-        for shard in self.shards.iter() {
-            shard.post(ShardMsg::Broadcast {
-                room: room.clone(),
-                frame: frame.clone(),
-            });
-        }
+        self.shards.broadcast(room, &codec::text_frame(text), None);
     }
 
     /// Asks the server to stop, as [`RunningServer::stop`] does, and returns at once: every shard stops
     /// accepting and closes its sessions with 1001, the HTTP shard finishes its requests in flight.
     /// [`RunningServer::wait`] returns once they have all ended.
     pub fn shutdown(&self) {
-        for shard in self.shards.iter() {
-            shard.post(ShardMsg::Shutdown);
-        }
-        self.http_stop.post(ShardMsg::Shutdown);
+        self.stop.request();
     }
 
     /// How many WebSocket shards run.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
-    }
-}
-
-/// Starts a glommio executor on its own thread and waits until it exists, so a refused io_uring is a
-/// start-up error rather than a panic in a thread.
-fn start_executor<F, Fut>(
-    name: String,
-    placement: Placement,
-    ring_depth: usize,
-    make_future: F,
-) -> Result<JoinHandle<()>, StartError>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-    let thread_name = name.replace(' ', "-");
-    let thread = std::thread::Builder::new()
-        .name(thread_name.clone())
-        .spawn(move || {
-            let executor = match LocalExecutorBuilder::new(placement)
-                .name(&thread_name)
-                .ring_depth(ring_depth)
-                .make()
-            {
-                Ok(executor) => executor,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = ready_tx.send(Ok(()));
-            executor.run(make_future());
-        })
-        .map_err(|e| executor_error(&name, e.to_string()))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(cause)) => Err(executor_error(&name, cause)),
-        Err(_) => Err(executor_error(
-            &name,
-            "the executor thread exited during start-up".to_owned(),
-        )),
-    }
-}
-
-/// Asks the kernel for an io_uring before any executor is built: glommio panics, instead of returning an
-/// error, when the ring it probes with is refused (seccomp, `kernel.io_uring_disabled`, an old kernel).
-///
-/// The probe runs on a thread of its own: the kernel tears a ring down asynchronously through task work on
-/// the thread that created it, which interrupts that thread's next blocking syscall with EINTR; that must not
-/// be the application's thread.
-fn check_io_uring() -> Result<(), StartError> {
-    let probe = std::thread::spawn(|| {
-        // struct io_uring_params is 120 bytes; zeroed means "no flags, kernel picks the sizes".
-        let mut params = [0u8; 120];
-        // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`; the fd is closed at once.
-        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 2u32, params.as_mut_ptr()) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: closing the ring we just created.
-        unsafe { libc::close(fd as libc::c_int) };
-        Ok(())
-    });
-    match probe.join() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(executor_error(
-            "websocket shards",
-            format!("io_uring_setup failed: {e}"),
-        )),
-        Err(_) => Err(executor_error(
-            "websocket shards",
-            "the io_uring probe panicked".to_owned(),
-        )),
-    }
-}
-
-fn executor_error(name: &str, cause: String) -> StartError {
-    StartError::Executor {
-        executor: name.to_owned(),
-        cause,
-        fix: EXECUTOR_FIX,
-    }
-}
-
-/// The CPUs this process may run on (its affinity mask), so shards pin only to cores they are allowed.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is valid, and sched_getaffinity writes at most its size.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-            == 0;
-    let cpus: Vec<usize> = if ok {
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if cpus.is_empty() {
-        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-    } else {
-        cpus
     }
 }

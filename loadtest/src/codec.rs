@@ -83,21 +83,34 @@ impl std::error::Error for CodecError {}
 /// `out` is the connection's write buffer; it only grows when a frame does not fit its capacity, so a
 /// steady stream of same-sized messages allocates nothing.
 pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode.bits());
-    let len = payload.len();
+    push_raw_frame(out, 0x80 | opcode.bits(), payload, mask);
+}
+
+/// Appends one masked client frame whose first byte (FIN, RSV and opcode bits) is `first_byte` as given,
+/// whatever RFC 6455 says of it: the one encoder of client frames in this repository, also used by
+/// roomcast's tests to send fragments and forbidden frames, and by its benches.
+pub fn push_raw_frame(out: &mut Vec<u8>, first_byte: u8, payload: &[u8], mask: [u8; 4]) {
+    push_masked_header(out, first_byte, payload.len() as u64, mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    apply_mask(&mut out[start..], mask);
+}
+
+/// Appends only the header of a masked client frame: `first_byte`, a payload length of `len` in its
+/// shortest encoding, then `mask`. The payload (masked with `mask`) is the caller's to append, or not: a
+/// header alone is enough to test limits decided from headers.
+pub fn push_masked_header(out: &mut Vec<u8>, first_byte: u8, len: u64, mask: [u8; 4]) {
+    out.push(first_byte);
     if len < 126 {
         out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
+    } else if len <= u64::from(u16::MAX) {
         out.push(0x80 | 126);
         out.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
         out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
     }
     out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
 }
 
 /// XORs `data` with the repeating 4-byte key, a word at a time where it can.

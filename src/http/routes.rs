@@ -1,11 +1,14 @@
 //! Request dispatch for the HTTP shard: the method check, then the app's JSON routes by exact path, then the
 //! static files.
 //!
-//! This module owns the answer to every request that is not a file: JSON bodies, and the plain-text bodies
-//! of 400/404/405/500. It must not touch sockets or connections (that is `mod.rs`) nor resolve or read
-//! files (that is `static_files.rs`).
+//! This module owns what a site is ([`Site`]: the app's JSON routes and the public directory) and the
+//! answer to every request that is not a file: JSON bodies, and the plain-text bodies of 400/404/405/500.
+//! It must not touch sockets or connections (that is `service.rs`) nor resolve or read files (that is
+//! `static_files.rs`).
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,7 +16,52 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Response, StatusCode};
 
 use super::static_files::StaticFiles;
-use super::Site;
+use crate::config::{PublicSettings, ServerSettings};
+
+/// What a JSON route can know about the running server.
+#[derive(Debug, Clone)]
+pub struct HttpContext {
+    websocket_addr: SocketAddr,
+}
+
+impl HttpContext {
+    /// A context announcing the WebSocket listener at `websocket_addr`.
+    pub fn new(websocket_addr: SocketAddr) -> Self {
+        HttpContext { websocket_addr }
+    }
+
+    /// Where the WebSocket listener is bound (its real port when `WEBSOCKET_PORT` was 0).
+    pub fn websocket_addr(&self) -> SocketAddr {
+        self.websocket_addr
+    }
+}
+
+/// A GET route answering JSON (registered by the app, e.g. `/api/health`).
+pub type JsonRoute = Arc<dyn Fn(&HttpContext) -> serde_json::Value + Send + Sync>;
+
+/// Everything one HTTP shard serves; built once on the starting thread, then moved to the HTTP executor.
+pub(crate) struct Site {
+    /// Exact URL paths and their JSON routes, matched before static files.
+    pub(crate) routes: Vec<(String, JsonRoute)>,
+    /// The public directory and how it is mounted.
+    pub(crate) public: PublicSettings,
+    /// The request and keep-alive timeouts, and whether to log each request.
+    pub(crate) server: ServerSettings,
+    /// Handed to every JSON route.
+    pub(crate) context: HttpContext,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let paths: Vec<&str> = self.routes.iter().map(|(path, _)| path.as_str()).collect();
+        f.debug_struct("Site")
+            .field("routes", &paths)
+            .field("public", &self.public)
+            .field("server", &self.server)
+            .field("context", &self.context)
+            .finish()
+    }
+}
 
 /// Turns a method and path into a response for one HTTP shard; built once per [`super::serve`] call.
 #[derive(Debug)]

@@ -9,20 +9,28 @@
 //! that is not local stops start-up with a clear error; with port 0 the first socket picks the port and the
 //! others join it.
 //!
-//! It must not run sessions: it hands each accepted stream to [`crate::connection`].
+//! It must not run sessions: it hands each accepted stream to [`crate::connection`], with the shard's gate,
+//! whose passes the session tasks hold so that shutdown waits for them (see [`crate::shutdown`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use glommio::sync::Gate;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::Shard;
+use crate::handler::Callbacks;
 
 /// Pending connections per listener before the kernel refuses more; matches modern `somaxconn`.
 const BACKLOG: i32 = 4096;
+
+/// How long an accept loop pauses after a failed accept (out of descriptors or memory), so a failure that
+/// will not go away by itself is not retried in a busy loop.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Binds `count` listeners sharing `addr` (port 0 picks one free port for all of them).
 pub(crate) fn bind_shared(
@@ -44,21 +52,38 @@ pub(crate) fn bind_shared(
     Ok(listeners)
 }
 
-/// Accepts connections until the task is cancelled, running each as a session task on this shard.
-pub(crate) async fn accept_loop(listener: std::net::TcpListener, shard: Rc<Shard>) {
-    // SAFETY: the fd comes from a std listener we own and give up here.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+/// A listener bound on the starting thread, handed to the executor that accepts on it (the WebSocket
+/// shards' and the HTTP shard's alike).
+pub(crate) fn into_executor(listener: std::net::TcpListener) -> glommio::net::TcpListener {
+    // SAFETY: the descriptor comes out of a listener we own and give up here, so the glommio listener is
+    // its only owner.
+    unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}
+
+/// Accepts connections until the future is dropped (shutdown), running each on this shard; a session that
+/// comes out of the handshake runs under a pass of `sessions`.
+pub(crate) async fn accept_loop(
+    listener: std::net::TcpListener,
+    shard: Rc<Shard>,
+    callbacks: Arc<Callbacks>,
+    sessions: Gate,
+) {
+    let listener = into_executor(listener);
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let shard = shard.clone();
-                glommio::spawn_local(crate::connection::run(shard, stream)).detach();
+                let run = crate::connection::run(
+                    shard.clone(),
+                    callbacks.clone(),
+                    sessions.clone(),
+                    stream,
+                );
+                glommio::spawn_local(run).detach();
             }
             Err(e) => {
-                // Out of descriptors or memory: log, let sessions end, and try again shortly instead of
-                // spinning on an error that will not go away by itself.
-                tracing::warn!(shard = shard.index, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors or memory: log, let sessions end, and try again shortly.
+                tracing::warn!(shard = shard.index(), error = %e, "accept failed");
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

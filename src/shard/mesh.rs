@@ -16,11 +16,12 @@
 //! flag was set) *before* its last drain, and a sender sets it *after* pushing; a sender that finds it
 //! already set pushed before the clear, so the drain that follows sees its message.
 //!
-//! The shard's sessions also take messages before they write ([`super::Shard::deliver_posted_now`]);
+//! The shard's sessions also take messages before they write ([`super::Shard::deliver_posted`]);
 //! that leaves the flag set, so the inbox task, already woken, clears it and drains again before it
 //! waits: nothing posted is left behind.
 //!
-//! It must not interpret messages; [`super::Shard`] does.
+//! It must not interpret messages; [`super::Shard`] does. Shutdown does not travel here: it is
+//! [`crate::shutdown`]'s, the same for the WebSocket shards and the HTTP shard.
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,15 +39,52 @@ pub(crate) enum ShardMsg {
         /// The room.
         room: Arc<str>,
         /// The encoded frame, read-only and shared by every shard it was posted to; each copies it into
-        /// a [`crate::ws::codec::Frame`] of its own before delivering, so that the per-delivery
+        /// a [`crate::ws::codec::EncodedFrame`] of its own before delivering, so that the per-delivery
         /// reference counting stays on one core and non-atomic.
-        frame: Arc<[u8]>,
+        encoded: Arc<[u8]>,
     },
-    /// Stop accepting, close every session with 1001, and end the executor once they are gone.
-    Shutdown,
 }
 
-/// The sending side of one shard's inbox; `Send + Sync`, shared by every other shard and the server handle.
+/// Every WebSocket shard's inbox, indexed by shard; `Send + Sync`, shared by every shard and the server
+/// handle. Cloning is a reference count.
+#[derive(Debug, Clone)]
+pub(crate) struct Peers(Arc<[InboxSender]>);
+
+impl Peers {
+    pub(crate) fn new(inboxes: Vec<InboxSender>) -> Peers {
+        Peers(inboxes.into())
+    }
+
+    /// How many shards there are.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Posts an encoded `frame` for the members of `room` to every shard but `except` (the sender, which
+    /// delivers to its own members itself).
+    ///
+    /// The shards share one read-only copy of the bytes and each copies it into a frame of its own (a
+    /// memcpy per shard, not a re-encode): every member's queue clones and drops its frame's reference
+    /// count, and two cores doing that on one count would bounce its cache line between them on every
+    /// delivery, which halved throughput with two shards when the count was shared.
+    pub(crate) fn broadcast(&self, room: &str, frame: &[u8], except: Option<usize>) {
+        if self.0.len() == 1 && except.is_some() {
+            return; // No other shard: nothing to copy.
+        }
+        let room: Arc<str> = Arc::from(room);
+        let encoded: Arc<[u8]> = Arc::from(frame);
+        for (index, inbox) in self.0.iter().enumerate() {
+            if Some(index) != except {
+                inbox.post(ShardMsg::Broadcast {
+                    room: room.clone(),
+                    encoded: encoded.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The sending side of one shard's inbox; `Send + Sync`, one of the [`Peers`].
 #[derive(Debug)]
 pub(crate) struct InboxSender {
     messages: Sender<ShardMsg>,
@@ -122,11 +160,18 @@ impl InboxReceiver {
 mod tests {
     use super::*;
 
+    fn message() -> ShardMsg {
+        ShardMsg::Broadcast {
+            room: Arc::from("r"),
+            encoded: Arc::from(&b"x"[..]),
+        }
+    }
+
     #[test]
     fn many_posts_wake_once_until_the_shard_drains() {
         let (tx, rx) = inbox();
         for _ in 0..100 {
-            tx.post(ShardMsg::Shutdown);
+            tx.post(message());
         }
         assert!(tx.wake.pending.load(Ordering::SeqCst));
         futures_lite::future::block_on(rx.wait_for_post());
@@ -148,12 +193,12 @@ mod tests {
             })
             .unwrap();
         std::thread::spawn(move || {
-            tx.post(ShardMsg::Shutdown);
+            tx.post(message());
             // Wait until the shard drained before the second post, so it must sleep and be woken again.
             while tx.wake.pending.load(Ordering::SeqCst) {
                 std::thread::yield_now();
             }
-            tx.post(ShardMsg::Shutdown);
+            tx.post(message());
         });
         assert_eq!(shard.join().unwrap(), 2);
     }

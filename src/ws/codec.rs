@@ -354,10 +354,10 @@ pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
 /// pointer to it. The count is not atomic because a frame never leaves its shard (another shard gets its
 /// own copy, see [`crate::shard::Shard::broadcast`]): an atomic increment and decrement per delivery cost
 /// about a third of the server's user-space time in a 1,000-member broadcast.
-pub(crate) type Frame = Rc<[u8]>;
+pub(crate) type EncodedFrame = Rc<[u8]>;
 
 /// Encodes one unmasked server frame, written straight into its shared allocation.
-pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Frame {
+pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> EncodedFrame {
     let header = FrameHeader {
         is_final: true,
         opcode,
@@ -386,17 +386,17 @@ pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> Frame {
 }
 
 /// A text message frame.
-pub(crate) fn text_frame(text: &str) -> Frame {
+pub(crate) fn text_frame(text: &str) -> EncodedFrame {
     encode_frame(OpCode::Data(Data::Text), text.as_bytes())
 }
 
 /// A binary message frame.
-pub(crate) fn binary_frame(data: &[u8]) -> Frame {
+pub(crate) fn binary_frame(data: &[u8]) -> EncodedFrame {
     encode_frame(OpCode::Data(Data::Binary), data)
 }
 
 /// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
-pub(crate) fn close_frame(code: u16, reason: &str) -> Frame {
+pub(crate) fn close_frame(code: u16, reason: &str) -> EncodedFrame {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
@@ -408,41 +408,26 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Frame {
 }
 
 /// A pong echoing a ping's payload.
-pub(crate) fn pong_frame(payload: &[u8]) -> Frame {
+pub(crate) fn pong_frame(payload: &[u8]) -> EncodedFrame {
     encode_frame(OpCode::Control(Control::Pong), payload)
 }
 
 /// An empty ping, as the server sends every `WEBSOCKET_PING_INTERVAL`.
-pub(crate) fn ping_frame() -> Frame {
+pub(crate) fn ping_frame() -> EncodedFrame {
     encode_frame(OpCode::Control(Control::Ping), &[])
-}
-
-/// A client frame as a browser would send it, masked with a fixed key: input for the tests and the benches.
-#[cfg(any(test, feature = "internals"))]
-pub(crate) fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client frame as a browser would send it, through the repository's one client-frame encoder.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let first_byte = opcode | if fin { 0x80 } else { 0 };
+        loadtest::codec::push_raw_frame(&mut out, first_byte, payload, [0x37, 0xfa, 0x21, 0x3d]);
+        out
+    }
 
     #[derive(Debug, PartialEq)]
     enum Owned {

@@ -15,6 +15,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use loadtest::codec;
 use roomcast::{Config, RunningServer, Server};
 
 /// How long a raw client waits for any one read before the test fails.
@@ -59,29 +60,19 @@ pub fn start(pairs: &[(&str, &str)], build: impl FnOnce(Server) -> Server) -> Ru
         .unwrap_or_else(|e| panic!("the server starts with {pairs:?}: {e}"))
 }
 
-/// A client frame with `opcode`, FIN as given and `payload` masked with [`MASK`].
+/// A client frame with `opcode`, FIN as given and `payload` masked with [`MASK`], built by the load
+/// harness's client encoder (the one in the repository).
 pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mut out = masked_header(opcode | if fin { 0x80 } else { 0 }, payload.len() as u64);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    let mut out = Vec::new();
+    codec::push_raw_frame(&mut out, opcode | if fin { 0x80 } else { 0 }, payload, MASK);
     out
 }
 
 /// Only the header of a masked client frame: `first_byte` (FIN, RSV and opcode bits) and a payload
 /// length, with the shortest length encoding, then [`MASK`]. The payload is up to the caller.
 pub fn masked_header(first_byte: u8, len: u64) -> Vec<u8> {
-    let mut out = vec![first_byte];
-    match len {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
+    let mut out = Vec::new();
+    codec::push_masked_header(&mut out, first_byte, len, MASK);
     out
 }
 
@@ -236,21 +227,37 @@ impl RawClient {
     /// Whether the server ends the TCP connection (end of stream or a reset) within [`READ_TIMEOUT`],
     /// discarding anything else it sends first. `false` on a timeout.
     pub fn connection_ends(&mut self) -> bool {
-        let mut sink = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut sink) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return false
-                }
-                Err(_) => return true,
-            }
-        }
+        ends_within(&mut self.stream, READ_TIMEOUT)
     }
+}
+
+/// Whether the server ends the TCP connection on `stream` (end of stream or a reset) within `limit`,
+/// discarding anything else it sends first; `false` once `limit` has passed. The stream's read timeout is
+/// [`READ_TIMEOUT`] again afterwards.
+pub fn ends_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut sink = [0u8; 4096];
+    let ended = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut sink) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => panic!("{INTERRUPTED}: {e}"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    ended
 }

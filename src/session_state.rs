@@ -1,0 +1,173 @@
+//! [`SessionState`]: one session as its shard sees it: the outbound queue, the lifecycle, the liveness stamp,
+//! the rooms joined and the waker of the connection task that drives the socket.
+//!
+//! It is what the shard's tables hold (its session slab and its rooms), what the sweep and shutdown close,
+//! and what the public [`crate::Session`] handle points at. It sits below the shard in the data path and
+//! never reaches up to it: whatever it needs from the shard (the clock, the backpressure limit) is passed
+//! in by the caller. So a slow consumer found during a room's fan-out is not reported here: the state
+//! records it ([`CloseCause::SlowConsumer`]) and wakes the connection task, which tells `on_error`.
+//!
+//! It must not touch the socket (only the connection task reads and writes it) nor run callbacks.
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::task::Waker;
+
+use crate::lifecycle::{CloseCause, Lifecycle};
+use crate::outbound::{Outbound, Overflow};
+use crate::ws::codec::{self, EncodedFrame};
+
+/// A session's identity, unique within the process: the shard index in the top 16 bits, a per-shard
+/// counter below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    /// The index of the shard that owns the session.
+    pub fn shard(self) -> usize {
+        (self.0 >> 48) as usize
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0 >> 48, self.0 & ((1 << 48) - 1))
+    }
+}
+
+/// The state of one session shared by its shard, its connection task and its handles.
+pub(crate) struct SessionState {
+    pub(crate) id: SessionId,
+    /// The client's address as IP and port: 20 bytes where a `SocketAddr` takes 32 (the IPv6 flow label
+    /// and scope, which a peer address does not need).
+    peer: (IpAddr, u16),
+    pub(crate) outbound: Outbound,
+    /// The connection task's waker, to run it when frames are queued from elsewhere.
+    waker: Cell<Option<Waker>>,
+    lifecycle: Cell<Lifecycle>,
+    /// Rooms joined, in order, so that the end of the session leaves them all. A `Cell` (taken and put
+    /// back) rather than a `RefCell`: every session carries one, and the borrow flag would cost 8 bytes.
+    rooms: Cell<Vec<Rc<str>>>,
+    /// When anything last arrived from the peer (shard clock), for the idle timeout.
+    last_seen: Cell<u32>,
+    /// Where the shard's session slab keeps this session.
+    slot: Cell<u32>,
+}
+
+impl SessionState {
+    /// An open session that has not been heard from since `now` (shard clock).
+    pub(crate) fn new(id: SessionId, peer: SocketAddr, now: u32) -> SessionState {
+        SessionState {
+            id,
+            peer: (peer.ip(), peer.port()),
+            outbound: Outbound::default(),
+            waker: Cell::new(None),
+            lifecycle: Cell::new(Lifecycle::Open),
+            rooms: Cell::new(Vec::new()),
+            last_seen: Cell::new(now),
+            slot: Cell::new(u32::MAX),
+        }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.peer.0, self.peer.1)
+    }
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
+    }
+
+    /// Moves the lifecycle on by one of [`Lifecycle`]'s transitions.
+    pub(crate) fn transition(&self, to: impl FnOnce(Lifecycle) -> Lifecycle) {
+        self.lifecycle.set(to(self.lifecycle.get()));
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.lifecycle.get().is_open()
+    }
+
+    pub(crate) fn last_seen(&self) -> u32 {
+        self.last_seen.get()
+    }
+
+    /// Something arrived from the peer at `now` (shard clock).
+    pub(crate) fn seen(&self, now: u32) {
+        self.last_seen.set(now);
+    }
+
+    pub(crate) fn slot(&self) -> usize {
+        self.slot.get() as usize
+    }
+
+    pub(crate) fn set_slot(&self, slot: usize) {
+        // A shard holds far fewer than 2^32 sessions (descriptors run out first); u32 keeps the state small.
+        self.slot.set(slot as u32);
+    }
+
+    /// Runs `f` on the joined rooms, taken out of their `Cell` and put back; `f` must not reach this
+    /// session's rooms again (it would see none).
+    pub(crate) fn with_rooms<R>(&self, f: impl FnOnce(&mut Vec<Rc<str>>) -> R) -> R {
+        let mut joined = self.rooms.take();
+        let result = f(&mut joined);
+        self.rooms.set(joined);
+        result
+    }
+
+    /// The rooms joined, leaving none behind (the session's end).
+    pub(crate) fn take_rooms(&self) -> Vec<Rc<str>> {
+        self.rooms.take()
+    }
+
+    /// Queues an encoded frame (shared with other recipients) unless the session is closing. A frame that
+    /// would put more than `limit` bytes in the queue makes the session a slow consumer: what is queued is
+    /// dropped (it could not be delivered in time anyway) and the session closes with 1008; pongs and pings
+    /// count too, so a client flooding pings without reading the pongs is one.
+    pub(crate) fn send(&self, frame: EncodedFrame, limit: usize, now: u32) {
+        if !self.is_open() {
+            return;
+        }
+        match self.outbound.push(frame, limit) {
+            Ok(()) => self.wake(),
+            Err(Overflow { queued }) => {
+                self.outbound.discard();
+                let queued = u32::try_from(queued).unwrap_or(u32::MAX);
+                self.close(
+                    1008,
+                    "slow consumer",
+                    now,
+                    CloseCause::SlowConsumer { queued },
+                );
+            }
+        }
+    }
+
+    /// Queues our close frame and waits for the peer's (bounded by the shard's close timeout). Only an open
+    /// session sends one.
+    pub(crate) fn close(&self, code: u16, reason: &str, now: u32, cause: CloseCause) {
+        if !self.is_open() {
+            return;
+        }
+        self.outbound
+            .push_unbounded(codec::close_frame(code, reason));
+        self.transition(|l| l.close_sent(now, cause));
+        self.wake();
+    }
+
+    /// Registers the connection task's waker, keeping the one it has when it would wake the same task.
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        let kept = self.waker.take();
+        self.waker.set(Some(match kept {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        }));
+    }
+
+    /// Runs the connection task so it writes what was queued or notices a state change.
+    pub(crate) fn wake(&self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
