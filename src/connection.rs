@@ -24,6 +24,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -32,7 +33,7 @@ use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use glommio::sync::Gate;
+use glommio::sync::{Gate, Pass};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::dispatch::dispatch_text;
@@ -64,7 +65,7 @@ struct Io {
 }
 
 /// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own,
-/// under a pass of `sessions` (a session upgraded once shutdown has begun is dropped).
+/// holding a pass of `sessions` (a session upgraded once shutdown has begun is dropped).
 ///
 /// Two tasks rather than one because an async fn's future is as large as the state of all its awaits and
 /// lives as long as the task: the handshake's buffers, timer and writes die with this short task, and the
@@ -75,12 +76,15 @@ pub(crate) async fn run(
     sessions: Gate,
     stream: TcpStream,
 ) {
-    if let Some((session, io)) = upgrade(shard, stream).await {
-        match sessions.spawn(serve(session, callbacks, io)) {
-            Ok(task) => drop(task.detach()),
-            Err(e) => tracing::debug!(error = %e, "upgraded during shutdown; dropped"),
-        }
-    }
+    let Some((peer, io)) = upgrade(&shard, stream).await else {
+        return;
+    };
+    let Ok(pass) = sessions.enter() else {
+        tracing::debug!(shard = shard.index(), "upgraded during shutdown; dropped");
+        return;
+    };
+    let session = Session::new(shard.register(peer), shard);
+    glommio::spawn_local(serve(session, callbacks, io, pass)).detach();
 }
 
 /// A session's whole life after the handshake.
@@ -92,6 +96,7 @@ fn serve(
     session: Session,
     callbacks: Arc<Callbacks>,
     mut io: Io,
+    pass: Pass,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         open(&session, &callbacks, &mut io);
@@ -127,13 +132,15 @@ fn serve(
             }
         }
         end(&session, &callbacks);
+        // Shutdown waits for this: the session's close handshake is over.
+        drop(pass);
     }
 }
 
-/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the new session and
-/// its socket state (bytes that followed the request, frames a client sent without waiting, are the
-/// decoder's first input), or `None` when the connection is refused, timed out or gone.
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io)> {
+/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the peer's address
+/// and the session's socket state (bytes that followed the request, frames a client sent without waiting,
+/// are the decoder's first input), or `None` when the connection is refused, timed out or gone.
+async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io)> {
     let peer = stream.peer_addr().ok()?;
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
@@ -182,11 +189,11 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream) -> Option<(Session, Io
         stream,
         decoder: Decoder::with_input(early_frames),
     };
-    let state = shard.register(peer);
-    Some((Session::new(state, shard), io))
+    Some((peer, io))
 }
 
-/// The session begins: announced, `on_open`, then any frames that came with the upgrade request.
+/// The session begins (its shard registered it): announced, `on_open`, then any frames that came with
+/// the upgrade request.
 fn open(session: &Session, callbacks: &Callbacks, io: &mut Io) {
     let shard = session.owner();
     if !shard.config().bench_mode {
