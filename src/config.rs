@@ -78,6 +78,43 @@ pub struct WebSocketSettings {
     /// `WEBSOCKET_MAX_BACKPRESSURE` in bytes (default 1 MiB, 1 to 1 GiB): when a session's unsent outbound
     /// bytes exceed this, it is a slow consumer and is closed with code 1008.
     pub max_backpressure: usize,
+    /// `WEBSOCKET_RATE_LIMIT_MESSAGES`, `WEBSOCKET_RATE_LIMIT_BURST`, `WEBSOCKET_RATE_LIMIT_BYTES`: what one
+    /// session may send (text, binary and pings alike).
+    pub rate_limits: RateLimits,
+}
+
+/// Per-session rate limits; a message over either is refused, and a session that keeps sending while
+/// refused is closed with 1008 "rate limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `WEBSOCKET_RATE_LIMIT_MESSAGES` per second (default 50; 0 turns it off) with a burst of
+    /// `WEBSOCKET_RATE_LIMIT_BURST` messages (default 100).
+    pub messages: Option<Bucket>,
+    /// `WEBSOCKET_RATE_LIMIT_BYTES` of message payload per second (default 1 MiB; 0 turns it off); the burst
+    /// is one second's worth, or one message of `WEBSOCKET_MAX_MESSAGE_SIZE` if that is more.
+    pub bytes: Option<Bucket>,
+}
+
+impl RateLimits {
+    /// No limit at all.
+    pub const OFF: RateLimits = RateLimits {
+        messages: None,
+        bytes: None,
+    };
+
+    /// Whether neither limit is set.
+    pub fn is_off(&self) -> bool {
+        self.messages.is_none() && self.bytes.is_none()
+    }
+}
+
+/// A token bucket: refills at `per_second` units a second and holds at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bucket {
+    /// Units (messages or bytes) a second.
+    pub per_second: u64,
+    /// Units that may be spent at once after a quiet while.
+    pub burst: u64,
 }
 
 /// Static files served by the HTTP side.
@@ -178,6 +215,7 @@ impl Config {
                 auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG", true)?,
                 max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20, 1 << 30)?
                     as usize,
+                rate_limits: keys.rate_limits()?,
             },
             public: PublicSettings {
                 path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
@@ -282,6 +320,23 @@ impl Keys<'_> {
         }
     }
 
+    fn rate_limits(&self) -> Result<RateLimits, ConfigError> {
+        let messages = self.number("WEBSOCKET_RATE_LIMIT_MESSAGES", 50)?;
+        let burst = self.positive("WEBSOCKET_RATE_LIMIT_BURST", 100)?;
+        let bytes = self.number("WEBSOCKET_RATE_LIMIT_BYTES", 1 << 20)?;
+        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?;
+        Ok(RateLimits {
+            messages: (messages > 0).then_some(Bucket {
+                per_second: messages,
+                burst,
+            }),
+            bytes: (bytes > 0).then_some(Bucket {
+                per_second: bytes,
+                burst: bytes.max(max_message),
+            }),
+        })
+    }
+
     fn mount(&self, key: &'static str) -> Result<String, ConfigError> {
         let v = self.text(key, "/")?;
         if !v.starts_with('/') || v.contains("..") {
@@ -328,6 +383,17 @@ mod tests {
         assert_eq!(c.websocket.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.websocket.ping_interval, Some(Duration::from_secs(30)));
         assert!(c.websocket.auto_ping_pong);
+        assert_eq!(
+            c.websocket.rate_limits.messages,
+            Some(Bucket {
+                per_second: 50,
+                burst: 100
+            })
+        );
+        assert_eq!(
+            c.websocket.rate_limits.bytes.map(|b| b.per_second),
+            Some(1 << 20)
+        );
         assert_eq!(c.public.mount, "/");
         assert_eq!(c.public.index, "index.html");
     }
@@ -342,6 +408,9 @@ mod tests {
             ("SERVER_HOST", "not-an-ip"),
             ("PUBLIC_MOUNT", "static"),
             ("SERVER_REQUEST_TIMEOUT", "-5"),
+            ("WEBSOCKET_RATE_LIMIT_MESSAGES", "fast"),
+            ("WEBSOCKET_RATE_LIMIT_BURST", "0"),
+            ("WEBSOCKET_RATE_LIMIT_BYTES", "1e6"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
@@ -358,5 +427,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.websocket.idle_timeout, None);
         assert_eq!(c.websocket.ping_interval, None);
+    }
+
+    #[test]
+    fn zero_turns_rate_limits_off_and_a_byte_burst_fits_the_largest_message() {
+        let off = with(&[
+            ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
+            ("WEBSOCKET_RATE_LIMIT_BYTES", "0"),
+        ])
+        .unwrap();
+        assert!(off.websocket.rate_limits.is_off());
+        let small = with(&[
+            ("WEBSOCKET_RATE_LIMIT_BYTES", "1000"),
+            ("WEBSOCKET_MAX_MESSAGE_SIZE", "4096"),
+        ])
+        .unwrap();
+        assert_eq!(
+            small.websocket.rate_limits.bytes,
+            Some(Bucket {
+                per_second: 1000,
+                burst: 4096
+            })
+        );
     }
 }

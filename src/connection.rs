@@ -43,11 +43,15 @@ use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::{guarded, Callbacks};
 use crate::lifecycle::{AfterFlush, Lifecycle};
+use crate::rate_limit::{RateLimiter, Verdict};
 use crate::session::Session;
 use crate::session_state::SessionState;
 use crate::shard::Shard;
 use crate::ws::codec::{self, Decoder, Flow, Inbound};
 use crate::ws::handshake::{self, Handshake};
+
+/// What a message over the rate limit is answered with.
+pub(crate) const RATE_LIMIT_REPLY: &str = "message rejected: rate limit";
 
 /// What woke the connection task.
 enum Event {
@@ -65,6 +69,7 @@ enum Event {
 struct Io {
     stream: TcpStream,
     decoder: Decoder,
+    limiter: RateLimiter,
 }
 
 /// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own,
@@ -191,6 +196,7 @@ async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io
     let io = Io {
         stream,
         decoder: Decoder::with_input(early_frames),
+        limiter: RateLimiter::default(),
     };
     Some((peer, io))
 }
@@ -289,9 +295,12 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
         return; // Flushing or draining after a close: nothing more is read as messages.
     }
     let max = shard.settings().max_message_size;
-    let result = io
-        .decoder
-        .decode(bytes, max, |message| handle(session, callbacks, message));
+    let Io {
+        decoder, limiter, ..
+    } = io;
+    let result = decoder.decode(bytes, max, |message| {
+        handle(session, callbacks, limiter, message)
+    });
     if let Err(error) = result {
         if state.is_open() {
             report(session, callbacks, &SessionError::Protocol(error));
@@ -304,17 +313,31 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
 }
 
 /// Acts on one complete message or control frame.
-fn handle(session: &Session, callbacks: &Callbacks, message: Inbound<'_>) -> Flow {
+fn handle(
+    session: &Session,
+    callbacks: &Callbacks,
+    limiter: &mut RateLimiter,
+    message: Inbound<'_>,
+) -> Flow {
     let open = session.is_open();
     match message {
-        Inbound::Text(text) if open => dispatch_text(callbacks, session, text),
+        Inbound::Text(text) if open => {
+            if admitted(session, callbacks, limiter, text.len(), true) {
+                dispatch_text(callbacks, session, text);
+            }
+        }
         Inbound::Binary(data) if open => {
-            if let Some(on_binary) = &callbacks.on_binary {
-                guarded(session, "on_binary", || on_binary(session, data));
+            if admitted(session, callbacks, limiter, data.len(), true) {
+                if let Some(on_binary) = &callbacks.on_binary {
+                    guarded(session, "on_binary", || on_binary(session, data));
+                }
             }
         }
         Inbound::Ping(payload) if open && session.owner().settings().auto_ping_pong => {
-            session.send_frame(codec::pong_frame(payload));
+            // A ping costs us a pong: it counts like a message, and one over the limit goes unanswered.
+            if admitted(session, callbacks, limiter, payload.len(), false) {
+                session.send_frame(codec::pong_frame(payload));
+            }
         }
         Inbound::Close(code) => {
             let state = session.state();
@@ -333,4 +356,30 @@ fn handle(session: &Session, callbacks: &Callbacks, message: Inbound<'_>) -> Flo
         Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_) | Inbound::Pong => {}
     }
     Flow::Continue
+}
+
+/// Applies the rate limits to a message of `len` bytes: whether to act on it. A refused message is
+/// answered with `message rejected: rate limit` when `reply` is set; a sender that kept sending while
+/// refused is reported and closed with 1008 "rate limit" (see [`crate::rate_limit`]).
+fn admitted(
+    session: &Session,
+    callbacks: &Callbacks,
+    limiter: &mut RateLimiter,
+    len: usize,
+    reply: bool,
+) -> bool {
+    match limiter.check(&session.owner().settings().rate_limits, len) {
+        Verdict::Admit => true,
+        Verdict::Refuse => {
+            if reply {
+                session.send_text(RATE_LIMIT_REPLY);
+            }
+            false
+        }
+        Verdict::Cut => {
+            report(session, callbacks, &SessionError::RateLimited);
+            session.close(1008, "rate limit");
+            false
+        }
+    }
 }

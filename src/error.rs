@@ -126,4 +126,8 @@ pub enum SessionError {
         /// The configured limit.
         limit: usize,
     },
+    /// The client kept sending past `WEBSOCKET_RATE_LIMIT_MESSAGES` or `WEBSOCKET_RATE_LIMIT_BYTES` while
+    /// its messages were being refused; the session was closed with 1008 "rate limit".
+    #[error("rate limit: kept sending while refused")]
+    RateLimited,
 }

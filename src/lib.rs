@@ -63,6 +63,8 @@
 //! - `connection`: one session's task: handshake, read, decode, write, close handshake; reports errors.
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
 //!   unmasking in place) and encoding.
+//! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
+//!   before dispatch.
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
 //! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its clock
@@ -90,6 +92,7 @@ mod http;
 pub mod internals;
 mod lifecycle;
 mod outbound;
+mod rate_limit;
 mod room;
 mod server;
 mod session;
@@ -98,7 +101,7 @@ mod shard;
 mod shutdown;
 mod ws;
 
-pub use config::{Config, ConfigSource};
+pub use config::{Bucket, Config, ConfigSource, RateLimits};
 pub use dispatch::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use http::{HttpContext, JsonRoute};

@@ -13,7 +13,8 @@ use roomcast::TypedMessage;
 use tungstenite::WebSocket;
 
 const WELCOME: &str = "welcome to Vix WebSocket chat";
-const INVALID_ROOM: &str = "invalid room: a room name is 1 to 64 bytes without control characters";
+const INVALID_ROOM: &str = "invalid room: a room name is 1 to 64 bytes without control, \
+    bidirectional or zero-width characters";
 
 /// A client that has read the welcome.
 fn client(app: &App) -> WebSocket<TcpStream> {
@@ -131,6 +132,10 @@ fn refusals_name_what_was_wrong_and_the_session_lives_on() {
             event("chat.message", r#"{"room":"general","text":5}"#),
             "invalid payload: `text` must be a string",
         ),
+        (
+            event("chat.message", r#"{"room":"general","text":"not joined"}"#),
+            "message rejected: not a member of general",
+        ),
     ];
     for (request, reply) in &cases {
         expect_reply(&mut ws, request, reply);
@@ -142,7 +147,14 @@ fn unusable_room_names_are_refused_and_64_bytes_is_accepted() {
     let app = spawn_app(&[]);
     let mut ws = client(&app);
     let too_long = "r".repeat(65);
-    for room in ["", too_long.as_str(), "tab\there", "new\nline", "nul\u{0}"] {
+    let deceptive = [
+        "admin\u{202E}txt",
+        "gen\u{200B}eral",
+        "iso\u{2066}late",
+        "\u{FEFF}general",
+    ];
+    let plain = ["", too_long.as_str(), "tab\there", "new\nline", "nul\u{0}"];
+    for room in plain.into_iter().chain(deceptive) {
         let payload = serde_json::json!({ "room": room }).to_string();
         expect_reply(&mut ws, &event("room.join", &payload), INVALID_ROOM);
         expect_reply(&mut ws, &event("room.leave", &payload), INVALID_ROOM);

@@ -29,7 +29,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 fn server() -> (RunningServer, Receiver<String>) {
     let (tx, rx) = mpsc::channel();
     let tx = Mutex::new(tx);
-    let server = start(&[("WEBSOCKET_MAX_BACKPRESSURE", "65536")], move |s| {
+    // The sender's rate limits are off: this is about readers that cannot keep up, not senders.
+    let pairs = [
+        ("WEBSOCKET_MAX_BACKPRESSURE", "65536"),
+        ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
+        ("WEBSOCKET_RATE_LIMIT_BYTES", "0"),
+    ];
+    let server = start(&pairs, move |s| {
         s.on_message(|session, text| {
             if text == "join" {
                 session.join_room("flood");

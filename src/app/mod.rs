@@ -4,9 +4,10 @@
 //! (`payload.room`, `payload.text`), and the raw text `ping`. What the seed leaves open is answered with a
 //! reply that says what was wrong, and the session lives on: a payload field of the wrong JSON type
 //! (`invalid payload: ...`), text that tries to be an event but is not one (`invalid event: ...`), and a
-//! room name that is empty, longer than [`MAX_ROOM_LEN`] bytes or contains control characters
-//! (`invalid room: ...`). A session joins at most [`MAX_ROOMS_PER_SESSION`] rooms (`room limit
-//! reached: ...`): every room a client joins costs server memory, so joins must not be unbounded.
+//! room name that is empty, longer than [`MAX_ROOM_LEN`] bytes or contains control, bidirectional or
+//! zero-width characters (`invalid room: ...`). A session joins at most [`MAX_ROOMS_PER_SESSION`] rooms
+//! (`room limit reached: ...`): every room a client joins costs server memory, so joins must not be
+//! unbounded. Only a member posts in a room (`message rejected: not a member of R`).
 
 use roomcast::{Config, EnvelopeError, Server, Session, TypedMessage};
 use serde_json::{json, Map, Value};
@@ -71,6 +72,9 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
             let text = string_field(payload, "text")?.unwrap_or_default();
             if text.is_empty() {
                 session.send_text("message rejected: empty text");
+            } else if !session.is_member(&room) {
+                // Only members speak in a room: otherwise anyone could post into any room unseen.
+                session.send_text(&format!("message rejected: not a member of {room}"));
             } else {
                 session.broadcast_text_to_room(&room, &format!("room {room}: {text}"));
             }
@@ -89,12 +93,29 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
 /// `payload.room`, `general` when absent; an error reply when it is not a usable room name.
 fn room_field(payload: &Map<String, Value>) -> Result<String, String> {
     let room = string_field(payload, "room")?.unwrap_or_else(|| "general".to_owned());
-    if room.is_empty() || room.len() > MAX_ROOM_LEN || room.chars().any(char::is_control) {
+    if room.is_empty() || room.len() > MAX_ROOM_LEN || room.chars().any(is_deceptive) {
         return Err(format!(
-            "invalid room: a room name is 1 to {MAX_ROOM_LEN} bytes without control characters"
+            "invalid room: a room name is 1 to {MAX_ROOM_LEN} bytes without control, \
+             bidirectional or zero-width characters"
         ));
     }
     Ok(room)
+}
+
+/// Characters a room name must not hold: control characters, and the invisible ones that make two names
+/// look alike or a name display differently from what it is (bidirectional overrides and isolates, which
+/// can reorder the text shown around the name, and zero-width characters).
+fn is_deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'..='\u{200F}' // zero-width space, joiners, left-to-right and right-to-left marks
+                | '\u{202A}'..='\u{202E}' // bidirectional embeddings and overrides
+                | '\u{2060}'..='\u{2064}' // word joiner and invisible operators
+                | '\u{2066}'..='\u{2069}' // bidirectional isolates
+                | '\u{061C}' // Arabic letter mark
+                | '\u{FEFF}' // zero-width no-break space
+        )
 }
 
 /// A string field of the payload: `None` when absent or null, an error reply when of another JSON type.

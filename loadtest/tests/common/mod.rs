@@ -33,6 +33,9 @@ pub fn start_chat(shards: usize, pong: Pong) -> RunningServer {
         ("SERVER_IO_THREADS", shards.as_str()),
         ("SERVER_BENCH_MODE", "true"),
         ("WEBSOCKET_ENABLE_DEFLATE", "false"),
+        // The scenarios measure fan-out; a publisher's limits would only measure the limits.
+        ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
+        ("WEBSOCKET_RATE_LIMIT_BYTES", "0"),
     ]
     .into_iter()
     .collect();

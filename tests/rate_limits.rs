@@ -1,0 +1,172 @@
+//! Per-sender rate limits through the chat app (`WEBSOCKET_RATE_LIMIT_MESSAGES=5`, `..._BURST=10`): a
+//! client that floods a room is refused (`message rejected: rate limit`) and then closed with 1008 "rate
+//! limit", whether it is a member or not, while 100 readers in the room stay connected and receive every
+//! message that was admitted, in order, and nothing else.
+
+mod common;
+
+use std::net::TcpStream;
+
+use common::{connect, recv_text, send_text, spawn_app, try_recv_text, App, NotText};
+use tungstenite::{Message, WebSocket};
+
+const WELCOME: &str = "welcome to Vix WebSocket chat";
+const REFUSED: &str = "message rejected: rate limit";
+const READERS: usize = 100;
+const FLOOD: usize = 200;
+const LIMITS: [(&str, &str); 2] = [
+    ("WEBSOCKET_RATE_LIMIT_MESSAGES", "5"),
+    ("WEBSOCKET_RATE_LIMIT_BURST", "10"),
+];
+
+fn event(kind: &str, payload: &serde_json::Value) -> String {
+    serde_json::json!({ "type": kind, "payload": payload }).to_string()
+}
+
+/// A client that has read the welcome and, if `room` is given, joined it.
+fn client(app: &App, room: Option<&str>) -> WebSocket<TcpStream> {
+    let mut ws = connect(app.ws_addr);
+    assert_eq!(recv_text(&mut ws), WELCOME);
+    if let Some(room) = room {
+        send_text(
+            &mut ws,
+            &event("room.join", &serde_json::json!({ "room": room })),
+        );
+        assert_eq!(recv_text(&mut ws), format!("joined room: {room}"));
+    }
+    ws
+}
+
+/// What a flooder saw: the texts it got back, then the close frame's code and reason.
+struct Flooded {
+    texts: Vec<String>,
+    close: (u16, String),
+}
+
+/// Sends `FLOOD` chat messages to `room` without reading, then reads everything until the close.
+fn flood(ws: &mut WebSocket<TcpStream>, room: &str) -> Flooded {
+    for n in 0..FLOOD {
+        let message = event(
+            "chat.message",
+            &serde_json::json!({ "room": room, "text": format!("m{n}") }),
+        );
+        // The server may close us mid-flood: a write after its close frame arrived is refused, which ends
+        // the flood as the server meant it to.
+        if ws.send(Message::text(message)).is_err() {
+            break;
+        }
+    }
+    let mut texts = Vec::new();
+    loop {
+        match try_recv_text(ws) {
+            Ok(text) => texts.push(text),
+            Err(NotText::Close(Some(frame))) => {
+                return Flooded {
+                    texts,
+                    close: (u16::from(frame.code), frame.reason.as_str().to_owned()),
+                }
+            }
+            Err(other) => {
+                panic!("expected texts then a close frame, got {other:?} after {texts:?}")
+            }
+        }
+    }
+}
+
+/// Every reader receives exactly `expected`, in order, and still answers `ping` afterwards.
+fn assert_readers_got(readers: &mut [WebSocket<TcpStream>], expected: &[String]) {
+    for (i, reader) in readers.iter_mut().enumerate() {
+        // The flood is over (its sender was closed), so every broadcast was posted to the reader's shard
+        // before this ping, and a shard delivers what was posted before it reads: the pong comes last.
+        send_text(reader, "ping");
+        let mut got = Vec::new();
+        loop {
+            let text = recv_text(reader);
+            if text == "pong" {
+                break;
+            }
+            got.push(text);
+        }
+        assert_eq!(got, expected, "reader {i}");
+    }
+}
+
+#[test]
+fn a_member_flooding_its_room_is_refused_then_closed_while_its_readers_get_every_admitted_message()
+{
+    let app = spawn_app(&LIMITS);
+    let mut readers: Vec<_> = (0..READERS).map(|_| client(&app, Some("flood"))).collect();
+    let mut flooder = client(&app, Some("flood"));
+
+    let seen = flood(&mut flooder, "flood");
+    assert_eq!(
+        seen.close,
+        (1008, "rate limit".to_owned()),
+        "{:?}",
+        seen.texts
+    );
+    let admitted: Vec<String> = seen
+        .texts
+        .iter()
+        .filter(|t| t.starts_with("room flood: "))
+        .cloned()
+        .collect();
+    let refused = seen.texts.iter().filter(|t| *t == REFUSED).count();
+    assert_eq!(
+        admitted.len() + refused,
+        seen.texts.len(),
+        "{:?}",
+        seen.texts
+    );
+    // The burst (10, one spent on the join) is admitted; the limit refuses the rest and, past another
+    // burst of refusals, cuts the sender.
+    assert!((9..FLOOD / 2).contains(&admitted.len()), "{admitted:?}");
+    assert!(refused >= 10, "{refused} refusals");
+    for (n, text) in admitted.iter().enumerate() {
+        assert_eq!(
+            text,
+            &format!("room flood: m{n}"),
+            "admitted in order, none skipped"
+        );
+    }
+    assert_readers_got(&mut readers, &admitted);
+}
+
+#[test]
+fn a_non_member_flooding_a_room_is_refused_then_closed_and_its_readers_get_nothing() {
+    let app = spawn_app(&LIMITS);
+    let mut readers: Vec<_> = (0..READERS).map(|_| client(&app, Some("flood"))).collect();
+    let mut flooder = client(&app, None);
+
+    let seen = flood(&mut flooder, "flood");
+    assert_eq!(
+        seen.close,
+        (1008, "rate limit".to_owned()),
+        "{:?}",
+        seen.texts
+    );
+    let not_member = "message rejected: not a member of flood";
+    assert!(
+        seen.texts.iter().all(|t| t == not_member || t == REFUSED),
+        "{:?}",
+        seen.texts
+    );
+    assert!(seen.texts.iter().any(|t| t == not_member));
+    assert!(seen.texts.iter().any(|t| t == REFUSED));
+    assert_readers_got(&mut readers, &[]);
+}
+
+#[test]
+fn a_client_within_the_limits_is_never_refused() {
+    let app = spawn_app(&LIMITS);
+    let mut ws = client(&app, Some("calm"));
+    // Nine messages fit the burst left after the join; each is answered before the next is sent.
+    for n in 0..9 {
+        let message = event(
+            "chat.message",
+            &serde_json::json!({ "room": "calm", "text": format!("c{n}") }),
+        );
+        send_text(&mut ws, &message);
+        assert_eq!(recv_text(&mut ws), format!("room calm: c{n}"));
+    }
+}
