@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that regenerates loadtest/results.md:
 #   builds roomcast and loadtest (release), starts the app with the shipped .env plus
-#   WEBSOCKET_ENABLE_DEFLATE=false, SERVER_BENCH_MODE=true and the rate limits off, runs the standard suite with --server-pid,
+#   WEBSOCKET_ENABLE_DEFLATE=false, SERVER_BENCH_MODE=true, the rate limits and the per-address cap off, runs the standard suite with --server-pid,
 #   then restarts it with one shard and repeats the throughput runs (members all on one shard versus
 #   spread over both), three times each, and stops it.
 #
@@ -32,9 +32,10 @@ stop_server() {
 trap stop_server EXIT
 
 start_server() {
-    # Rate limits off: the suite measures fan-out, and one publisher sends far more than a chat user would.
+    # Rate limits off: the suite measures fan-out, and one publisher sends far more than a chat user would;
+    # no per-address cap: every harness connection comes from 127.0.0.1.
     WEBSOCKET_ENABLE_DEFLATE=false SERVER_BENCH_MODE=true SERVER_IO_THREADS="$1" \
-        WEBSOCKET_RATE_LIMIT_MESSAGES=0 WEBSOCKET_RATE_LIMIT_BYTES=0 \
+        WEBSOCKET_RATE_LIMIT_MESSAGES=0 WEBSOCKET_RATE_LIMIT_BYTES=0 WEBSOCKET_MAX_CONNECTIONS_PER_IP=0 \
         ./target/release/roomcast >"target/roomcast-suite-$1.log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do

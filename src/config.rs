@@ -81,6 +81,27 @@ pub struct WebSocketSettings {
     /// `WEBSOCKET_RATE_LIMIT_MESSAGES`, `WEBSOCKET_RATE_LIMIT_BURST`, `WEBSOCKET_RATE_LIMIT_BYTES`: what one
     /// session may send (text, binary and pings alike).
     pub rate_limits: RateLimits,
+    /// `WEBSOCKET_ALLOWED_ORIGINS` (default: the server's own host and loopback names): which browser
+    /// pages may open sessions; any other `Origin` gets 403 at the handshake.
+    pub allowed_origins: AllowedOrigins,
+    /// `WEBSOCKET_MAX_CONNECTIONS` (default 0: the process's descriptor limit less a reserve of 128):
+    /// sessions open at once in the whole process; past it an upgrade gets 503.
+    pub max_connections: usize,
+    /// `WEBSOCKET_MAX_CONNECTIONS_PER_IP` (default 1024; 0 turns it off): sessions open at once from one
+    /// client address; past it an upgrade gets 503.
+    pub max_connections_per_ip: usize,
+}
+
+/// Which browser origins may open sessions (clients that send no `Origin` header always may).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// The default: origins whose host is the host the client connected to (any scheme and port), and
+    /// `localhost`, `127.0.0.1`, `[::1]`.
+    SameHost,
+    /// `*`: any origin, `null` included.
+    Any,
+    /// Exactly these serialized origins (`scheme://host[:port]`, lowercase), or `null`.
+    List(Vec<String>),
 }
 
 /// Per-session rate limits; a message over either is refused, and a session that keeps sending while
@@ -216,6 +237,10 @@ impl Config {
                 max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20, 1 << 30)?
                     as usize,
                 rate_limits: keys.rate_limits()?,
+                allowed_origins: keys.origins("WEBSOCKET_ALLOWED_ORIGINS")?,
+                max_connections: keys.number("WEBSOCKET_MAX_CONNECTIONS", 0)? as usize,
+                max_connections_per_ip: keys.number("WEBSOCKET_MAX_CONNECTIONS_PER_IP", 1024)?
+                    as usize,
             },
             public: PublicSettings {
                 path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
@@ -337,6 +362,35 @@ impl Keys<'_> {
         })
     }
 
+    fn origins(&self, key: &'static str) -> Result<AllowedOrigins, ConfigError> {
+        let Some(value) = self.raw(key).filter(|v| !v.is_empty()) else {
+            return Ok(AllowedOrigins::SameHost);
+        };
+        if value == "*" {
+            return Ok(AllowedOrigins::Any);
+        }
+        let mut origins = Vec::new();
+        for origin in value.split(',').map(str::trim) {
+            let origin = origin.to_ascii_lowercase();
+            let well_formed = origin == "null"
+                || origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https")
+                        && !rest.is_empty()
+                        && !rest.contains(['/', '?', '#', ' '])
+                });
+            if !well_formed {
+                return Err(Self::invalid(
+                    key,
+                    &value,
+                    "*, or a comma-separated list of origins such as https://chat.example or \
+                     http://localhost:8080 (scheme://host[:port], no path)",
+                ));
+            }
+            origins.push(origin);
+        }
+        Ok(AllowedOrigins::List(origins))
+    }
+
     fn mount(&self, key: &'static str) -> Result<String, ConfigError> {
         let v = self.text(key, "/")?;
         if !v.starts_with('/') || v.contains("..") {
@@ -411,6 +465,10 @@ mod tests {
             ("WEBSOCKET_RATE_LIMIT_MESSAGES", "fast"),
             ("WEBSOCKET_RATE_LIMIT_BURST", "0"),
             ("WEBSOCKET_RATE_LIMIT_BYTES", "1e6"),
+            ("WEBSOCKET_ALLOWED_ORIGINS", "chat.example"),
+            ("WEBSOCKET_ALLOWED_ORIGINS", "https://chat.example/app"),
+            ("WEBSOCKET_MAX_CONNECTIONS", "-1"),
+            ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "many"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

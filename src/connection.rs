@@ -39,6 +39,7 @@ use glommio::net::TcpStream;
 use glommio::sync::{Gate, Pass};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
+use crate::admission::Refused;
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::{guarded, Callbacks};
@@ -48,7 +49,7 @@ use crate::session::Session;
 use crate::session_state::SessionState;
 use crate::shard::Shard;
 use crate::ws::codec::{self, Decoder, Flow, Inbound};
-use crate::ws::handshake::{self, Handshake};
+use crate::ws::handshake::{self, Handshake, Request};
 
 /// What a message over the rate limit is answered with.
 pub(crate) const RATE_LIMIT_REPLY: &str = "message rejected: rate limit";
@@ -89,6 +90,7 @@ pub(crate) async fn run(
     };
     let Ok(pass) = sessions.enter() else {
         tracing::debug!(shard = shard.index(), "upgraded during shutdown; dropped");
+        shard.admission().leave(peer.ip());
         return;
     };
     let session = Session::new(shard.register(peer), shard);
@@ -172,8 +174,22 @@ async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io
             }
             match handshake::respond(&request) {
                 Handshake::Incomplete => continue,
-                Handshake::Accept { response, consumed } => {
-                    stream.write_all(&response).await?;
+                Handshake::Accept {
+                    request: upgrade,
+                    response,
+                    consumed,
+                } => {
+                    if let Err(refused) = admit(shard, &upgrade, peer) {
+                        tracing::debug!(shard = shard.index(), %peer, reason = %refused.reason, "upgrade refused");
+                        let answer =
+                            handshake::refusal(refused.status, refused.text, &refused.reason, &[]);
+                        let _ = stream.write_all(&answer).await;
+                        return Ok(None);
+                    }
+                    if let Err(e) = stream.write_all(&response).await {
+                        shard.admission().leave(peer.ip());
+                        return Err(e.into());
+                    }
                     request.drain(..consumed);
                     return Ok(Some(request));
                 }
@@ -201,6 +217,14 @@ async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io
     Some((peer, io))
 }
 
+/// Whether the valid upgrade `request` from `peer` may become a session: its origin, then the connection
+/// budgets, which count it from here on (see [`crate::admission`]).
+fn admit(shard: &Shard, request: &Request, peer: SocketAddr) -> Result<(), Refused> {
+    let admission = shard.admission();
+    admission.check_origin(request)?;
+    admission.enter(peer.ip())
+}
+
 /// The session begins (its shard registered it): announced, `on_open`, then any frames that came with
 /// the upgrade request.
 fn open(session: &Session, callbacks: &Callbacks, io: &mut Io) {
@@ -223,6 +247,7 @@ fn end(session: &Session, callbacks: &Callbacks) {
     }
     let shard = session.owner();
     shard.unregister(session.state());
+    shard.admission().leave(session.peer_addr().ip());
     if !shard.config().bench_mode {
         tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
     }

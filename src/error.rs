@@ -46,6 +46,22 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
+    /// Another process already listens on the port: with `SO_REUSEPORT` the two would silently split the
+    /// connections between them, and the members of one room would stop seeing each other.
+    #[error(
+        "{what} port {} on {} is already in use by another process (another roomcast?): stop it, or set \
+         {key} to a free port",
+        addr.port(),
+        addr.ip()
+    )]
+    PortTaken {
+        /// `websocket` or `http`.
+        what: &'static str,
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The key that chooses the port.
+        key: &'static str,
+    },
     /// A glommio executor (an io_uring ring) could not be created.
     #[error("cannot start {executor}: {cause}. {fix}")]
     Executor {

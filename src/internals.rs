@@ -9,9 +9,11 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::dispatch::dispatch_text;
 use crate::handler::Callbacks;
@@ -78,11 +80,18 @@ impl BenchCluster {
         };
         let (senders, inboxes): (Vec<_>, Vec<_>) = members.iter().map(|_| inbox()).unzip();
         let peers = Peers::new(senders);
+        let admission = Arc::new(Admission::new(&config.websocket));
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         let mut shards = Vec::new();
         let mut sessions = Vec::new();
         for ((index, &count), inbox) in members.iter().enumerate().zip(inboxes) {
-            let shard = Rc::new(Shard::new(index, config.clone(), peers.clone(), inbox));
+            let shard = Rc::new(Shard::new(
+                index,
+                config.clone(),
+                admission.clone(),
+                peers.clone(),
+                inbox,
+            ));
             for _ in 0..count {
                 let session = Session::new(shard.register(peer), shard.clone());
                 session.join_room(room);

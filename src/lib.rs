@@ -61,6 +61,7 @@
 //! - `shard::executor`: starting glommio executors (the io_uring probe, CPU affinity), and a WebSocket
 //!   shard's tasks: inbox, sweep, accept. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
 //! - `connection`: one session's task: handshake, read, decode, write, close handshake; reports errors.
+//! - `admission`: who may upgrade: the origin allowlist and the connection budgets (503 past them).
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
 //!   unmasking in place) and encoding.
 //! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
@@ -81,6 +82,7 @@
 //! members and posted once to each other shard as one reference-counted encoded frame.
 #![deny(missing_docs)]
 
+mod admission;
 pub mod config;
 mod connection;
 mod dispatch;
@@ -101,7 +103,7 @@ mod shard;
 mod shutdown;
 mod ws;
 
-pub use config::{Bucket, Config, ConfigSource, RateLimits};
+pub use config::{AllowedOrigins, Bucket, Config, ConfigSource, RateLimits};
 pub use dispatch::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use http::{HttpContext, JsonRoute};

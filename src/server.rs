@@ -17,12 +17,13 @@ use std::thread::JoinHandle;
 use glommio::Placement;
 use serde_json::{Map, Value};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
 use crate::http::{self, HttpContext, JsonRoute, Site};
 use crate::session::Session;
-use crate::shard::acceptor::{bind_shared, into_executor};
+use crate::shard::acceptor::{bind_shared, into_executor, BindError};
 use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ShardConfig;
@@ -113,21 +114,14 @@ impl Server {
         };
 
         let ws_addr = SocketAddr::new(config.websocket.host, config.websocket.port);
-        let listeners = bind_shared(ws_addr, shard_count).map_err(|source| StartError::Bind {
-            what: "websocket",
-            addr: ws_addr,
-            source,
-        })?;
+        let listeners = bind_shared(ws_addr, shard_count)
+            .map_err(|e| bind_error(e, "websocket", ws_addr, "WEBSOCKET_PORT"))?;
         let websocket_addr = listeners[0]
             .local_addr()
             .expect("a bound socket has an address");
         let http_requested = SocketAddr::new(config.server.host, config.server.port);
         let http_listener = bind_shared(http_requested, 1)
-            .map_err(|source| StartError::Bind {
-                what: "http",
-                addr: http_requested,
-                source,
-            })?
+            .map_err(|e| bind_error(e, "http", http_requested, "SERVER_PORT"))?
             .remove(0);
         let http_addr = http_listener
             .local_addr()
@@ -138,6 +132,7 @@ impl Server {
         let stop = Arc::new(Stop::default());
         let callbacks = Arc::new(callbacks);
         let shard_config = ShardConfig::new(&config);
+        let admission = Arc::new(Admission::new(&config.websocket));
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
@@ -152,6 +147,7 @@ impl Server {
             let start = ShardStart {
                 index,
                 config: shard_config.clone(),
+                admission: admission.clone(),
                 listener,
                 peers: peers.clone(),
                 inbox,
@@ -167,7 +163,10 @@ impl Server {
             )?;
             running.threads.push(thread);
         }
-        tracing::info!("websocket listening on {websocket_addr} ({shard_count} shards)");
+        tracing::info!(
+            max_connections = admission.max_open(),
+            "websocket listening on {websocket_addr} ({shard_count} shards)"
+        );
 
         let site = Site {
             routes,
@@ -266,5 +265,17 @@ impl ServerHandle {
     /// How many WebSocket shards run.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+}
+
+fn bind_error(
+    error: BindError,
+    what: &'static str,
+    addr: SocketAddr,
+    key: &'static str,
+) -> StartError {
+    match error {
+        BindError::Taken => StartError::PortTaken { what, addr, key },
+        BindError::Os(source) => StartError::Bind { what, addr, source },
     }
 }

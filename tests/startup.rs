@@ -1,7 +1,8 @@
 //! Start-up configuration, seen from outside: a bad `.env` value, whether it comes from `./.env`, from
 //! `--env-file PATH` or from the environment, stops the binary with exit code 2 and one stderr line naming
 //! the key and the value; a missing `.env` is not an error (defaults, and a log line saying so); the
-//! environment overrides the file; and `--env-file` is really read.
+//! environment overrides the file; `--env-file` is really read; and a second instance on ports another
+//! process already listens on exits 1 naming the port and the key to change, leaving the first one alone.
 
 mod common;
 
@@ -127,4 +128,51 @@ fn env_file_argument_is_read() {
     assert_ne!(app.http_addr.port(), 8080);
     let mut ws = connect(app.ws_addr);
     assert_eq!(recv_text(&mut ws), "welcome to Vix WebSocket chat");
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_second_instance_on_the_same_ports_is_refused_naming_the_port_and_the_fix() {
+    let (ws_port, http_port) = (free_port(), free_port());
+    let (ws, http) = (ws_port.to_string(), http_port.to_string());
+    let ports = |ws: &str, http: &str| {
+        Launch::new()
+            .test_network()
+            .envs(&[("WEBSOCKET_PORT", ws), ("SERVER_PORT", http)])
+    };
+    let first = ports(&ws, &http).spawn();
+    let mut client = connect(first.ws_addr);
+    assert_eq!(recv_text(&mut client), "welcome to Vix WebSocket chat");
+
+    let (status, stderr) = ports(&ws, &http).run_to_exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("websocket port {ws_port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("WEBSOCKET_PORT"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let other_ws = free_port().to_string();
+    let (status, stderr) = ports(&other_ws, &http).run_to_exit();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("http port {http_port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("SERVER_PORT"), "{stderr}");
+
+    // The first instance never noticed.
+    client
+        .send(tungstenite::Message::text("ping"))
+        .expect("the first instance still serves");
+    assert_eq!(recv_text(&mut client), "pong");
 }

@@ -26,7 +26,7 @@ use glommio::net::TcpListener;
 use glommio::sync::{Gate, Semaphore};
 use tracing::{debug, warn};
 
-use crate::shard::acceptor::ACCEPT_BACKOFF;
+use crate::shard::acceptor::AcceptFailures;
 use crate::shutdown::{self, Stop};
 use routes::Router;
 pub(crate) use routes::Site;
@@ -70,6 +70,7 @@ async fn accept_loop(
     stopping: Rc<Semaphore>,
     connections: Gate,
 ) {
+    let mut failures = AcceptFailures::new("http");
     loop {
         match listener.accept().await {
             Ok(stream) => {
@@ -80,10 +81,7 @@ async fn accept_loop(
                     Err(e) => warn!(error = %e, "cannot start an HTTP connection task"),
                 }
             }
-            Err(e) => {
-                warn!(error = %e, "HTTP accept failed");
-                glommio::timer::sleep(ACCEPT_BACKOFF).await;
-            }
+            Err(e) => failures.back_off(e.into()).await,
         }
     }
 }

@@ -23,6 +23,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::acceptor;
 use super::mesh::{InboxReceiver, Peers};
 use super::{Shard, ShardConfig};
+use crate::admission::Admission;
 use crate::error::StartError;
 use crate::handler::Callbacks;
 use crate::shutdown::{self, Stop};
@@ -51,6 +52,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct ShardStart {
     pub(crate) index: usize,
     pub(crate) config: ShardConfig,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) listener: std::net::TcpListener,
     pub(crate) peers: Peers,
     pub(crate) inbox: InboxReceiver,
@@ -64,13 +66,14 @@ pub(crate) async fn run(start: ShardStart) {
     let ShardStart {
         index,
         config,
+        admission,
         listener,
         peers,
         inbox,
         callbacks,
         stop,
     } = start;
-    let shard = Rc::new(Shard::new(index, config, peers, inbox));
+    let shard = Rc::new(Shard::new(index, config, admission, peers, inbox));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(sweep_loop(shard.clone()));
     let sessions = Gate::new();

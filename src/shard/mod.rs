@@ -24,10 +24,12 @@ pub(crate) mod mesh;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
 
+use crate::admission::Admission;
 use crate::config::{Config, WebSocketSettings};
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::room::Rooms;
@@ -67,6 +69,8 @@ pub(crate) struct Shard {
     /// This shard's position among the WebSocket shards (0-based).
     index: usize,
     config: ShardConfig,
+    /// The origin policy and connection budgets, shared by every shard of the server.
+    admission: Arc<Admission>,
     rooms: RefCell<Rooms>,
     /// The shard clock: how many sweeps have run. Sweeps are at least a second apart, so a difference of
     /// more than N ticks means more than N seconds have passed. Sessions stamp activity with it instead of
@@ -89,12 +93,14 @@ impl Shard {
     pub(crate) fn new(
         index: usize,
         config: ShardConfig,
+        admission: Arc<Admission>,
         peers: Peers,
         inbox: InboxReceiver,
     ) -> Shard {
         Shard {
             index,
             config,
+            admission,
             rooms: RefCell::new(Rooms::default()),
             clock: Cell::new(0),
             sessions: RefCell::new(Slab::new()),
@@ -111,6 +117,10 @@ impl Shard {
 
     pub(crate) fn config(&self) -> &ShardConfig {
         &self.config
+    }
+
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     pub(crate) fn settings(&self) -> &WebSocketSettings {
@@ -256,7 +266,8 @@ mod tests {
         let (tx, rx) = mesh::inbox();
         let peers = Peers::new(vec![tx]);
         let config = ShardConfig::new(&Config::default());
-        (Shard::new(0, config, peers.clone(), rx), peers)
+        let admission = Arc::new(Admission::new(&config.websocket));
+        (Shard::new(0, config, admission, peers.clone(), rx), peers)
     }
 
     #[test]

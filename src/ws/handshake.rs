@@ -6,11 +6,17 @@
 //! request too large to be an upgrade. It also decides extensions: none yet, so an offered
 //! `permessage-deflate` is simply not accepted and the client falls back to uncompressed frames.
 //!
+//! A valid upgrade comes back with its request and its prepared `101`, so that who may upgrade (origin,
+//! budgets, authentication: [`crate::admission`] and the application's hook) is decided before the `101` is
+//! written; [`refusal`] builds the answer when they say no.
+//!
 //! It must not read or write sockets (the connection does, under `SERVER_REQUEST_TIMEOUT`).
 
 use tungstenite::error::{Error as WsError, ProtocolError as WsProtocolError};
 use tungstenite::handshake::machine::TryParse;
-use tungstenite::handshake::server::{create_response, write_response, Request};
+use tungstenite::handshake::server::{create_response, write_response};
+
+pub(crate) use tungstenite::handshake::server::Request;
 
 /// The largest upgrade request accepted; browsers send well under 2 KiB.
 pub(crate) const MAX_REQUEST_LEN: usize = 8 * 1024;
@@ -20,8 +26,11 @@ pub(crate) const MAX_REQUEST_LEN: usize = 8 * 1024;
 pub(crate) enum Handshake {
     /// The request is not complete yet: read more.
     Incomplete,
-    /// Upgrade: write `response`, then treat `buf[consumed..]` as the first frame bytes.
+    /// A valid upgrade: once admitted, write `response`, then treat `buf[consumed..]` as the first frame
+    /// bytes.
     Accept {
+        /// The request, for the admission checks.
+        request: Box<Request>,
         /// The `101 Switching Protocols` response.
         response: Vec<u8>,
         /// Length of the request; later bytes are already WebSocket frames.
@@ -72,6 +81,7 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
             let mut out = Vec::with_capacity(160);
             write_response(&mut out, &response).expect("writing to memory cannot fail");
             Handshake::Accept {
+                request: Box::new(request),
                 response: out,
                 consumed,
             }
@@ -92,6 +102,15 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
 }
 
 fn reject(status: u16, text: &str, reason: &str, headers: &[(&str, &str)]) -> Handshake {
+    Handshake::Reject {
+        response: refusal(status, text, reason, headers),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A complete HTTP error response that closes the connection: `status` `text`, the extra `headers`, and
+/// `reason` as a plain-text body.
+pub(crate) fn refusal(status: u16, text: &str, reason: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let mut response = format!(
         "HTTP/1.1 {status} {text}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
         reason.len() + 1
@@ -102,10 +121,7 @@ fn reject(status: u16, text: &str, reason: &str, headers: &[(&str, &str)]) -> Ha
     response.push_str("\r\n");
     response.push_str(reason);
     response.push('\n');
-    Handshake::Reject {
-        response: response.into_bytes(),
-        reason: reason.to_owned(),
-    }
+    response.into_bytes()
 }
 
 #[cfg(test)]
@@ -129,7 +145,10 @@ mod tests {
         let request = format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n\x01");
         let h = respond(request.as_bytes());
         assert_eq!(status(&h), 101);
-        let Handshake::Accept { response, consumed } = h else {
+        let Handshake::Accept {
+            response, consumed, ..
+        } = h
+        else {
             unreachable!()
         };
         let text = String::from_utf8(response).unwrap();

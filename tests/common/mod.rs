@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,28 @@ impl Launch {
         self
     }
 
+    /// Runs with at most `limit` open descriptors (`ulimit -n`).
+    pub fn descriptor_limit(mut self, limit: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        self.description.push_str(&format!(" (ulimit -n {limit})"));
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2), which is
+        // async-signal-safe, on a value it owns; it allocates nothing and takes no lock.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self
+    }
+
     /// Runs in `dir` instead of a fresh empty directory.
     pub fn current_dir(mut self, dir: &Path) -> Self {
         self.cmd.current_dir(dir);
@@ -213,7 +235,14 @@ impl Launch {
 /// Lines a child printed, collected by background threads so its pipes never fill up and block it.
 #[derive(Clone, Default)]
 pub struct Output {
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Lines>,
+}
+
+/// The captured lines and a condition signalled on every new one.
+#[derive(Default)]
+struct Lines {
+    all: Mutex<Vec<String>>,
+    added: Condvar,
 }
 
 impl Output {
@@ -230,7 +259,8 @@ impl Output {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let line = format!("{prefix}{}", strip_ansi(&line));
-                lines.lock().unwrap().push(line.clone());
+                lines.all.lock().unwrap().push(line.clone());
+                lines.added.notify_all();
                 if let Some(tx) = &notify {
                     let _ = tx.send(line);
                 }
@@ -240,7 +270,23 @@ impl Output {
 
     /// Everything captured so far, one line each.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.lines.all.lock().unwrap().clone()
+    }
+
+    /// Waits until a captured line contains `needle`, at most `limit`; whether one did.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut all = self.lines.all.lock().unwrap();
+        loop {
+            if all.iter().any(|line| line.contains(needle)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            all = self.lines.added.wait_timeout(all, left).unwrap().0;
+        }
     }
 
     /// Everything captured so far as one string, for failure messages.
