@@ -37,11 +37,7 @@ fn upgrade(addr: SocketAddr, source: &str, extra: &str) -> (u16, String, TcpStre
     let request = format!("{}{extra}\r\n", upgrade_request_head(addr));
     stream.write_all(request.as_bytes()).unwrap();
     let head = read_http_head(&mut stream);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let status = library::status_of(&head);
     (status, head, stream)
 }
 

@@ -30,11 +30,7 @@ fn exchange(addr: SocketAddr, request: &str) -> (u16, String, bool) {
     let mut stream = tcp(addr);
     stream.write_all(request.as_bytes()).unwrap();
     let head = read_http_head(&mut stream);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let status = library::status_of(&head);
     (status, head, ends(&mut stream))
 }
 

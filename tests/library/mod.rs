@@ -153,6 +153,14 @@ pub fn read_http_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// The status code of an HTTP response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
+}
+
 impl RawClient {
     /// Connects and upgrades with a well-formed request; panics unless the answer is `101`.
     pub fn upgrade(addr: SocketAddr) -> RawClient {
