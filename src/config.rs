@@ -90,6 +90,13 @@ pub struct WebSocketSettings {
     /// `WEBSOCKET_MAX_CONNECTIONS_PER_IP` (default 1024; 0 turns it off): sessions open at once from one
     /// client address; past it an upgrade gets 503.
     pub max_connections_per_ip: usize,
+    /// `WEBSOCKET_MAX_FRAMES_PER_MESSAGE` (default 1024; 0 turns it off): frames one message may be split
+    /// into; past it the session is closed with 1008.
+    pub max_frames_per_message: u32,
+    /// `WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD` (default 64 MiB, at least `WEBSOCKET_MAX_MESSAGE_SIZE`):
+    /// memory one shard may hold for messages still arriving (partial frames and fragments); past it, the
+    /// session holding the most is closed with 1008.
+    pub max_unfinished_bytes_per_shard: usize,
 }
 
 /// Which browser origins may open sessions (clients that send no `Origin` header always may).
@@ -241,6 +248,13 @@ impl Config {
                 max_connections: keys.number("WEBSOCKET_MAX_CONNECTIONS", 0)? as usize,
                 max_connections_per_ip: keys.number("WEBSOCKET_MAX_CONNECTIONS_PER_IP", 1024)?
                     as usize,
+                max_frames_per_message: match keys
+                    .number("WEBSOCKET_MAX_FRAMES_PER_MESSAGE", 1024)?
+                {
+                    0 => u32::MAX,
+                    n => u32::try_from(n).unwrap_or(u32::MAX),
+                },
+                max_unfinished_bytes_per_shard: keys.unfinished_budget()?,
             },
             public: PublicSettings {
                 path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
@@ -362,6 +376,20 @@ impl Keys<'_> {
         })
     }
 
+    fn unfinished_budget(&self) -> Result<usize, ConfigError> {
+        let key = "WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD";
+        let budget = self.number(key, 64 << 20)?;
+        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?;
+        if budget < max_message {
+            return Err(Self::invalid(
+                key,
+                &budget.to_string(),
+                "a number of bytes at least WEBSOCKET_MAX_MESSAGE_SIZE (one message must fit)",
+            ));
+        }
+        Ok(usize::try_from(budget).unwrap_or(usize::MAX))
+    }
+
     fn origins(&self, key: &'static str) -> Result<AllowedOrigins, ConfigError> {
         let Some(value) = self.raw(key).filter(|v| !v.is_empty()) else {
             return Ok(AllowedOrigins::SameHost);
@@ -469,6 +497,8 @@ mod tests {
             ("WEBSOCKET_ALLOWED_ORIGINS", "https://chat.example/app"),
             ("WEBSOCKET_MAX_CONNECTIONS", "-1"),
             ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "many"),
+            ("WEBSOCKET_MAX_FRAMES_PER_MESSAGE", "-3"),
+            ("WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD", "1000"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

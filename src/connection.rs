@@ -48,7 +48,7 @@ use crate::rate_limit::{RateLimiter, Verdict};
 use crate::session::Session;
 use crate::session_state::SessionState;
 use crate::shard::Shard;
-use crate::ws::codec::{self, Decoder, Flow, Inbound};
+use crate::ws::codec::{self, Decoder, Flow, Inbound, Limits};
 use crate::ws::handshake::{self, Handshake, Request};
 
 /// What a message over the rate limit is answered with.
@@ -276,6 +276,11 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
     if lifecycle.is_over() {
         return Poll::Ready(Event::Closed);
     }
+    if !lifecycle.reads_messages() && state.unfinished() > 0 {
+        // Nothing more is read as messages: what was half-received will never be delivered.
+        io.decoder.clear();
+        session.owner().hold_unfinished(state, 0);
+    }
     if state.outbound.is_empty() {
         match lifecycle.after_flush() {
             Some(AfterFlush::End) => return Poll::Ready(Event::Closed),
@@ -319,13 +324,18 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
     if !state.lifecycle().reads_messages() {
         return; // Flushing or draining after a close: nothing more is read as messages.
     }
-    let max = shard.settings().max_message_size;
+    let settings = shard.settings();
+    let limits = Limits {
+        max_message_size: settings.max_message_size,
+        max_frames: settings.max_frames_per_message,
+    };
     let Io {
         decoder, limiter, ..
     } = io;
-    let result = decoder.decode(bytes, max, |message| {
+    let result = decoder.decode(bytes, limits, |message| {
         handle(session, callbacks, limiter, message)
     });
+    shard.hold_unfinished(state, decoder.held());
     if let Err(error) = result {
         if state.is_open() {
             report(session, callbacks, &SessionError::Protocol(error));

@@ -112,6 +112,12 @@ pub enum ProtocolError {
         /// The configured limit.
         limit: usize,
     },
+    /// A message split into more frames than `WEBSOCKET_MAX_FRAMES_PER_MESSAGE`; closed with 1008.
+    #[error("message split into more than {limit} frames")]
+    TooManyFrames {
+        /// The configured limit.
+        limit: u32,
+    },
 }
 
 impl ProtocolError {
@@ -120,6 +126,7 @@ impl ProtocolError {
         match self {
             ProtocolError::InvalidUtf8 => 1007,
             ProtocolError::MessageTooBig { .. } => 1009,
+            ProtocolError::TooManyFrames { .. } => 1008,
             _ => 1002,
         }
     }

@@ -20,7 +20,7 @@ use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::{Shard, ShardConfig};
-use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound};
+use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound, Limits};
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {
@@ -40,9 +40,13 @@ impl FrameDecoder {
     /// Decodes (and unmasks in place) every frame in `input`; returns the payload bytes of the complete
     /// messages, which the benches feed to `black_box`.
     pub fn decode(&mut self, input: &mut [u8], max_message_size: usize) -> usize {
+        let limits = Limits {
+            max_message_size,
+            max_frames: u32::MAX,
+        };
         let mut bytes = 0;
         self.0
-            .decode(input, max_message_size, |message| {
+            .decode(input, limits, |message| {
                 bytes += match message {
                     Inbound::Text(text) => text.len(),
                     Inbound::Binary(data) | Inbound::Ping(data) => data.len(),

@@ -53,6 +53,8 @@ pub(crate) struct SessionState {
     last_seen: Cell<u32>,
     /// Where the shard's session slab keeps this session.
     slot: Cell<u32>,
+    /// Bytes its connection's decoder holds for messages still arriving, as last told to the shard.
+    unfinished: Cell<u32>,
 }
 
 impl SessionState {
@@ -67,6 +69,7 @@ impl SessionState {
             rooms: Cell::new(Vec::new()),
             last_seen: Cell::new(now),
             slot: Cell::new(u32::MAX),
+            unfinished: Cell::new(0),
         }
     }
 
@@ -104,6 +107,15 @@ impl SessionState {
     pub(crate) fn set_slot(&self, slot: usize) {
         // A shard holds far fewer than 2^32 sessions (descriptors run out first); u32 keeps the state small.
         self.slot.set(slot as u32);
+    }
+
+    pub(crate) fn unfinished(&self) -> usize {
+        self.unfinished.get() as usize
+    }
+
+    pub(crate) fn set_unfinished(&self, bytes: usize) {
+        self.unfinished
+            .set(u32::try_from(bytes).unwrap_or(u32::MAX));
     }
 
     /// Runs `f` on the joined rooms, taken out of their `Cell` and put back; `f` must not reach this
@@ -152,6 +164,21 @@ impl SessionState {
         self.outbound
             .push_unbounded(codec::close_frame(code, reason));
         self.transition(|l| l.close_sent(now, cause));
+        self.wake();
+    }
+
+    /// Fails the connection: queues a close frame with `code` and `reason`, then flushes it, shuts the write
+    /// side and drains (no waiting for the peer's close, nothing more read as messages). A session already
+    /// failing or ended is left as it is.
+    pub(crate) fn fail(&self, code: u16, reason: &str, now: u32) {
+        if !self.lifecycle().reads_messages() {
+            return;
+        }
+        if self.is_open() {
+            self.outbound
+                .push_unbounded(codec::close_frame(code, reason));
+        }
+        self.transition(|l| l.failed(now));
         self.wake();
     }
 

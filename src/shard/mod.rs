@@ -76,6 +76,8 @@ pub(crate) struct Shard {
     /// more than N ticks means more than N seconds have passed. Sessions stamp activity with it instead of
     /// reading the time on every read, and store it in 4 bytes instead of an `Instant`'s 16.
     clock: Cell<u32>,
+    /// Bytes all its sessions' decoders hold for messages still arriving; see [`Shard::hold_unfinished`].
+    unfinished: Cell<usize>,
     /// Every open session, for the sweep and shutdown; a slab because its slot (kept in the session) makes
     /// removal O(1) at 16 bytes a session, against about twice that for a hash map.
     sessions: RefCell<Slab<Rc<SessionState>>>,
@@ -103,6 +105,7 @@ impl Shard {
             admission,
             rooms: RefCell::new(Rooms::default()),
             clock: Cell::new(0),
+            unfinished: Cell::new(0),
             sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
             peers,
@@ -146,9 +149,50 @@ impl Shard {
 
     /// The session has ended: it leaves every room and the shard forgets it.
     pub(crate) fn unregister(&self, session: &SessionState) {
+        self.hold_unfinished(session, 0);
         self.rooms.borrow_mut().leave_all(session);
         self.sessions.borrow_mut().remove(session.slot());
         session.transition(Lifecycle::abort);
+    }
+
+    /// Records that `session`'s decoder now holds `bytes` for messages still arriving. Past
+    /// `WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD` for the whole shard, the session holding the most is
+    /// failed with 1008: many sessions each parking a large unfinished message would otherwise take the
+    /// server's memory (and glibc keeps what it was given). It drops what it held on its next turn.
+    pub(crate) fn hold_unfinished(&self, session: &SessionState, bytes: usize) {
+        let before = session.unfinished();
+        if before == bytes {
+            return;
+        }
+        session.set_unfinished(bytes);
+        let total = self.unfinished.get() - before + session.unfinished();
+        self.unfinished.set(total);
+        let budget = self.settings().max_unfinished_bytes_per_shard;
+        if total <= budget {
+            return;
+        }
+        let heaviest = self
+            .sessions
+            .borrow()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .max_by_key(|s| s.unfinished());
+        if let Some(heaviest) = heaviest.filter(|s| s.lifecycle().reads_messages()) {
+            if !self.config.bench_mode {
+                tracing::warn!(
+                    session = %heaviest.id,
+                    held = heaviest.unfinished(),
+                    shard_total = total,
+                    budget,
+                    "unfinished messages over the shard's budget; closing the session holding the most"
+                );
+            }
+            heaviest.fail(
+                1008,
+                "unfinished messages over the server's budget",
+                self.now(),
+            );
+        }
     }
 
     /// Every open session, as a snapshot: closing one may end it and change the table.

@@ -55,6 +55,16 @@ enum MessageKind {
     Binary,
 }
 
+/// What a message may be: refused past either, decided from frame headers before payloads are buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// `WEBSOCKET_MAX_MESSAGE_SIZE`: payload bytes of one message, all its fragments together (1009).
+    pub(crate) max_message_size: usize,
+    /// `WEBSOCKET_MAX_FRAMES_PER_MESSAGE`: frames one message may be split into (1008), so an endless
+    /// run of empty continuation frames ends.
+    pub(crate) max_frames: u32,
+}
+
 /// Per-session decoding state: 8 bytes and no allocation while nothing is half-received, because every
 /// idle session carries one.
 #[derive(Debug, Default)]
@@ -76,6 +86,8 @@ struct Carry {
 #[derive(Debug)]
 struct Fragmented {
     kind: MessageKind,
+    /// Frames received so far, the first included.
+    frames: u32,
     /// The payload so far.
     payload: Vec<u8>,
     /// How much of `payload` is known to be valid UTF-8 (text only).
@@ -128,6 +140,18 @@ impl Decoder {
         self.carry.as_ref().is_some_and(|c| !c.partial.is_empty())
     }
 
+    /// Bytes of memory held for what is half-received (a partial frame, a fragmented message).
+    pub(crate) fn held(&self) -> usize {
+        self.carry.as_ref().map_or(0, |c| {
+            c.partial.capacity() + c.fragmented.as_ref().map_or(0, |f| f.payload.capacity())
+        })
+    }
+
+    /// Forgets whatever is half-received: the session reads no more messages.
+    pub(crate) fn clear(&mut self) {
+        self.carry = None;
+    }
+
     /// Decodes every complete frame in `input`, handing complete messages to `on_message`.
     ///
     /// Bytes of an incomplete trailing frame are kept for the next call. Stops early when `on_message`
@@ -135,7 +159,7 @@ impl Decoder {
     pub(crate) fn decode(
         &mut self,
         input: &mut [u8],
-        max_message_size: usize,
+        limits: Limits,
         mut on_message: impl FnMut(Inbound<'_>) -> Flow,
     ) -> Result<Flow, ProtocolError> {
         let carried = self
@@ -145,7 +169,7 @@ impl Decoder {
             .filter(|partial| !partial.is_empty());
         let result = match carried {
             None => self
-                .decode_frames(input, max_message_size, &mut on_message)
+                .decode_frames(input, limits, &mut on_message)
                 .map(|(flow, consumed)| {
                     if flow == Flow::Continue && consumed < input.len() {
                         self.carry().partial = input[consumed..].to_vec();
@@ -154,7 +178,7 @@ impl Decoder {
                 }),
             Some(mut buffer) => {
                 buffer.extend_from_slice(input);
-                let result = self.decode_frames(&mut buffer, max_message_size, &mut on_message);
+                let result = self.decode_frames(&mut buffer, limits, &mut on_message);
                 if let Ok((Flow::Continue, consumed)) = result {
                     buffer.drain(..consumed);
                     if !buffer.is_empty() {
@@ -184,7 +208,7 @@ impl Decoder {
     fn decode_frames(
         &mut self,
         buf: &mut [u8],
-        max_message_size: usize,
+        limits: Limits,
         on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
     ) -> Result<(Flow, usize), ProtocolError> {
         let mut pos = 0;
@@ -198,7 +222,7 @@ impl Decoder {
             };
             let header_len = cursor.position() as usize;
             debug_assert!(header_len <= MAX_HEADER_LEN);
-            self.check_header(&header, length, max_message_size)?;
+            self.check_header(&header, length, limits)?;
             let length = length as usize;
             if buf.len() - pos - header_len < length {
                 break;
@@ -221,7 +245,7 @@ impl Decoder {
         &self,
         header: &FrameHeader,
         length: u64,
-        max_message_size: usize,
+        limits: Limits,
     ) -> Result<(), ProtocolError> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(ProtocolError::ReservedBits);
@@ -243,12 +267,19 @@ impl Decoder {
                 Err(ProtocolError::ExpectedContinuation)
             }
             OpCode::Data(_) => {
-                let so_far = self.fragmented().map_or(0, |f| f.payload.len());
+                let (so_far, frames) = self
+                    .fragmented()
+                    .map_or((0, 0), |f| (f.payload.len(), f.frames));
                 let size = so_far as u64 + length;
-                if size > max_message_size as u64 {
+                if size > limits.max_message_size as u64 {
                     return Err(ProtocolError::MessageTooBig {
                         size,
-                        limit: max_message_size,
+                        limit: limits.max_message_size,
+                    });
+                }
+                if frames >= limits.max_frames {
+                    return Err(ProtocolError::TooManyFrames {
+                        limit: limits.max_frames,
                     });
                 }
                 Ok(())
@@ -277,6 +308,7 @@ impl Decoder {
                     .and_then(|c| c.fragmented.as_mut())
                     .expect("checked in check_header");
                 fragmented.payload.extend_from_slice(payload);
+                fragmented.frames += 1;
                 fragmented.check_utf8(header.is_final)?;
                 if !header.is_final {
                     return Ok(Flow::Continue);
@@ -294,6 +326,7 @@ impl Decoder {
         }
         let mut fragmented = Fragmented {
             kind,
+            frames: 1,
             payload: payload.to_vec(),
             utf8_valid_up_to: 0,
         };
@@ -445,7 +478,11 @@ mod tests {
     ) -> Result<Vec<Owned>, ProtocolError> {
         let mut out = Vec::new();
         let mut input = bytes.to_vec();
-        decoder.decode(&mut input, limit, |m| {
+        let limits = Limits {
+            max_message_size: limit,
+            max_frames: 8,
+        };
+        decoder.decode(&mut input, limits, |m| {
             out.push(match m {
                 Inbound::Text(t) => Owned::Text(t.to_owned()),
                 Inbound::Binary(b) => Owned::Binary(b.to_vec()),
@@ -488,6 +525,39 @@ mod tests {
             );
             assert!(decoder.is_idle());
         }
+    }
+
+    #[test]
+    fn a_message_in_more_frames_than_the_limit_is_refused_from_the_header() {
+        let mut decoder = Decoder::default();
+        let mut bytes = client_frame(0x1, false, b"");
+        for _ in 0..6 {
+            bytes.extend(client_frame(0x0, false, b""));
+        }
+        // Seven frames so far, within the limit of eight; the eighth finishes the message.
+        let mut last = client_frame(0x0, true, b"ok");
+        bytes.extend(last.clone());
+        let got = decode_all(&mut decoder, &bytes, 1024).unwrap();
+        assert_eq!(got, vec![Owned::Text("ok".to_owned())]);
+        // A ninth frame is one too many, refused before its payload.
+        bytes.truncate(bytes.len() - last.len());
+        last = client_frame(0x0, false, b"");
+        bytes.extend(last);
+        bytes.extend(client_frame(0x0, true, b"x"));
+        let err = decode_all(&mut Decoder::default(), &bytes, 1024).unwrap_err();
+        assert_eq!(err, ProtocolError::TooManyFrames { limit: 8 });
+        assert_eq!(err.close_code(), 1008);
+    }
+
+    #[test]
+    fn held_counts_what_is_half_received_and_clear_frees_it() {
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.held(), 0);
+        decode_all(&mut decoder, &client_frame(0x2, false, &[7; 1000]), 4096).unwrap();
+        assert!(decoder.held() >= 1000);
+        decoder.clear();
+        assert_eq!(decoder.held(), 0);
+        assert!(decoder.is_idle());
     }
 
     #[test]
