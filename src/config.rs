@@ -52,6 +52,12 @@ pub struct ServerSettings {
     pub session_timeout: Duration,
     /// `SERVER_BENCH_MODE` (default false): silences the per-connection log lines.
     pub bench_mode: bool,
+    /// `SERVER_MAX_REQUEST_HEAD` in bytes (default 16384, 1024 to 1 MiB): a longer request line and headers
+    /// get 431.
+    pub max_request_head: usize,
+    /// `SERVER_MAX_KEEPALIVE_CONNECTIONS` (default 256): HTTP connections open at once past which a new one
+    /// is answered without keep-alive (one request, then closed); 0 turns keep-alive off.
+    pub max_keepalive_connections: usize,
 }
 
 /// The WebSocket listener and the protocol limits every session obeys.
@@ -231,6 +237,9 @@ impl Config {
                     keys.positive("SERVER_SESSION_TIMEOUT_SEC", 20)?,
                 ),
                 bench_mode: keys.flag("SERVER_BENCH_MODE", false)?,
+                max_request_head: keys.request_head("SERVER_MAX_REQUEST_HEAD")?,
+                max_keepalive_connections: keys.number("SERVER_MAX_KEEPALIVE_CONNECTIONS", 256)?
+                    as usize,
             },
             websocket: WebSocketSettings {
                 host: keys.ip("WEBSOCKET_HOST")?,
@@ -376,6 +385,18 @@ impl Keys<'_> {
         })
     }
 
+    fn request_head(&self, key: &'static str) -> Result<usize, ConfigError> {
+        let n = self.number(key, 16384)?;
+        if !(1024..=1 << 20).contains(&n) {
+            return Err(Self::invalid(
+                key,
+                &n.to_string(),
+                "a number of bytes from 1024 to 1048576",
+            ));
+        }
+        Ok(n as usize)
+    }
+
     fn unfinished_budget(&self) -> Result<usize, ConfigError> {
         let key = "WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD";
         let budget = self.number(key, 64 << 20)?;
@@ -499,6 +520,8 @@ mod tests {
             ("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "many"),
             ("WEBSOCKET_MAX_FRAMES_PER_MESSAGE", "-3"),
             ("WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD", "1000"),
+            ("SERVER_MAX_REQUEST_HEAD", "100"),
+            ("SERVER_MAX_KEEPALIVE_CONNECTIONS", "lots"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -19,6 +19,7 @@ mod service;
 mod static_files;
 mod timer;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::shutdown::{self, Stop};
 use routes::Router;
 pub(crate) use routes::Site;
 pub use routes::{HttpContext, JsonRoute};
+use service::ConnectionLimits;
 use timer::Timeouts;
 
 /// How long the HTTP connections may take, together, to finish their requests in flight once the server
@@ -63,6 +65,9 @@ pub(crate) async fn serve(listener: TcpListener, site: Rc<Site>, stop: &Stop) {
 }
 
 /// Accepts connections until the future is dropped, each in a task holding a pass of `connections`.
+/// Past `SERVER_MAX_KEEPALIVE_CONNECTIONS` open connections, a new one is served without keep-alive: it
+/// answers its request and closes, so idle keep-alive connections (each holds hyper's buffers) stay
+/// bounded while health checks are still answered.
 async fn accept_loop(
     listener: TcpListener,
     router: Rc<Router>,
@@ -70,11 +75,27 @@ async fn accept_loop(
     stopping: Rc<Semaphore>,
     connections: Gate,
 ) {
+    let server = &router.site().server;
+    let (max_request_head, max_keep_alive) =
+        (server.max_request_head, server.max_keepalive_connections);
+    let open = Rc::new(Cell::new(0usize));
     let mut failures = AcceptFailures::new("http");
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let task = service::connection(stream, router.clone(), timeouts, stopping.clone());
+                let limits = ConnectionLimits {
+                    timeouts,
+                    max_request_head,
+                    keep_alive: open.get() < max_keep_alive,
+                };
+                open.set(open.get() + 1);
+                let open = open.clone();
+                let router = router.clone();
+                let stopping = stopping.clone();
+                let task = async move {
+                    service::connection(stream, router, limits, stopping).await;
+                    open.set(open.get() - 1);
+                };
                 match connections.spawn(task) {
                     Ok(task) => drop(task.detach()),
                     // The gate closes only once this loop has been dropped.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Response, StatusCode};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode, Version};
 
 use super::static_files::StaticFiles;
 use crate::config::{PublicSettings, ServerSettings};
@@ -76,13 +76,29 @@ impl Router {
         Router { site, files }
     }
 
+    /// What is served, and how.
+    pub(super) fn site(&self) -> &Site {
+        &self.site
+    }
+
     /// Whether per-request log lines are wanted (`SERVER_BENCH_MODE` silences them).
     pub(super) fn logs_requests(&self) -> bool {
         !self.site.server.bench_mode
     }
 
+    /// Answers `request`: an HTTP/1.1 request without `Host` is malformed (RFC 9112 §3.2) and gets 400;
+    /// otherwise its method on its raw (still percent-encoded) path.
+    pub(super) async fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let head_only = *request.method() == Method::HEAD;
+        if request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST) {
+            return plain_text(StatusCode::BAD_REQUEST, head_only);
+        }
+        self.respond_to(request.method(), request.uri().path())
+            .await
+    }
+
     /// Answers `method` on the raw (still percent-encoded) URL `path`.
-    pub(super) async fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    async fn respond_to(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         let head_only = match *method {
             Method::GET => false,
             Method::HEAD => true,

@@ -20,11 +20,22 @@ use super::io::Socket;
 use super::routes::Router;
 use super::timer::{ShardTimer, Timeouts};
 
+/// What one connection may do.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionLimits {
+    /// The request and keep-alive timeouts.
+    pub(super) timeouts: Timeouts,
+    /// `SERVER_MAX_REQUEST_HEAD`: a longer request line and headers get 431.
+    pub(super) max_request_head: usize,
+    /// Whether the connection may stay open for another request (see `SERVER_MAX_KEEPALIVE_CONNECTIONS`).
+    pub(super) keep_alive: bool,
+}
+
 /// Runs one connection until the client leaves, a timeout closes it, or the stop drains it.
 pub(super) async fn connection(
     stream: TcpStream,
     router: Rc<Router>,
-    timeouts: Timeouts,
+    limits: ConnectionLimits,
     stopping: Rc<Semaphore>,
 ) {
     let peer = stream.peer_addr().ok();
@@ -37,14 +48,16 @@ pub(super) async fn connection(
     builder
         .timer(ShardTimer {
             reads,
-            session_timeout: timeouts.session,
+            session_timeout: limits.timeouts.session,
         })
-        .header_read_timeout(timeouts.request)
-        .keep_alive(true);
+        .header_read_timeout(limits.timeouts.request)
+        // hyper answers a larger request head with 431 and closes the connection.
+        .max_header_size(limits.max_request_head)
+        .keep_alive(limits.keep_alive);
     let service = service_fn(move |request| {
         let router = router.clone();
         async move {
-            let response = router.respond(request.method(), request.uri().path()).await;
+            let response = router.respond(&request).await;
             if router.logs_requests() {
                 debug!(?peer, method = %request.method(), uri = %request.uri(), status = response.status().as_u16(), "HTTP request");
             }
