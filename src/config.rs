@@ -25,6 +25,25 @@ pub struct Config {
     pub websocket: WebSocketSettings,
     /// `PUBLIC_*`: the static files the HTTP side serves.
     pub public: PublicSettings,
+    /// `AUTH_*`: for the application's authentication hook; the library itself does not read them.
+    pub auth: AuthSettings,
+}
+
+/// What the application needs to check credentials (the chat app: HS256 JWTs).
+#[derive(Clone, Default)]
+pub struct AuthSettings {
+    /// `AUTH_SECRET` (default: unset, no authentication): the key tokens are signed with, at least 32
+    /// bytes (HS256 wants a key as long as its hash).
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a secret, even in a debug dump of the configuration.
+        f.debug_struct("AuthSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Names the application in logs.
@@ -272,6 +291,9 @@ impl Config {
                 cache_control: keys.text("PUBLIC_CACHE_CONTROL", "no-cache")?,
                 spa_fallback: keys.flag("PUBLIC_SPA_FALLBACK", false)?,
             },
+            auth: AuthSettings {
+                secret: keys.secret("AUTH_SECRET")?,
+            },
         })
     }
 }
@@ -383,6 +405,20 @@ impl Keys<'_> {
                 burst: bytes.max(max_message),
             }),
         })
+    }
+
+    fn secret(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            // The value is not echoed back: the error names the key and the length only.
+            Some(v) if v.len() < 32 => Err(Self::invalid(
+                key,
+                &format!("<{} bytes>", v.len()),
+                "a secret of at least 32 bytes (e.g. `openssl rand -hex 32`)",
+            )),
+            Some(v) => Ok(Some(v)),
+        }
     }
 
     fn request_head(&self, key: &'static str) -> Result<usize, ConfigError> {
@@ -527,6 +563,21 @@ mod tests {
             assert!(err.contains(key), "{err}");
             assert!(err.contains(value), "{err}");
         }
+    }
+
+    #[test]
+    fn a_short_auth_secret_is_refused_without_being_echoed() {
+        let err = with(&[("AUTH_SECRET", "hunter2")]).unwrap_err().to_string();
+        assert!(
+            err.contains("AUTH_SECRET") && err.contains("<7 bytes>"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let long = "k".repeat(32);
+        let config = with(&[("AUTH_SECRET", long.as_str())]).unwrap();
+        assert_eq!(config.auth.secret.as_deref(), Some(long.as_str()));
+        assert!(!format!("{config:?}").contains(&long));
+        assert!(Config::default().auth.secret.is_none());
     }
 
     #[test]

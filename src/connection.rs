@@ -29,6 +29,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use glommio::sync::{Gate, Pass};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::admission::Refused;
+use crate::auth::{Identity, UpgradeRequest};
 use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::{guarded, Callbacks};
@@ -85,7 +87,7 @@ pub(crate) async fn run(
     sessions: Gate,
     stream: TcpStream,
 ) {
-    let Some((peer, io)) = upgrade(&shard, stream).await else {
+    let Some((peer, identity, io)) = upgrade(&shard, &callbacks, stream).await else {
         return;
     };
     let Ok(pass) = sessions.enter() else {
@@ -93,7 +95,7 @@ pub(crate) async fn run(
         shard.admission().leave(peer.ip());
         return;
     };
-    let session = Session::new(shard.register(peer), shard);
+    let session = Session::new(shard.register(peer, identity), shard);
     glommio::spawn_local(serve(session, callbacks, io, pass)).detach();
 }
 
@@ -147,10 +149,15 @@ fn serve(
     }
 }
 
-/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the peer's address
-/// and the session's socket state (bytes that followed the request, frames a client sent without waiting,
-/// are the decoder's first input), or `None` when the connection is refused, timed out or gone.
-async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io)> {
+/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the peer's address,
+/// the identity the authentication hook gave it, and the session's socket state (bytes that followed the
+/// request, frames a client sent without waiting, are the decoder's first input), or `None` when the
+/// connection is refused, timed out or gone.
+async fn upgrade(
+    shard: &Shard,
+    callbacks: &Callbacks,
+    mut stream: TcpStream,
+) -> Option<(SocketAddr, Option<Identity>, Io)> {
     let peer = stream.peer_addr().ok()?;
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
@@ -179,19 +186,26 @@ async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io
                     response,
                     consumed,
                 } => {
-                    if let Err(refused) = admit(shard, &upgrade, peer) {
-                        tracing::debug!(shard = shard.index(), %peer, reason = %refused.reason, "upgrade refused");
-                        let answer =
-                            handshake::refusal(refused.status, refused.text, &refused.reason, &[]);
-                        let _ = stream.write_all(&answer).await;
-                        return Ok(None);
-                    }
+                    let identity = match admit(shard, callbacks, &upgrade, peer) {
+                        Ok(identity) => identity,
+                        Err(refused) => {
+                            tracing::debug!(shard = shard.index(), %peer, reason = %refused.reason, "upgrade refused");
+                            let answer = handshake::refusal(
+                                refused.status,
+                                refused.text,
+                                &refused.reason,
+                                &[],
+                            );
+                            let _ = stream.write_all(&answer).await;
+                            return Ok(None);
+                        }
+                    };
                     if let Err(e) = stream.write_all(&response).await {
                         shard.admission().leave(peer.ip());
                         return Err(e.into());
                     }
                     request.drain(..consumed);
-                    return Ok(Some(request));
+                    return Ok(Some((request, identity)));
                 }
                 Handshake::Reject { response, reason } => {
                     tracing::debug!(shard = shard.index(), %reason, "upgrade refused");
@@ -201,28 +215,60 @@ async fn upgrade(shard: &Shard, mut stream: TcpStream) -> Option<(SocketAddr, Io
             }
         }
     };
-    let early_frames = match glommio::timer::timeout(shard.config().request_timeout, exchange).await
-    {
-        Ok(frames) => frames?,
-        Err(e) => {
-            tracing::debug!(shard = shard.index(), error = %e, "upgrade not completed");
-            return None;
-        }
-    };
+    let (early_frames, identity) =
+        match glommio::timer::timeout(shard.config().request_timeout, exchange).await {
+            Ok(admitted) => admitted?,
+            Err(e) => {
+                tracing::debug!(shard = shard.index(), error = %e, "upgrade not completed");
+                return None;
+            }
+        };
     let io = Io {
         stream,
         decoder: Decoder::with_input(early_frames),
         limiter: RateLimiter::default(),
     };
-    Some((peer, io))
+    Some((peer, identity, io))
 }
 
-/// Whether the valid upgrade `request` from `peer` may become a session: its origin, then the connection
-/// budgets, which count it from here on (see [`crate::admission`]).
-fn admit(shard: &Shard, request: &Request, peer: SocketAddr) -> Result<(), Refused> {
+/// Whether the valid upgrade `request` from `peer` may become a session: its origin, the application's
+/// authentication hook (which gives its identity), then the connection budgets, which count it from here
+/// on (see [`crate::admission`]). Budgets come last so that a refused client spends none.
+fn admit(
+    shard: &Shard,
+    callbacks: &Callbacks,
+    request: &Request,
+    peer: SocketAddr,
+) -> Result<Option<Identity>, Refused> {
     let admission = shard.admission();
     admission.check_origin(request)?;
-    admission.enter(peer.ip())
+    let identity = match &callbacks.authenticate {
+        None => None,
+        Some(authenticate) => {
+            let upgrade = UpgradeRequest::new(request, peer);
+            // Contained like every callback: a hook that panics on one client's request refuses that
+            // client, and the shard serves on.
+            let verdict =
+                catch_unwind(AssertUnwindSafe(|| authenticate(&upgrade))).map_err(|_| {
+                    tracing::error!(%peer, "the authentication hook panicked; refusing with 500");
+                    Refused {
+                        status: 500,
+                        text: "Internal Server Error",
+                        reason: "internal error".to_owned(),
+                    }
+                })?;
+            verdict.map_err(|refusal| {
+                let (status, text) = refusal.status();
+                Refused {
+                    status,
+                    text,
+                    reason: refusal.reason().to_owned(),
+                }
+            })?
+        }
+    };
+    admission.enter(peer.ip())?;
+    Ok(identity)
 }
 
 /// The session begins (its shard registered it): announced, `on_open`, then any frames that came with

@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde_json::{Map, Value};
 
+use crate::auth::AuthenticateFn;
 use crate::error::SessionError;
 use crate::session::Session;
 
@@ -36,6 +37,8 @@ pub(crate) struct Callbacks {
     pub(crate) on_message: Option<TextFn>,
     pub(crate) on_typed_message: Option<TypedFn>,
     pub(crate) on_binary: Option<BinaryFn>,
+    /// Sees each valid upgrade request before the `101`; see [`crate::auth`].
+    pub(crate) authenticate: Option<AuthenticateFn>,
 }
 
 /// Runs one application callback for `session`. A panic in it is caught: it is logged and that session is

@@ -97,8 +97,8 @@ impl BenchCluster {
                 inbox,
             ));
             for _ in 0..count {
-                let session = Session::new(shard.register(peer), shard.clone());
-                session.join_room(room);
+                let session = Session::new(shard.register(peer, None), shard.clone());
+                session.join_room(room).expect("no authorization hook");
                 sessions.push(session);
             }
             shards.push(shard);

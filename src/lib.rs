@@ -19,8 +19,10 @@
 //!     .on_typed_message(|session, kind, payload| match kind {
 //!         "room.join" => {
 //!             let room = payload.get("room").and_then(|r| r.as_str()).unwrap_or("general");
-//!             session.join_room(room);
-//!             session.send_text(&format!("joined room: {room}"));
+//!             match session.join_room(room) {
+//!                 Ok(()) => session.send_text(&format!("joined room: {room}")),
+//!                 Err(denied) => session.send_text(&denied.to_string()),
+//!             }
 //!         }
 //!         "chat.message" => {
 //!             let text = payload.get("text").and_then(|t| t.as_str()).unwrap_or("");
@@ -62,6 +64,8 @@
 //!   shard's tasks: inbox, sweep, accept. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
 //! - `connection`: one session's task: handshake, read, decode, write, close handshake; reports errors.
 //! - `admission`: who may upgrade: the origin allowlist and the connection budgets (503 past them).
+//! - `auth`: the types of the application's authentication hook (401/403 before the upgrade, or an
+//!   identity for the session) and room authorization hook.
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
 //!   unmasking in place) and encoding.
 //! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
@@ -83,6 +87,7 @@
 #![deny(missing_docs)]
 
 mod admission;
+mod auth;
 pub mod config;
 mod connection;
 mod dispatch;
@@ -103,7 +108,8 @@ mod shard;
 mod shutdown;
 mod ws;
 
-pub use config::{AllowedOrigins, Bucket, Config, ConfigSource, RateLimits};
+pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
+pub use config::{AllowedOrigins, AuthSettings, Bucket, Config, ConfigSource, RateLimits};
 pub use dispatch::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use http::{HttpContext, JsonRoute};

@@ -3,24 +3,121 @@
 //!
 //! Exit codes: 0 after a clean stop (SIGINT or SIGTERM), 2 for a configuration error (one line naming the
 //! key and the value), 1 when the server cannot start (the message names the cause and the fix).
+//!
+//! `roomcast token --user U --rooms 'general,team-*' --ttl 3600 [--env-file PATH]` prints a token for the
+//! chat app, signed with the `AUTH_SECRET` of the same configuration.
 
 mod app;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use roomcast::Config;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+const USAGE: &str = "usage: roomcast [--env-file PATH]\n       roomcast token --user USER --rooms \
+    'PATTERN,...' [--ttl SECONDS] [--env-file PATH]";
+
 fn main() -> ExitCode {
-    let env_file = match env_file_argument() {
-        Ok(path) => path,
-        Err(usage) => {
-            eprintln!("{usage}");
+    let command = match Command::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(problem) => {
+            eprintln!("roomcast: {problem}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
+    match command {
+        Command::Serve { env_file } => serve(env_file),
+        Command::Token {
+            env_file,
+            user,
+            rooms,
+            ttl,
+        } => print_token(env_file, &user, &rooms, ttl),
+    }
+}
+
+/// What the command line asks for.
+enum Command {
+    /// Run the chat app.
+    Serve { env_file: Option<PathBuf> },
+    /// Print a token.
+    Token {
+        env_file: Option<PathBuf>,
+        user: String,
+        rooms: Vec<String>,
+        ttl: Duration,
+    },
+}
+
+impl Command {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+        let mut first = args.next();
+        let token = first.as_deref() == Some("token");
+        if token {
+            first = args.next();
+        }
+        let (mut env_file, mut user, mut rooms, mut ttl) = (None, None, None, 3600);
+        let mut next = first;
+        while let Some(flag) = next {
+            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--env-file" => env_file = Some(PathBuf::from(value()?)),
+                "--user" if token => user = Some(value()?),
+                "--rooms" if token => rooms = Some(value()?),
+                "--ttl" if token => {
+                    let v = value()?;
+                    ttl = v.parse().ok().filter(|&n| n > 0).ok_or(format!(
+                        "--ttl {v}: expected a whole number of seconds, at least 1"
+                    ))?;
+                }
+                other => return Err(format!("unexpected argument {other}")),
+            }
+            next = args.next();
+        }
+        if !token {
+            return Ok(Command::Serve { env_file });
+        }
+        let user = user.filter(|u| !u.is_empty()).ok_or("token needs --user")?;
+        let rooms: Vec<String> = rooms
+            .ok_or("token needs --rooms")?
+            .split(',')
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        Ok(Command::Token {
+            env_file,
+            user,
+            rooms,
+            ttl: Duration::from_secs(ttl),
+        })
+    }
+}
+
+/// Prints a token signed with the configuration's `AUTH_SECRET`.
+fn print_token(env_file: Option<PathBuf>, user: &str, rooms: &[String], ttl: Duration) -> ExitCode {
+    let config = match Config::load(env_file.as_deref()) {
+        Ok((config, _)) => config,
+        Err(e) => {
+            eprintln!("roomcast: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(secret) = config.auth.secret else {
+        eprintln!("roomcast: AUTH_SECRET is not set (in .env or the environment): there is nothing to sign a token with");
+        return ExitCode::from(2);
+    };
+    println!(
+        "{}",
+        app::token::Tokens::new(&secret).issue(user, rooms, ttl)
+    );
+    ExitCode::SUCCESS
+}
+
+/// Runs the chat app until SIGINT or SIGTERM.
+fn serve(env_file: Option<PathBuf>) -> ExitCode {
     let (config, source) = match Config::load(env_file.as_deref()) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -67,16 +164,6 @@ fn main() -> ExitCode {
     running.stop();
     tracing::info!("stopped");
     ExitCode::SUCCESS
-}
-
-/// `--env-file PATH`, the only argument.
-fn env_file_argument() -> Result<Option<PathBuf>, String> {
-    let mut args = std::env::args().skip(1);
-    match (args.next().as_deref(), args.next(), args.next()) {
-        (None, _, _) => Ok(None),
-        (Some("--env-file"), Some(path), None) => Ok(Some(PathBuf::from(path))),
-        _ => Err("usage: roomcast [--env-file PATH]".to_owned()),
-    }
 }
 
 fn init_logging() {

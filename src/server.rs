@@ -18,6 +18,7 @@ use glommio::Placement;
 use serde_json::{Map, Value};
 
 use crate::admission::Admission;
+use crate::auth::{AuthRefusal, AuthorizeJoinFn, Identity, UpgradeRequest};
 use crate::config::Config;
 use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
@@ -37,6 +38,7 @@ const HTTP_RING_DEPTH: usize = 128;
 pub struct Server {
     config: Config,
     callbacks: Callbacks,
+    authorize_join: Option<Arc<AuthorizeJoinFn>>,
     routes: Vec<(String, JsonRoute)>,
 }
 
@@ -46,6 +48,7 @@ impl Server {
         Server {
             config,
             callbacks: Callbacks::default(),
+            authorize_join: None,
             routes: Vec::new(),
         }
     }
@@ -89,6 +92,27 @@ impl Server {
         self
     }
 
+    /// Decides who may connect: `f` sees each valid upgrade request (path, query, headers, cookies, peer)
+    /// before the `101` and returns the session's [`Identity`] (or none), or an [`AuthRefusal`] that
+    /// answers 401 or 403 instead. It runs on the shard that accepted the connection, so it must be quick.
+    pub fn authenticate(
+        mut self,
+        f: impl Fn(&UpgradeRequest<'_>) -> Result<Option<Identity>, AuthRefusal> + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.authenticate = Some(Box::new(f));
+        self
+    }
+
+    /// Decides who may join which room: [`Session::join_room`] asks `f` with the session's identity and
+    /// the room, and refuses with [`crate::RoomDenied`] when it returns false.
+    pub fn authorize_join(
+        mut self,
+        f: impl Fn(Option<&Identity>, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.authorize_join = Some(Arc::new(f));
+        self
+    }
+
     /// Answers `GET path` on the HTTP side with the JSON value `f` returns.
     pub fn json_route(
         mut self,
@@ -104,6 +128,7 @@ impl Server {
         let Server {
             config,
             callbacks,
+            authorize_join,
             routes,
         } = self;
         executor::check_io_uring()?;
@@ -131,7 +156,10 @@ impl Server {
         let peers = Peers::new(senders);
         let stop = Arc::new(Stop::default());
         let callbacks = Arc::new(callbacks);
-        let shard_config = ShardConfig::new(&config);
+        let shard_config = ShardConfig {
+            authorize_join,
+            ..ShardConfig::new(&config)
+        };
         let admission = Arc::new(Admission::new(&config.websocket));
         let mut running = RunningServer {
             websocket_addr,

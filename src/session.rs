@@ -15,6 +15,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use crate::auth::{Identity, RoomDenied};
 use crate::session_state::{SessionId, SessionState};
 use crate::shard::Shard;
 use crate::ws::codec::{self, EncodedFrame};
@@ -85,9 +86,16 @@ impl Session {
         self.shard.close(&self.state, code, reason);
     }
 
-    /// Joins `room`; a session is a member at most once, and leaves every room when it ends.
-    pub fn join_room(&self, room: &str) {
-        self.shard.join(&self.state, room);
+    /// Joins `room`, unless the room authorization hook ([`crate::Server::authorize_join`]) refuses; a
+    /// session is a member at most once, and leaves every room when it ends.
+    pub fn join_room(&self, room: &str) -> Result<(), RoomDenied> {
+        self.shard.join(&self.state, room)
+    }
+
+    /// Who the authentication hook said this session is ([`crate::Server::authenticate`]); `None` without
+    /// one.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.state.identity()
     }
 
     /// Leaves `room`; nothing happens if the session was not a member.

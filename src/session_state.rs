@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::task::Waker;
 
+use crate::auth::Identity;
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::outbound::{Outbound, Overflow};
 use crate::ws::codec::{self, EncodedFrame};
@@ -55,11 +56,18 @@ pub(crate) struct SessionState {
     slot: Cell<u32>,
     /// Bytes its connection's decoder holds for messages still arriving, as last told to the shard.
     unfinished: Cell<u32>,
+    /// Who the authentication hook said this is; boxed, so a session without one pays 8 bytes.
+    identity: Option<Box<Identity>>,
 }
 
 impl SessionState {
-    /// An open session that has not been heard from since `now` (shard clock).
-    pub(crate) fn new(id: SessionId, peer: SocketAddr, now: u32) -> SessionState {
+    /// An open session of `identity` that has not been heard from since `now` (shard clock).
+    pub(crate) fn new(
+        id: SessionId,
+        peer: SocketAddr,
+        identity: Option<Identity>,
+        now: u32,
+    ) -> SessionState {
         SessionState {
             id,
             peer: (peer.ip(), peer.port()),
@@ -70,7 +78,12 @@ impl SessionState {
             last_seen: Cell::new(now),
             slot: Cell::new(u32::MAX),
             unfinished: Cell::new(0),
+            identity: identity.map(Box::new),
         }
+    }
+
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
     }
 
     /// The client's address.

@@ -106,7 +106,9 @@ fn room_server() -> (RunningServer, Receiver<SessionId>) {
             let field = |key: &str| payload.get(key).and_then(|v| v.as_str()).unwrap_or("");
             match kind {
                 "join" => {
-                    session.join_room(field("room"));
+                    session
+                        .join_room(field("room"))
+                        .expect("no authorization hook");
                     session.send_text(&format!("joined:{}", field("room")));
                 }
                 "leave" => {

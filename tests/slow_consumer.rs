@@ -38,7 +38,7 @@ fn server() -> (RunningServer, Receiver<String>) {
     let server = start(&pairs, move |s| {
         s.on_message(|session, text| {
             if text == "join" {
-                session.join_room("flood");
+                session.join_room("flood").expect("no authorization hook");
                 session.send_text("joined");
             } else if let Some(text) = text.strip_prefix("say:") {
                 session.broadcast_text_to_room("flood", text);

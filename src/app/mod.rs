@@ -8,9 +8,18 @@
 //! zero-width characters (`invalid room: ...`). A session joins at most [`MAX_ROOMS_PER_SESSION`] rooms
 //! (`room limit reached: ...`): every room a client joins costs server memory, so joins must not be
 //! unbounded. Only a member posts in a room (`message rejected: not a member of R`).
+//!
+//! With `AUTH_SECRET` set, a client must bring a token ([`token`]) in `?token=`: without one, or with one
+//! that is forged or expired, the upgrade gets 401. The token's room patterns decide joins (`room denied:
+//! R`), and room messages name the sender: `room R: U: T`. Without it the app is open, as in the seed.
 
-use roomcast::{Config, EnvelopeError, Server, Session, TypedMessage};
+pub mod token;
+
+use std::sync::Arc;
+
+use roomcast::{AuthRefusal, Config, EnvelopeError, Server, Session, TypedMessage};
 use serde_json::{json, Map, Value};
+use token::Tokens;
 
 /// The longest room name accepted, in bytes.
 pub const MAX_ROOM_LEN: usize = 64;
@@ -18,9 +27,34 @@ pub const MAX_ROOM_LEN: usize = 64;
 /// The most rooms one session may be in at once.
 pub const MAX_ROOMS_PER_SESSION: usize = 64;
 
-/// The chat server: the seed's WebSocket handlers and HTTP routes on `config`.
+/// The chat server: the seed's WebSocket handlers and HTTP routes on `config`, with token
+/// authentication when `AUTH_SECRET` is set.
 pub fn chat_server(config: Config) -> Server {
-    Server::new(config)
+    let secret = config.auth.secret.clone();
+    let server = Server::new(config);
+    let server = match secret {
+        None => {
+            tracing::info!(
+                "AUTH_SECRET is not set: anyone may connect and join any room, as in the seed"
+            );
+            server
+        }
+        Some(secret) => {
+            let tokens = Arc::new(Tokens::new(&secret));
+            server
+                .authenticate(move |request| {
+                    let token = request.query_param("token").ok_or_else(|| {
+                        AuthRefusal::Unauthorized("a token is required: ?token=...".to_owned())
+                    })?;
+                    tokens
+                        .verify(&token)
+                        .map(Some)
+                        .map_err(AuthRefusal::Unauthorized)
+                })
+                .authorize_join(token::may_join)
+        }
+    };
+    server
         .on_open(|session| session.send_text("welcome to Vix WebSocket chat"))
         .on_error(
             |session, error| tracing::debug!(session = %session.id(), %error, "chat session error"),
@@ -60,7 +94,9 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
                     "room limit reached: a session can be in at most {MAX_ROOMS_PER_SESSION} rooms"
                 ));
             }
-            session.join_room(&room);
+            session
+                .join_room(&room)
+                .map_err(|denied| denied.to_string())?;
             session.send_text(&format!("joined room: {room}"));
             Ok(())
         }),
@@ -76,7 +112,11 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
                 // Only members speak in a room: otherwise anyone could post into any room unseen.
                 session.send_text(&format!("message rejected: not a member of {room}"));
             } else {
-                session.broadcast_text_to_room(&room, &format!("room {room}: {text}"));
+                let line = match session.identity() {
+                    Some(identity) => format!("room {room}: {}: {text}", identity.user),
+                    None => format!("room {room}: {text}"),
+                };
+                session.broadcast_text_to_room(&room, &line);
             }
             Ok(())
         }),

@@ -30,6 +30,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use crate::admission::Admission;
+use crate::auth::{AuthorizeJoinFn, Identity, RoomDenied};
 use crate::config::{Config, WebSocketSettings};
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::room::Rooms;
@@ -44,7 +45,7 @@ pub(crate) const CLOSE_TIMEOUT_SECS: u32 = 3;
 const READ_BUFFER_LEN: usize = 64 * 1024;
 
 /// What every WebSocket shard is configured with; built once from the [`Config`] and cloned into each.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ShardConfig {
     /// The `WEBSOCKET_*` limits every session obeys.
     pub(crate) websocket: WebSocketSettings,
@@ -52,6 +53,8 @@ pub(crate) struct ShardConfig {
     pub(crate) request_timeout: Duration,
     /// `SERVER_BENCH_MODE`: no per-connection log lines.
     pub(crate) bench_mode: bool,
+    /// The application's room authorization hook, asked on every join.
+    pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
 }
 
 impl ShardConfig {
@@ -60,6 +63,7 @@ impl ShardConfig {
             websocket: config.websocket.clone(),
             request_timeout: config.server.request_timeout,
             bench_mode: config.server.bench_mode,
+            authorize_join: None,
         }
     }
 }
@@ -136,12 +140,16 @@ impl Shard {
     }
 
     /// A new open session from `peer`, registered for the sweep and shutdown until [`Shard::unregister`].
-    pub(crate) fn register(&self, peer: SocketAddr) -> Rc<SessionState> {
+    pub(crate) fn register(
+        &self,
+        peer: SocketAddr,
+        identity: Option<Identity>,
+    ) -> Rc<SessionState> {
         let n = self.next_session.get() + 1;
         self.next_session.set(n);
         // The shard index in the top 16 bits keeps ids unique across shards.
         let id = SessionId(((self.index as u64) << 48) | n);
-        let state = Rc::new(SessionState::new(id, peer, self.now()));
+        let state = Rc::new(SessionState::new(id, peer, identity, self.now()));
         let slot = self.sessions.borrow_mut().insert(state.clone());
         state.set_slot(slot);
         state
@@ -209,9 +217,18 @@ impl Shard {
         read(&mut self.read_buf.borrow_mut())
     }
 
-    /// Adds `session` to `room` here, if it is not a member already.
-    pub(crate) fn join(&self, session: &Rc<SessionState>, room: &str) {
+    /// Adds `session` to `room` here, if it is not a member already and the room authorization hook
+    /// lets it.
+    pub(crate) fn join(&self, session: &Rc<SessionState>, room: &str) -> Result<(), RoomDenied> {
+        if let Some(authorize) = &self.config.authorize_join {
+            if !authorize(session.identity(), room) {
+                return Err(RoomDenied {
+                    room: room.to_owned(),
+                });
+            }
+        }
         self.rooms.borrow_mut().join(session, room);
+        Ok(())
     }
 
     /// Removes `session` from `room`; nothing happens if it was not a member.
@@ -318,9 +335,9 @@ mod tests {
     fn posted_broadcasts_reach_local_members_in_order() {
         let (shard, peers) = lone_shard();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let member = shard.register(peer);
-        let outsider = shard.register(peer);
-        shard.join(&member, "r");
+        let member = shard.register(peer, None);
+        let outsider = shard.register(peer, None);
+        shard.join(&member, "r").unwrap();
         for text in ["a", "b"] {
             peers.broadcast("r", text.as_bytes(), None);
         }
@@ -333,8 +350,8 @@ mod tests {
     #[test]
     fn an_unregistered_session_is_gone_from_rooms_and_the_table() {
         let (shard, _peers) = lone_shard();
-        let member = shard.register("127.0.0.1:1".parse().unwrap());
-        shard.join(&member, "r");
+        let member = shard.register("127.0.0.1:1".parse().unwrap(), None);
+        shard.join(&member, "r").unwrap();
         shard.unregister(&member);
         assert!(shard.open_sessions().is_empty());
         assert!(member.lifecycle().is_over());

@@ -205,15 +205,17 @@ impl Launch {
     }
 
     /// Runs the binary until it exits by itself (within [`EXIT_DEADLINE`]) and returns its exit status and
-    /// stderr; panics, killing it, if it is still running then (for example because it started listening).
+    /// output (stderr lines, and stdout lines prefixed `stdout: `); panics, killing it, if it is still
+    /// running then (for example because it started listening).
     pub fn run_to_exit(mut self) -> (ExitStatus, String) {
         let mut child = self
             .cmd
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.description));
         let output = Output::default();
+        let stdout_done = output.drain(child.stdout.take().unwrap(), "stdout: ", None);
         let done = output.drain(child.stderr.take().unwrap(), "", None);
         let status = match wait_with_deadline(&mut child, EXIT_DEADLINE) {
             Some(status) => status,
@@ -228,6 +230,7 @@ impl Launch {
             }
         };
         let _ = done.join();
+        let _ = stdout_done.join();
         (status, output.text())
     }
 }

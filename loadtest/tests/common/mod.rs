@@ -64,7 +64,7 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
     };
     match kind {
         "room.join" => {
-            session.join_room(room);
+            session.join_room(room).expect("no authorization hook");
             session.send_text(&format!("joined room: {room}"));
         }
         "room.leave" => {
