@@ -50,7 +50,8 @@ use crate::rate_limit::{RateLimiter, Verdict};
 use crate::session::Session;
 use crate::session_state::SessionState;
 use crate::shard::Shard;
-use crate::ws::codec::{self, Decoder, Flow, Inbound, Limits};
+use crate::ws::codec::{Decoder, Flow, Inbound, Limits};
+use crate::ws::encode;
 use crate::ws::handshake::{self, Handshake, Request};
 
 /// What a message over the rate limit is answered with.
@@ -387,7 +388,7 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
             report(session, callbacks, &SessionError::Protocol(error));
             state
                 .outbound
-                .push_unbounded(codec::close_frame(error.close_code(), &error.to_string()));
+                .push_unbounded(encode::close_frame(error.close_code(), &error.to_string()));
         }
         state.transition(|l| l.failed(shard.now()));
     }
@@ -417,7 +418,7 @@ fn handle(
         Inbound::Ping(payload) if open && session.owner().settings().auto_ping_pong => {
             // A ping costs us a pong: it counts like a message, and one over the limit goes unanswered.
             if admitted(session, callbacks, limiter, payload.len(), false) {
-                session.send_frame(codec::pong_frame(payload));
+                session.send_frame(encode::pong_frame(payload));
             }
         }
         Inbound::Close(code) => {
@@ -425,8 +426,8 @@ fn handle(
             if open {
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
                 let echo = match code {
-                    Some((code, _)) => codec::close_frame(code, ""),
-                    None => codec::encode_frame(OpCode::Control(Control::Close), &[]),
+                    Some((code, _)) => encode::close_frame(code, ""),
+                    None => encode::encode_frame(OpCode::Control(Control::Close), &[]),
                 };
                 state.outbound.push_unbounded(echo);
             }

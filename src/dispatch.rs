@@ -120,4 +120,27 @@ mod tests {
             Err(EnvelopeError::PayloadNotObject)
         ));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_and_only_objects_are_parsed(text in ".{0,200}") {
+            let parsed = TypedMessage::parse(&text);
+            if !text.trim_start().starts_with('{') {
+                proptest::prop_assert!(matches!(parsed, Err(EnvelopeError::NotAnObject)));
+            }
+        }
+
+        #[test]
+        fn any_event_round_trips(
+            kind in ".{0,40}",
+            fields in proptest::collection::btree_map("[a-z]{1,8}", ".{0,20}", 0..5),
+        ) {
+            let payload: Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let text = serde_json::json!({ "type": kind, "payload": payload }).to_string();
+            let event = TypedMessage::parse(&text).unwrap();
+            proptest::prop_assert_eq!(event.kind, kind);
+            proptest::prop_assert_eq!(event.payload, payload);
+        }
+    }
 }

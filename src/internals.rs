@@ -20,7 +20,8 @@ use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::{Shard, ShardConfig};
-use crate::ws::codec::{apply_mask, text_frame, Decoder, Flow, Inbound, Limits};
+use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
+use crate::ws::encode::text_frame;
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {

@@ -67,7 +67,7 @@
 //! - `auth`: the types of the application's authentication hook (401/403 before the upgrade, or an
 //!   identity for the session) and room authorization hook.
 //! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
-//!   unmasking in place) and encoding.
+//!   unmasking in place). `ws::encode`: server frames, encoded once per message.
 //! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
 //!   before dispatch.
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.

@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::task::Poll;
 
-use crate::ws::codec::EncodedFrame;
+use crate::ws::encode::EncodedFrame;
 
 /// How many frames one `sendmsg` carries at most; the kernel's limit is 1024 (`UIO_MAXIOV`).
 pub(crate) const MAX_IOVECS: usize = 64;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::session_state::SessionState;
-use crate::ws::codec::EncodedFrame;
+use crate::ws::encode::EncodedFrame;
 
 /// Local membership of every room that has at least one member on this shard.
 #[derive(Default)]

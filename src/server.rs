@@ -29,7 +29,7 @@ use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
-use crate::ws::codec;
+use crate::ws::encode;
 
 /// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
 const HTTP_RING_DEPTH: usize = 128;
@@ -280,7 +280,7 @@ impl ServerHandle {
     /// Sends `text` to every member of `room` on every shard; the frame is encoded once, and each shard
     /// copies it into a frame of its own so that no per-delivery reference count is shared between cores.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        self.shards.broadcast(room, &codec::text_frame(text), None);
+        self.shards.broadcast(room, &encode::text_frame(text), None);
     }
 
     /// Asks the server to stop, as [`RunningServer::stop`] does, and returns at once: every shard stops

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use crate::auth::{Identity, RoomDenied};
 use crate::session_state::{SessionId, SessionState};
 use crate::shard::Shard;
-use crate::ws::codec::{self, EncodedFrame};
+use crate::ws::encode::{self, EncodedFrame};
 
 /// A connected WebSocket client, as callbacks see it. Cloning is cheap (two reference counts).
 #[derive(Clone)]
@@ -72,12 +72,12 @@ impl Session {
 
     /// Sends a text message. Ignored once the session is closing.
     pub fn send_text(&self, text: &str) {
-        self.send_frame(codec::text_frame(text));
+        self.send_frame(encode::text_frame(text));
     }
 
     /// Sends a binary message. Ignored once the session is closing.
     pub fn send_binary(&self, data: &[u8]) {
-        self.send_frame(codec::binary_frame(data));
+        self.send_frame(encode::binary_frame(data));
     }
 
     /// Starts the close handshake with `code` (e.g. 1000) and a reason of at most 123 bytes. Ignored once
@@ -123,7 +123,7 @@ impl Session {
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.
     /// The frame is encoded once and shared by all recipients.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        self.shard.broadcast(room, codec::text_frame(text));
+        self.shard.broadcast(room, encode::text_frame(text));
     }
 
     /// Queues an encoded frame under the backpressure limit; past it the session closes as a slow

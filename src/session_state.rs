@@ -17,7 +17,7 @@ use std::task::Waker;
 use crate::auth::Identity;
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::outbound::{Outbound, Overflow};
-use crate::ws::codec::{self, EncodedFrame};
+use crate::ws::encode::{self, EncodedFrame};
 
 /// A session's identity, unique within the process: the shard index in the top 16 bits, a per-shard
 /// counter below.
@@ -175,7 +175,7 @@ impl SessionState {
             return;
         }
         self.outbound
-            .push_unbounded(codec::close_frame(code, reason));
+            .push_unbounded(encode::close_frame(code, reason));
         self.transition(|l| l.close_sent(now, cause));
         self.wake();
     }
@@ -189,7 +189,7 @@ impl SessionState {
         }
         if self.is_open() {
             self.outbound
-                .push_unbounded(codec::close_frame(code, reason));
+                .push_unbounded(encode::close_frame(code, reason));
         }
         self.transition(|l| l.failed(now));
         self.wake();

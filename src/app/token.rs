@@ -196,4 +196,44 @@ mod tests {
         assert!(tokens.verify(&none).is_err());
         assert!(tokens.verify("garbage").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_strings_never_verify(token in ".{0,200}") {
+            proptest::prop_assert!(Tokens::new(SECRET).verify(&token).is_err());
+        }
+
+        #[test]
+        fn any_token_round_trips_and_any_changed_character_breaks_it(
+            user in ".{1,30}",
+            rooms in proptest::collection::vec("[a-z*-]{1,12}", 0..4),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let tokens = Tokens::new(SECRET);
+            let token = tokens.issue(&user, &rooms, Duration::from_secs(60));
+            let identity = tokens.verify(&token).unwrap();
+            proptest::prop_assert_eq!(&identity.user, &user);
+            // Any one character changed, except the signature's last (whose unused low bits base64 may
+            // ignore), and the token no longer holds.
+            let at = at.index(token.len() - 1);
+            let original = token.as_bytes()[at];
+            let swapped = if original == b'A' { 'B' } else { 'A' };
+            let mut tampered = token.clone();
+            tampered.replace_range(at..at + 1, &swapped.to_string());
+            proptest::prop_assert!(tokens.verify(&tampered).is_err(), "{} still verifies", tampered);
+        }
+
+        #[test]
+        fn a_pattern_without_a_star_matches_only_itself_and_a_star_suffix_matches_its_prefix(
+            name in "[a-z0-9-]{0,12}",
+            other in "[a-z0-9-]{0,12}",
+        ) {
+            proptest::prop_assert!(matches_pattern(&name, &name));
+            proptest::prop_assert_eq!(matches_pattern(&name, &other), name == other);
+            proptest::prop_assert!(matches_pattern("*", &other));
+            let prefixed = format!("{name}*");
+            let joined = format!("{name}{other}");
+            proptest::prop_assert!(matches_pattern(&prefixed, &joined));
+        }
+    }
 }

@@ -401,4 +401,38 @@ mod tests {
         });
         assert_eq!(files.locate(Path::new("")), Located::Missing);
     }
+
+    proptest::proptest! {
+        /// Whatever a client puts in the path, a target is made of plain names only: no component can
+        /// climb out of the root or be absolute, however it was encoded.
+        #[test]
+        fn no_path_escapes_the_root(
+            segments in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("..".to_owned()),
+                    proptest::strategy::Just(".".to_owned()),
+                    proptest::strategy::Just("%2e%2e".to_owned()),
+                    proptest::strategy::Just("%2E.".to_owned()),
+                    proptest::strategy::Just("%252e%252e".to_owned()),
+                    proptest::strategy::Just("..%2f..".to_owned()),
+                    proptest::strategy::Just("%5c..".to_owned()),
+                    proptest::strategy::Just("%00".to_owned()),
+                    proptest::strategy::Just(String::new()),
+                    "[a-z0-9._%-]{1,8}",
+                    ".{1,6}",
+                ],
+                0..8,
+            ),
+        ) {
+            let path = format!("/{}", segments.join("/"));
+            if let Target::Inside(relative) = target("", &path) {
+                for component in relative.components() {
+                    proptest::prop_assert!(
+                        matches!(component, std::path::Component::Normal(_)),
+                        "{path} -> {relative:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -27,7 +27,7 @@ use crate::admission::Admission;
 use crate::error::StartError;
 use crate::handler::Callbacks;
 use crate::shutdown::{self, Stop};
-use crate::ws::codec;
+use crate::ws::encode;
 
 /// What to tell an operator whose kernel refuses to create an io_uring executor.
 const EXECUTOR_FIX: &str = "roomcast needs io_uring (Linux 5.8 or newer, not disabled by the \
@@ -104,7 +104,7 @@ async fn deliver_loop(shard: Rc<Shard>) {
 
 /// The shard's one timer: a sweep a second, with a ping when `WEBSOCKET_PING_INTERVAL` has passed.
 async fn sweep_loop(shard: Rc<Shard>) {
-    let ping = codec::ping_frame();
+    let ping = encode::ping_frame();
     let mut last_ping = Instant::now();
     loop {
         glommio::timer::sleep(SWEEP_INTERVAL).await;

@@ -39,7 +39,7 @@ pub(crate) enum ShardMsg {
         /// The room.
         room: Arc<str>,
         /// The encoded frame, read-only and shared by every shard it was posted to; each copies it into
-        /// a [`crate::ws::codec::EncodedFrame`] of its own before delivering, so that the per-delivery
+        /// a [`crate::ws::encode::EncodedFrame`] of its own before delivering, so that the per-delivery
         /// reference counting stays on one core and non-atomic.
         encoded: Arc<[u8]>,
     },

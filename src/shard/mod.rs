@@ -35,7 +35,7 @@ use crate::config::{Config, WebSocketSettings};
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::room::Rooms;
 use crate::session_state::{SessionId, SessionState};
-use crate::ws::codec::EncodedFrame;
+use crate::ws::encode::EncodedFrame;
 use mesh::{InboxReceiver, Peers, ShardMsg};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock

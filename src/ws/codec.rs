@@ -1,6 +1,6 @@
-//! RFC 6455 frames: decoding client frames into complete messages, encoding server frames.
+//! RFC 6455 frames from clients: decoding them into complete messages (encoding ours is [`super::encode`]).
 //!
-//! Owns the byte-level protocol: header parsing (tungstenite's [`FrameHeader`]), unmasking, the
+//! Owns the byte-level protocol of what arrives: header parsing (tungstenite's [`FrameHeader`]), unmasking, the
 //! per-message size limit (decided from headers, before a payload is buffered), reassembly of fragmented
 //! messages with control frames interleaved, and UTF-8 validation of text as it arrives, so a bad fragment
 //! fails fast (1007) instead of after the whole message.
@@ -14,7 +14,6 @@
 //! as nothing is half-received, so an idle session's decoder is one null pointer.
 
 use std::io::Cursor;
-use std::rc::Rc;
 
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
@@ -383,73 +382,6 @@ pub(crate) fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// An encoded server frame. A broadcast encodes its frame once and every recipient's queue holds a
-/// pointer to it. The count is not atomic because a frame never leaves its shard (another shard gets its
-/// own copy, see [`crate::shard::Shard::broadcast`]): an atomic increment and decrement per delivery cost
-/// about a third of the server's user-space time in a 1,000-member broadcast.
-pub(crate) type EncodedFrame = Rc<[u8]>;
-
-/// Encodes one unmasked server frame, written straight into its shared allocation.
-pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> EncodedFrame {
-    let header = FrameHeader {
-        is_final: true,
-        opcode,
-        ..FrameHeader::default()
-    };
-    // A server frame's header is at most 10 bytes: 2, plus 8 for a 64-bit length, and no mask.
-    let mut head = [0u8; 10];
-    let mut cursor = Cursor::new(&mut head[..]);
-    header
-        .format(payload.len() as u64, &mut cursor)
-        .expect("an unmasked header fits in 10 bytes");
-    let head_len = cursor.position() as usize;
-    let head = &head[..head_len];
-    let mut frame = Rc::<[u8]>::new_uninit_slice(head.len() + payload.len());
-    let buf = Rc::get_mut(&mut frame)
-        .expect("a new Rc is unique")
-        .as_mut_ptr()
-        .cast::<u8>();
-    // SAFETY: `buf` has room for exactly the header and the payload, which do not overlap it; once both
-    // are copied every byte is initialised.
-    unsafe {
-        std::ptr::copy_nonoverlapping(head.as_ptr(), buf, head_len);
-        std::ptr::copy_nonoverlapping(payload.as_ptr(), buf.add(head_len), payload.len());
-        frame.assume_init()
-    }
-}
-
-/// A text message frame.
-pub(crate) fn text_frame(text: &str) -> EncodedFrame {
-    encode_frame(OpCode::Data(Data::Text), text.as_bytes())
-}
-
-/// A binary message frame.
-pub(crate) fn binary_frame(data: &[u8]) -> EncodedFrame {
-    encode_frame(OpCode::Data(Data::Binary), data)
-}
-
-/// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
-pub(crate) fn close_frame(code: u16, reason: &str) -> EncodedFrame {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    encode_frame(OpCode::Control(Control::Close), &payload)
-}
-
-/// A pong echoing a ping's payload.
-pub(crate) fn pong_frame(payload: &[u8]) -> EncodedFrame {
-    encode_frame(OpCode::Control(Control::Pong), payload)
-}
-
-/// An empty ping, as the server sends every `WEBSOCKET_PING_INTERVAL`.
-pub(crate) fn ping_frame() -> EncodedFrame {
-    encode_frame(OpCode::Control(Control::Ping), &[])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,20 +574,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![Owned::Close(Some((1000, "bye".into())))]);
-    }
-
-    #[test]
-    fn encodes_frames_tungstenite_can_read() {
-        for len in [0usize, 125, 126, 65535, 65536] {
-            let text = "a".repeat(len);
-            let frame = text_frame(&text);
-            let mut cursor = Cursor::new(&frame[..]);
-            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
-            assert_eq!(length as usize, len);
-            assert!(header.is_final && header.mask.is_none());
-            assert_eq!(&frame[cursor.position() as usize..], text.as_bytes());
-        }
-        let close = close_frame(1001, &"é".repeat(100));
-        assert!(close.len() <= 2 + 125);
     }
 }
