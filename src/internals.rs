@@ -1,5 +1,5 @@
-//! The hot path, opened to the criterion benches in `benches/`; not an API (hidden, and compiled only with
-//! the `internals` feature, which only the benches enable).
+//! The hot path, opened to the criterion benches in `benches/` and the fuzz targets in `tests/fuzz/`; not an
+//! API (hidden, and compiled only with the `internals` feature, which only they enable).
 //!
 //! [`BenchCluster`] builds shards' state and socket-less sessions on the calling thread, so a broadcast can
 //! be measured exactly as the server runs it, encode once, local fan-out into every member's queue, one
@@ -16,12 +16,14 @@ use serde_json::{Map, Value};
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::dispatch::dispatch_text;
+use crate::error::ProtocolError;
 use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::{Shard, ShardConfig};
 use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
 use crate::ws::encode::text_frame;
+use crate::ws::handshake::{respond, Handshake};
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {
@@ -41,22 +43,50 @@ impl FrameDecoder {
     /// Decodes (and unmasks in place) every frame in `input`; returns the payload bytes of the complete
     /// messages, which the benches feed to `black_box`.
     pub fn decode(&mut self, input: &mut [u8], max_message_size: usize) -> usize {
+        let (bytes, error) = self.feed(input, max_message_size, u32::MAX);
+        assert!(error.is_none(), "bench input is valid");
+        bytes
+    }
+
+    /// Decodes whatever `input` holds, as a session's read would: the payload bytes of the complete
+    /// messages handed out (a session acts on each as it comes, so those before an error count too) and
+    /// the protocol error that would then close the session, if any (the fuzz targets' entry).
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        max_message_size: usize,
+        max_frames: u32,
+    ) -> (usize, Option<ProtocolError>) {
         let limits = Limits {
             max_message_size,
-            max_frames: u32::MAX,
+            max_frames,
         };
         let mut bytes = 0;
-        self.0
-            .decode(input, limits, |message| {
-                bytes += match message {
-                    Inbound::Text(text) => text.len(),
-                    Inbound::Binary(data) | Inbound::Ping(data) => data.len(),
-                    Inbound::Pong | Inbound::Close(_) => 0,
-                };
-                Flow::Continue
-            })
-            .expect("bench input is valid");
-        bytes
+        let result = self.0.decode(input, limits, |message| {
+            bytes += match message {
+                Inbound::Text(text) => text.len(),
+                Inbound::Binary(data) | Inbound::Ping(data) => data.len(),
+                Inbound::Pong | Inbound::Close(_) => 0,
+            };
+            Flow::Continue
+        });
+        (bytes, result.err())
+    }
+}
+
+/// The status the server answers the bytes of an upgrade request with: 101, 4xx, or `None` while the
+/// request is incomplete (the fuzz targets' entry into the handshake).
+pub fn upgrade_status(request: &[u8]) -> Option<u16> {
+    match respond(request) {
+        Handshake::Incomplete => None,
+        Handshake::Accept { consumed, .. } => {
+            assert!(consumed <= request.len(), "consumed past the input");
+            Some(101)
+        }
+        Handshake::Reject { response, .. } => {
+            let status = std::str::from_utf8(&response[9..12]).expect("a status line");
+            Some(status.parse().expect("a numeric status"))
+        }
     }
 }
 

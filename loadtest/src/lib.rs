@@ -1,8 +1,9 @@
 //! loadtest: a load-test harness for any server speaking the seed's WebSocket chat protocol.
 //!
-//! The `loadtest` binary runs one scenario (`smoke`, `conns`, `fanout`, `saturate`, `rooms`, `churn`) or
-//! the standard `suite`, prints one JSON object per run on stdout and a table on stderr. The library is
-//! what the binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a [`Report`].
+//! The `loadtest` binary runs one scenario (`smoke`, `conns`, `fanout`, `saturate`, `rooms`, `churn`,
+//! `soak`) or the standard `suite`, prints one JSON object per run on stdout and a table on stderr. The
+//! library is what the binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a
+//! [`Report`].
 //!
 //! # Architecture: where everything lives
 //!
@@ -18,7 +19,8 @@
 //! - `target`: the URL and the loopback-only guard, applied before any socket exists.
 //! - `scenario`: each scenario's meaning, its caps, and source-address spreading; builds a `plan`.
 //! - `plan`: every client's role, the pacing and bounds; the atomics threads share.
-//! - `runner`: the main thread of a run: set-up → run → drain → done, sampling `/proc` each second.
+//! - `runner`: the main thread of a run: set-up → run → drain → done, sampling `/proc` each second; for a
+//!   soak, the server's RSS after every client is gone.
 //! - `driver`: one thread's mio event loop over many connections: connect window, pacing, churn, probes.
 //! - `client`: one connection's state machine and what each reply means at each stage.
 //! - `handshake`, `codec`: the HTTP upgrade and the client frame codec (masking out, in-place parsing in).
@@ -53,7 +55,7 @@ mod target;
 pub mod tracker;
 
 pub use plan::{MAX_CONNECTIONS, MAX_DURATION};
-pub use report::{HarnessFigures, Latency, Point, Report, ServerFigures, Step};
+pub use report::{HarnessFigures, Latency, Point, Report, ServerFigures, SoakMemory, Step};
 pub use runner::{install_interrupt_handler, interrupted};
 pub use scenario::{run, Error, RunOptions, Scenario};
 pub use target::{Target, TargetError};

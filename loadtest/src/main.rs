@@ -117,6 +117,22 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         size: usize,
     },
+    /// Churn for ten minutes; with --server-pid, the server's RSS at the start, its peak, and once every
+    /// client is gone.
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        churners: usize,
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
     /// The standard scenarios; writes the Markdown results table.
     Suite {
         /// Small sizes and 2 s runs: checks the harness, not the server.
@@ -213,6 +229,21 @@ fn main() -> ExitCode {
             duration,
             size,
         } => Scenario::Churn {
+            clients,
+            rooms,
+            rate,
+            churners,
+            duration: secs(duration),
+            size,
+        },
+        Command::Soak {
+            clients,
+            rooms,
+            rate,
+            churners,
+            duration,
+            size,
+        } => Scenario::Soak {
             clients,
             rooms,
             rate,

@@ -1,8 +1,9 @@
 //! The result of one run: the JSON object printed on stdout and the table printed on stderr.
 //!
-//! Owns the report's shape, the derived figures (loss, rates, CPU shares, per-connection RSS) and the
-//! pass/fail rule: a run fails when any client failed set-up or was cut off, any message was lost,
-//! duplicated or reordered, any reply was not the seed's, a probe went unanswered, or it was interrupted.
+//! Owns the report's shape, the derived figures (loss, rates, CPU shares, per-connection RSS, a soak's
+//! RSS limit) and the pass/fail rule: a run fails when any client failed set-up or was cut off, any
+//! message was lost, duplicated or reordered, any reply was not the seed's, a probe went unanswered, a
+//! soak's server did not give its memory back, or it was interrupted.
 //! It does not measure anything itself (see `runner`, `procfs`).
 
 use std::collections::BTreeMap;
@@ -64,6 +65,33 @@ pub struct ServerFigures {
     pub cpu_share: f64,
     /// Deliveries per server CPU-second: the fair figure when client and server share the machine.
     pub deliveries_per_cpu_second: Option<f64>,
+    /// A soak's RSS from the start of the run to after the clients are gone (its fields sit beside the
+    /// others in the JSON).
+    #[serde(flatten)]
+    pub soak: Option<SoakMemory>,
+}
+
+/// The server's RSS through a soak.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SoakMemory {
+    /// RSS with every steady client set up, right before traffic started.
+    pub rss_start_bytes: u64,
+    /// The largest sample, taken about once a second from the start to the end.
+    pub rss_peak_bytes: u64,
+    /// RSS once every harness client had disconnected and the figure stopped falling.
+    pub rss_end_bytes: u64,
+    /// The most `rss_end_bytes` may be for the soak to pass: the start plus 16 MiB or a quarter of the
+    /// start, whichever is more.
+    pub rss_end_limit_bytes: u64,
+    /// How long the end was waited for after the last client disconnected.
+    pub settle_seconds: f64,
+}
+
+/// The most a soak's server RSS may end at: its start plus 16 MiB or a quarter of the start, whichever
+/// is more. The slack is for what an allocator keeps for reuse; a leak per session grows past it over
+/// ten minutes of churn.
+pub fn rss_end_limit(rss_start_bytes: u64) -> u64 {
+    rss_start_bytes + (16u64 << 20).max(rss_start_bytes / 4)
 }
 
 /// The harness's own cost over the run and drain.
@@ -209,6 +237,16 @@ impl Report {
                 self.probes_sent
             ));
         }
+        if let Some(m) = self.server.as_ref().and_then(|s| s.soak.as_ref()) {
+            if m.rss_end_bytes > m.rss_end_limit_bytes {
+                f.push(format!(
+                    "server RSS ended at {} KiB, above the limit of {} KiB (start {} KiB)",
+                    m.rss_end_bytes / 1024,
+                    m.rss_end_limit_bytes / 1024,
+                    m.rss_start_bytes / 1024
+                ));
+            }
+        }
         for step in self.steps.iter().filter(|s| !s.ok) {
             f.push(format!(
                 "{}: {}",
@@ -300,6 +338,19 @@ impl Report {
                         s.rss_after_bytes / 1024
                     ),
                 ));
+                if let Some(m) = &s.soak {
+                    rows.push((
+                        "server RSS start / peak / end".into(),
+                        format!(
+                            "{} / {} / {} KiB (end limit {} KiB, settled in {:.1} s)",
+                            m.rss_start_bytes / 1024,
+                            m.rss_peak_bytes / 1024,
+                            m.rss_end_bytes / 1024,
+                            m.rss_end_limit_bytes / 1024,
+                            m.settle_seconds
+                        ),
+                    ));
+                }
                 if let Some(per) = s.rss_per_connection_bytes {
                     rows.push(("server RSS per connection".into(), format!("{per:.0} B")));
                 }
@@ -368,6 +419,34 @@ mod tests {
         assert!(!r.passed);
         assert_eq!(r.failures, vec!["2 lost"]);
         assert!(r.table().contains("FAIL: 2 lost"));
+    }
+
+    #[test]
+    fn a_soak_fails_when_the_server_keeps_its_memory() {
+        let start = 100 << 20;
+        let soak = |end: u64| SoakMemory {
+            rss_start_bytes: start,
+            rss_peak_bytes: start * 2,
+            rss_end_bytes: end,
+            rss_end_limit_bytes: rss_end_limit(start),
+            settle_seconds: 2.0,
+        };
+        let mut r = Report {
+            server: Some(ServerFigures {
+                soak: Some(soak(start + (25 << 20))),
+                ..ServerFigures::default()
+            }),
+            ..Report::default()
+        };
+        r.judge(false);
+        assert!(r.passed, "{:?}", r.failures);
+        r.server.as_mut().unwrap().soak = Some(soak(start + (26 << 20)));
+        r.judge(false);
+        assert!(!r.passed);
+        assert!(r.failures[0].starts_with("server RSS ended at"));
+        assert!(r.table().contains("server RSS start / peak / end"));
+        // A small server still gets 16 MiB of slack.
+        assert_eq!(rss_end_limit(8 << 20), 24 << 20);
     }
 
     #[test]

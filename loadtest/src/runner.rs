@@ -1,9 +1,10 @@
 //! The main thread of a run: spawn the driver threads, announce phases, watch deadlines, sample `/proc`
 //! once a second, and turn the merged tallies into a [`Report`].
 //!
-//! Owns the run's timeline (set-up → run → drain → done), every deadline that bounds it, Ctrl-C
-//! handling, the progress bars, and raising the file-descriptor limit. It does not touch sockets
-//! (see `driver`) nor decide what a scenario's clients do (see `scenario`).
+//! Owns the run's timeline (set-up → run → drain → done, then for a soak the wait for the server's RSS
+//! to settle once every client is gone), every deadline that bounds it, Ctrl-C handling, the progress
+//! bars, and raising the file-descriptor limit. It does not touch sockets (see `driver`) nor decide what
+//! a scenario's clients do (see `scenario`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -17,7 +18,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::driver;
 use crate::plan::{Phase, Plan, Shared};
 use crate::procfs::{self, Sample};
-use crate::report::{HarnessFigures, Latency, Point, Report, ServerFigures};
+use crate::report::{
+    rss_end_limit, HarnessFigures, Latency, Point, Report, ServerFigures, SoakMemory,
+};
 use crate::stamp;
 use crate::tally::{latency_histogram, Interval, Tally};
 
@@ -25,6 +28,13 @@ use crate::tally::{latency_histogram, Interval, Tally};
 const WATCH_TICK: Duration = Duration::from_millis(20);
 /// Extra time past the set-up deadline for the last attempts to be expired by their threads.
 const SETUP_GRACE: Duration = Duration::from_secs(1);
+/// How often a soak's server RSS is read while it settles after the clients are gone.
+const SETTLE_TICK: Duration = Duration::from_millis(200);
+/// A soak's end RSS is the reading once it has not fallen for this long: the server has finished
+/// tearing down sessions and its allocator has returned what it will return.
+const SETTLE_STILL: Duration = Duration::from_secs(2);
+/// The longest a soak waits for the server's RSS to settle, so the run still ends by itself.
+const SETTLE_LIMIT: Duration = Duration::from_secs(15);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -55,6 +65,8 @@ pub struct Observe {
     pub server_pid: Option<u32>,
     /// Draw progress bars on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Track the server's RSS from the start of the run to after every client is gone (a soak).
+    pub track_rss: bool,
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the limit now in force.
@@ -125,6 +137,69 @@ impl Timeline {
     }
 }
 
+/// A soak's server RSS: where the run started and the highest reading since.
+struct RssWatch {
+    start: u64,
+    peak: u64,
+}
+
+impl RssWatch {
+    fn new(start: &Sample) -> RssWatch {
+        RssWatch {
+            start: start.rss_bytes,
+            peak: start.rss_bytes,
+        }
+    }
+
+    fn see(&mut self, sample: Option<&Sample>) {
+        if let Some(sample) = sample {
+            self.peak = self.peak.max(sample.rss_bytes);
+        }
+    }
+
+    /// Called once every client has disconnected: reads the server's RSS until it has not fallen for
+    /// [`SETTLE_STILL`] (or [`SETTLE_LIMIT`] passed, or Ctrl-C) and takes the last reading as the end.
+    /// `None` when the server could not be read at all.
+    fn settle(
+        mut self,
+        sample_server: impl Fn() -> Option<Sample>,
+        progress: bool,
+    ) -> Option<SoakMemory> {
+        let bar = progress_bar(progress, SETTLE_LIMIT.as_secs(), "settle");
+        let started = Instant::now();
+        let mut lowest = u64::MAX;
+        let mut last_fall = started;
+        let mut end = None;
+        // A server that exits mid-settle ends it; the last reading stands.
+        while let Some(sample) = sample_server() {
+            self.see(Some(&sample));
+            end = Some(sample.rss_bytes);
+            let now = Instant::now();
+            if sample.rss_bytes < lowest {
+                lowest = sample.rss_bytes;
+                last_fall = now;
+            }
+            bar.set_position(now.duration_since(started).as_secs());
+            bar.set_message(format!("server RSS {} KiB", sample.rss_bytes / 1024));
+            if now.duration_since(last_fall) >= SETTLE_STILL
+                || now.duration_since(started) >= SETTLE_LIMIT
+                || interrupted()
+            {
+                break;
+            }
+            thread::sleep(SETTLE_TICK);
+        }
+        bar.finish_and_clear();
+        Some(SoakMemory {
+            rss_start_bytes: self.start,
+            rss_peak_bytes: self.peak,
+            rss_end_bytes: end?,
+            rss_end_limit_bytes: rss_end_limit(self.start),
+            settle_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
 /// Runs `plan` to the end and reports; `scenario` and `parameters` only label the report.
 pub fn execute(
     plan: Plan,
@@ -185,6 +260,11 @@ pub fn execute(
     let setup_seconds = setup_started.elapsed().as_secs_f64();
     let ready = shared.ready.load(Ordering::Relaxed);
     let server_held = sample_server();
+    // A soak's memory is measured from here, with the clients set up and no traffic yet.
+    let mut rss_watch = server_held
+        .as_ref()
+        .filter(|_| observe.track_rss)
+        .map(RssWatch::new);
 
     // Run: publishers publish until the duration or their message cap; the clock is CLOCK_MONOTONIC
     // because threads pace against it and receivers time against it.
@@ -208,6 +288,9 @@ pub fn execute(
         if last_second.0.elapsed() >= Duration::from_secs(1) {
             let now = Instant::now();
             let (server, own) = (sample_server(), procfs::sample(None).ok());
+            if let Some(watch) = rss_watch.as_mut() {
+                watch.see(server.as_ref());
+            }
             let wall = now.duration_since(last_second.0).as_secs_f64();
             timeline
                 .server_cpu
@@ -254,12 +337,17 @@ pub fn execute(
     shared.set_phase(Phase::Done);
 
     let mut tally = Tally::new(&plan.rooms.iter().map(|r| r.publishers).collect::<Vec<_>>());
+    // A driver thread closes its connections as it returns, so once all are joined no client is left.
     for handle in handles {
         if let Ok(t) = handle.join() {
             tally.merge(&t);
         }
     }
     timeline.absorb(&rx);
+    let soak = rss_watch.and_then(|mut watch| {
+        watch.see(server_after.as_ref());
+        watch.settle(sample_server, observe.progress)
+    });
 
     let members: Vec<u64> = shared
         .room_members
@@ -294,6 +382,7 @@ pub fn execute(
                 cpu_share: cpu / measured_wall,
                 deliveries_per_cpu_second: (tally.deliveries > 0 && cpu > 0.0)
                     .then(|| tally.deliveries as f64 / cpu),
+                soak,
             })
         }
         _ => None,

@@ -85,6 +85,23 @@ pub enum Scenario {
         /// Chat text bytes.
         size: usize,
     },
+    /// `churn` for a long `duration`, with the server's RSS tracked from the run's start to after every
+    /// client is gone: does memory come back once the sessions that used it have ended?
+    Soak {
+        /// Steady clients, as in `churn`.
+        clients: usize,
+        /// Rooms.
+        rooms: usize,
+        /// Messages per second per steady client.
+        rate: f64,
+        /// Clients cycling through whole sessions.
+        churners: usize,
+        /// How long.
+        #[serde(with = "seconds")]
+        duration: Duration,
+        /// Chat text bytes.
+        size: usize,
+    },
 }
 
 mod seconds {
@@ -105,6 +122,7 @@ impl Scenario {
             Scenario::Saturate { .. } => "saturate",
             Scenario::Rooms { .. } => "rooms",
             Scenario::Churn { .. } => "churn",
+            Scenario::Soak { .. } => "soak",
         }
     }
 }
@@ -185,6 +203,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Error> {
     let observe = Observe {
         server_pid: options.server_pid,
         progress: options.progress,
+        track_rss: matches!(scenario, Scenario::Soak { .. }),
     };
     Ok(runner::execute(plan, scenario.name(), parameters, &observe))
 }
@@ -229,6 +248,14 @@ fn check_bounds(scenario: &Scenario, options: &RunOptions) -> Result<(), Error> 
             (clients, duration, size)
         }
         Scenario::Churn {
+            clients,
+            rooms,
+            churners,
+            duration,
+            size,
+            ..
+        }
+        | Scenario::Soak {
             clients,
             rooms,
             churners,
@@ -359,9 +386,17 @@ fn plan(scenario: &Scenario, target: Target, options: &RunOptions) -> Plan {
             duration,
             size,
             ..
+        }
+        | Scenario::Soak {
+            clients,
+            rooms,
+            rate,
+            duration,
+            size,
+            ..
         } => {
             let churners = match *scenario {
-                Scenario::Churn { churners, .. } => churners,
+                Scenario::Churn { churners, .. } | Scenario::Soak { churners, .. } => churners,
                 _ => 0,
             };
             let steady_in = |r: usize| (clients + rooms - 1 - r) / rooms;
@@ -452,6 +487,31 @@ mod tests {
             numbers.sort();
             assert_eq!(numbers, (0..room.publishers).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn soak_plans_the_churn_traffic() {
+        let churn = Scenario::Churn {
+            clients: 7,
+            rooms: 3,
+            rate: 1.0,
+            churners: 4,
+            duration: Duration::from_secs(1),
+            size: 10,
+        };
+        let soak = Scenario::Soak {
+            clients: 7,
+            rooms: 3,
+            rate: 1.0,
+            churners: 4,
+            duration: Duration::from_secs(1),
+            size: 10,
+        };
+        let target = || Target::parse(&opts().url).unwrap();
+        assert_eq!(
+            format!("{:?}", plan(&soak, target(), &opts())),
+            format!("{:?}", plan(&churn, target(), &opts()))
+        );
     }
 
     #[test]

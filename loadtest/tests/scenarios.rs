@@ -119,3 +119,45 @@ fn churn_cycles_sessions_while_steady_members_lose_nothing() {
     assert_eq!(report.lost, 0);
     server.stop();
 }
+
+#[test]
+fn soak_churns_and_tracks_the_server_memory_with_its_pid() {
+    let server = start_chat(2, Pong::Right);
+    let scenario = Scenario::Soak {
+        clients: 40,
+        rooms: 5,
+        rate: 5.0,
+        churners: 5,
+        duration: Duration::from_secs(3),
+        size: 100,
+    };
+    let report = run(&scenario, &options(&server)).unwrap();
+    assert!(report.passed, "{:?}", report.failures);
+    assert!(
+        report.churn_cycles > 5,
+        "churners cycled: {}",
+        report.churn_cycles
+    );
+    assert!(report.server.is_none(), "no /proc figures without a pid");
+
+    // The server runs in this process, so this process's RSS is the server's.
+    let mut opts = options(&server);
+    opts.server_pid = Some(std::process::id());
+    let report = run(&scenario, &opts).unwrap();
+    assert!(report.passed, "{:?}", report.failures);
+    let memory = report
+        .server
+        .and_then(|s| s.soak)
+        .expect("RSS start, peak and end with --server-pid");
+    assert!(memory.rss_start_bytes > 0);
+    assert!(
+        memory.rss_peak_bytes >= memory.rss_start_bytes.max(memory.rss_end_bytes),
+        "{memory:?}"
+    );
+    assert!(
+        memory.rss_end_bytes <= memory.rss_end_limit_bytes,
+        "{memory:?}"
+    );
+    assert!(memory.settle_seconds < 16.0, "the settle is bounded");
+    server.stop();
+}
