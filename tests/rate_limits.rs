@@ -37,14 +37,9 @@ fn client(app: &App, room: Option<&str>) -> WebSocket<TcpStream> {
     ws
 }
 
-/// What a flooder saw: the texts it got back, then the close frame's code and reason.
-struct Flooded {
-    texts: Vec<String>,
-    close: (u16, String),
-}
-
-/// Sends `FLOOD` chat messages to `room` without reading, then reads everything until the close.
-fn flood(ws: &mut WebSocket<TcpStream>, room: &str) -> Flooded {
+/// Sends `FLOOD` chat messages to `room` without reading, then reads everything until the close, which
+/// must be 1008 "rate limit"; returns the texts the flooder got back before it.
+fn flood_until_cut(ws: &mut WebSocket<TcpStream>, room: &str) -> Vec<String> {
     for n in 0..FLOOD {
         let message = event(
             "chat.message",
@@ -61,10 +56,9 @@ fn flood(ws: &mut WebSocket<TcpStream>, room: &str) -> Flooded {
         match try_recv_text(ws) {
             Ok(text) => texts.push(text),
             Err(NotText::Close(Some(frame))) => {
-                return Flooded {
-                    texts,
-                    close: (u16::from(frame.code), frame.reason.as_str().to_owned()),
-                }
+                let close = (u16::from(frame.code), frame.reason.as_str());
+                assert_eq!(close, (1008, "rate limit"), "{texts:?}");
+                return texts;
             }
             Err(other) => {
                 panic!("expected texts then a close frame, got {other:?} after {texts:?}")
@@ -98,26 +92,14 @@ fn a_member_flooding_its_room_is_refused_then_closed_while_its_readers_get_every
     let mut readers: Vec<_> = (0..READERS).map(|_| client(&app, Some("flood"))).collect();
     let mut flooder = client(&app, Some("flood"));
 
-    let seen = flood(&mut flooder, "flood");
-    assert_eq!(
-        seen.close,
-        (1008, "rate limit".to_owned()),
-        "{:?}",
-        seen.texts
-    );
-    let admitted: Vec<String> = seen
-        .texts
+    let texts = flood_until_cut(&mut flooder, "flood");
+    let admitted: Vec<String> = texts
         .iter()
         .filter(|t| t.starts_with("room flood: "))
         .cloned()
         .collect();
-    let refused = seen.texts.iter().filter(|t| *t == REFUSED).count();
-    assert_eq!(
-        admitted.len() + refused,
-        seen.texts.len(),
-        "{:?}",
-        seen.texts
-    );
+    let refused = texts.iter().filter(|t| *t == REFUSED).count();
+    assert_eq!(admitted.len() + refused, texts.len(), "{:?}", texts);
     // The burst (10, one spent on the join) is admitted; the limit refuses the rest and, past another
     // burst of refusals, cuts the sender.
     assert!((9..FLOOD / 2).contains(&admitted.len()), "{admitted:?}");
@@ -138,21 +120,15 @@ fn a_non_member_flooding_a_room_is_refused_then_closed_and_its_readers_get_nothi
     let mut readers: Vec<_> = (0..READERS).map(|_| client(&app, Some("flood"))).collect();
     let mut flooder = client(&app, None);
 
-    let seen = flood(&mut flooder, "flood");
-    assert_eq!(
-        seen.close,
-        (1008, "rate limit".to_owned()),
-        "{:?}",
-        seen.texts
-    );
+    let texts = flood_until_cut(&mut flooder, "flood");
     let not_member = "message rejected: not a member of flood";
     assert!(
-        seen.texts.iter().all(|t| t == not_member || t == REFUSED),
+        texts.iter().all(|t| t == not_member || t == REFUSED),
         "{:?}",
-        seen.texts
+        texts
     );
-    assert!(seen.texts.iter().any(|t| t == not_member));
-    assert!(seen.texts.iter().any(|t| t == REFUSED));
+    assert!(texts.iter().any(|t| t == not_member));
+    assert!(texts.iter().any(|t| t == REFUSED));
     assert_readers_got(&mut readers, &[]);
 }
 
