@@ -183,8 +183,9 @@ impl Shard {
             .sessions
             .borrow()
             .iter()
-            .map(|(_, s)| s.clone())
-            .max_by_key(|s| s.unfinished());
+            .map(|(_, s)| s)
+            .max_by_key(|s| s.unfinished())
+            .cloned();
         if let Some(heaviest) = heaviest.filter(|s| s.lifecycle().reads_messages()) {
             if !self.config.bench_mode {
                 tracing::warn!(
