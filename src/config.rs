@@ -92,9 +92,12 @@ pub struct WebSocketSettings {
     /// `WEBSOCKET_IDLE_TIMEOUT` in seconds (default 60; 0 disables): a session from which nothing (not even
     /// a pong) arrived for this long is closed with code 1001.
     pub idle_timeout: Option<Duration>,
-    /// `WEBSOCKET_ENABLE_DEFLATE` (default true): permessage-deflate is not implemented yet, so the
-    /// extension is never negotiated and this only records the operator's wish.
+    /// `WEBSOCKET_ENABLE_DEFLATE` (default true): negotiate permessage-deflate (RFC 7692) with clients
+    /// that offer it, always without context takeover, so no session keeps compression state.
     pub enable_deflate: bool,
+    /// `WEBSOCKET_DEFLATE_MIN_SIZE` in bytes (default 64; 0 compresses everything): a message shorter than
+    /// this goes out uncompressed even to a deflate session, where compression would save next to nothing.
+    pub deflate_min_size: usize,
     /// `WEBSOCKET_PING_INTERVAL` in seconds (default 30; 0 disables): the server pings every session this
     /// often, which also keeps browsers' auto-pongs resetting the idle timer.
     pub ping_interval: Option<Duration>,
@@ -122,6 +125,13 @@ pub struct WebSocketSettings {
     /// memory one shard may hold for messages still arriving (partial frames and fragments); past it, the
     /// session holding the most is closed with 1008.
     pub max_unfinished_bytes_per_shard: usize,
+}
+
+impl WebSocketSettings {
+    /// The size from which messages are compressed for deflate sessions; `None` when deflate is off.
+    pub(crate) fn compress_from(&self) -> Option<usize> {
+        self.enable_deflate.then_some(self.deflate_min_size)
+    }
 }
 
 /// Which browser origins may open sessions (clients that send no `Origin` header always may).
@@ -267,6 +277,7 @@ impl Config {
                     as usize,
                 idle_timeout: keys.seconds_or_off("WEBSOCKET_IDLE_TIMEOUT", 60)?,
                 enable_deflate: keys.flag("WEBSOCKET_ENABLE_DEFLATE", true)?,
+                deflate_min_size: keys.number("WEBSOCKET_DEFLATE_MIN_SIZE", 64)? as usize,
                 ping_interval: keys.seconds_or_off("WEBSOCKET_PING_INTERVAL", 30)?,
                 auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG", true)?,
                 max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20, 1 << 30)?
@@ -544,6 +555,7 @@ mod tests {
             ("WEBSOCKET_PORT", "70000"),
             ("WEBSOCKET_MAX_MESSAGE_SIZE", "0"),
             ("WEBSOCKET_ENABLE_DEFLATE", "maybe"),
+            ("WEBSOCKET_DEFLATE_MIN_SIZE", "small"),
             ("SERVER_HOST", "not-an-ip"),
             ("PUBLIC_MOUNT", "static"),
             ("SERVER_REQUEST_TIMEOUT", "-5"),

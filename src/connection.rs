@@ -52,6 +52,7 @@ use crate::session_state::SessionState;
 use crate::shard::Shard;
 use crate::ws::codec::{Decoder, Flow, Inbound, Limits};
 use crate::ws::encode;
+use crate::ws::extensions::PerMessageDeflate;
 use crate::ws::handshake::{self, Handshake, Request};
 
 /// What a message over the rate limit is answered with.
@@ -88,7 +89,13 @@ pub(crate) async fn run(
     sessions: Gate,
     stream: TcpStream,
 ) {
-    let Some((peer, identity, io)) = upgrade(&shard, &callbacks, stream).await else {
+    let Some(Upgraded {
+        peer,
+        identity,
+        deflate,
+        io,
+    }) = upgrade(&shard, &callbacks, stream).await
+    else {
         return;
     };
     let Ok(pass) = sessions.enter() else {
@@ -96,7 +103,7 @@ pub(crate) async fn run(
         shard.admission().leave(peer.ip());
         return;
     };
-    let session = Session::new(shard.register(peer, identity), shard);
+    let session = Session::new(shard.register(peer, identity, deflate), shard);
     glommio::spawn_local(serve(session, callbacks, io, pass)).detach();
 }
 
@@ -150,15 +157,21 @@ fn serve(
     }
 }
 
-/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the peer's address,
-/// the identity the authentication hook gave it, and the session's socket state (bytes that followed the
-/// request, frames a client sent without waiting, are the decoder's first input), or `None` when the
-/// connection is refused, timed out or gone.
-async fn upgrade(
-    shard: &Shard,
-    callbacks: &Callbacks,
-    mut stream: TcpStream,
-) -> Option<(SocketAddr, Option<Identity>, Io)> {
+/// A connection the handshake made a session of.
+struct Upgraded {
+    peer: SocketAddr,
+    /// What the authentication hook said it is.
+    identity: Option<Identity>,
+    /// permessage-deflate, if it was agreed.
+    deflate: Option<PerMessageDeflate>,
+    io: Io,
+}
+
+/// Reads the upgrade request within `SERVER_REQUEST_TIMEOUT` and answers it. Returns the upgraded session's
+/// peer, identity, extension and socket state (bytes that followed the request, frames a client sent
+/// without waiting, are the decoder's first input), or `None` when the connection is refused, timed out or
+/// gone.
+async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) -> Option<Upgraded> {
     let peer = stream.peer_addr().ok()?;
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
@@ -180,12 +193,13 @@ async fn upgrade(
             if n == 0 {
                 return Ok(None);
             }
-            match handshake::respond(&request) {
+            match handshake::respond(&request, shard.settings().enable_deflate) {
                 Handshake::Incomplete => continue,
                 Handshake::Accept {
                     request: upgrade,
                     response,
                     consumed,
+                    deflate,
                 } => {
                     let identity = match admit(shard, callbacks, &upgrade, peer) {
                         Ok(identity) => identity,
@@ -206,7 +220,7 @@ async fn upgrade(
                         return Err(e.into());
                     }
                     request.drain(..consumed);
-                    return Ok(Some((request, identity)));
+                    return Ok(Some((request, identity, deflate)));
                 }
                 Handshake::Reject { response, reason } => {
                     tracing::debug!(shard = shard.index(), %reason, "upgrade refused");
@@ -216,7 +230,7 @@ async fn upgrade(
             }
         }
     };
-    let (early_frames, identity) =
+    let (early_frames, identity, deflate) =
         match glommio::timer::timeout(shard.config().request_timeout, exchange).await {
             Ok(admitted) => admitted?,
             Err(e) => {
@@ -229,7 +243,12 @@ async fn upgrade(
         decoder: Decoder::with_input(early_frames),
         limiter: RateLimiter::default(),
     };
-    Some((peer, identity, io))
+    Some(Upgraded {
+        peer,
+        identity,
+        deflate,
+        io,
+    })
 }
 
 /// Whether the valid upgrade `request` from `peer` may become a session: its origin, the application's
@@ -379,9 +398,12 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
     let Io {
         decoder, limiter, ..
     } = io;
-    let result = decoder.decode(bytes, limits, |message| {
-        handle(session, callbacks, limiter, message)
-    });
+    let on_message = |message: Inbound<'_>| handle(session, callbacks, limiter, message);
+    let result = if state.deflate().is_some() {
+        shard.with_inflater(|inflater| decoder.decode(bytes, limits, Some(inflater), on_message))
+    } else {
+        decoder.decode(bytes, limits, None, on_message)
+    };
     shard.hold_unfinished(state, decoder.held());
     if let Err(error) = result {
         if state.is_open() {

@@ -80,8 +80,9 @@ pub enum ProtocolError {
     /// A client frame without a mask (RFC 6455 §5.1).
     #[error("client frame is not masked")]
     UnmaskedFrame,
-    /// RSV1-3 set while no extension was negotiated.
-    #[error("reserved bits set without a negotiated extension")]
+    /// RSV2 or RSV3 set, or RSV1 anywhere but on the first frame of a message of a session that
+    /// negotiated permessage-deflate.
+    #[error("reserved bits set where no negotiated extension allows them")]
     ReservedBits,
     /// An opcode RFC 6455 reserves.
     #[error("reserved opcode {0}")]
@@ -118,14 +119,24 @@ pub enum ProtocolError {
         /// The configured limit.
         limit: u32,
     },
+    /// A compressed message that inflates to more than `WEBSOCKET_MAX_MESSAGE_SIZE`; closed with 1009.
+    #[error("compressed message inflates past the limit of {limit} bytes")]
+    InflatedTooBig {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A compressed message that is not valid deflate data; closed with 1007, as data inconsistent with
+    /// its message type.
+    #[error("compressed message is not valid deflate data")]
+    BadCompressedData,
 }
 
 impl ProtocolError {
     /// The close code RFC 6455 §7.4.1 assigns to this violation.
     pub fn close_code(self) -> u16 {
         match self {
-            ProtocolError::InvalidUtf8 => 1007,
-            ProtocolError::MessageTooBig { .. } => 1009,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadCompressedData => 1007,
+            ProtocolError::MessageTooBig { .. } | ProtocolError::InflatedTooBig { .. } => 1009,
             ProtocolError::TooManyFrames { .. } => 1008,
             _ => 1002,
         }

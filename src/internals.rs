@@ -2,8 +2,9 @@
 //! API (hidden, and compiled only with the `internals` feature, which only they enable).
 //!
 //! [`BenchCluster`] builds shards' state and socket-less sessions on the calling thread, so a broadcast can
-//! be measured exactly as the server runs it, encode once, local fan-out into every member's queue, one
-//! crossbeam message per other shard, and that shard's fan-out, without the network in the numbers.
+//! be measured exactly as the server runs it, encode (and compress) once, local fan-out into every member's
+//! queue, one crossbeam message per other shard, and that shard's fan-out, without the network in the
+//! numbers.
 //!
 //! It must not be used by the server itself.
 
@@ -22,7 +23,9 @@ use crate::session::Session;
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::{Shard, ShardConfig};
 use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
-use crate::ws::encode::text_frame;
+use crate::ws::deflate::Inflater;
+use crate::ws::encode::{data_frame, DataKind};
+use crate::ws::extensions;
 use crate::ws::handshake::{respond, Handshake};
 
 /// Unmasks (or masks) `payload` in place.
@@ -32,14 +35,19 @@ pub fn mask(payload: &mut [u8], key: [u8; 4]) {
 
 /// Encodes a server text frame, as a broadcast does once for all its recipients.
 pub fn encode_text(text: &str) -> std::rc::Rc<[u8]> {
-    text_frame(text)
+    data_frame(DataKind::Text, text.as_bytes())
 }
 
-/// A session's frame decoder.
+/// A session's frame decoder, and the inflater its shard lends it when it negotiated permessage-deflate.
 #[derive(Default)]
-pub struct FrameDecoder(Decoder);
+pub struct FrameDecoder(Decoder, Option<Inflater>);
 
 impl FrameDecoder {
+    /// The decoder of a session that negotiated permessage-deflate: it also takes compressed messages.
+    pub fn with_deflate() -> FrameDecoder {
+        FrameDecoder(Decoder::default(), Some(Inflater::new(Arc::default())))
+    }
+
     /// Decodes (and unmasks in place) every frame in `input`; returns the payload bytes of the complete
     /// messages, which the benches feed to `black_box`.
     pub fn decode(&mut self, input: &mut [u8], max_message_size: usize) -> usize {
@@ -62,7 +70,7 @@ impl FrameDecoder {
             max_frames,
         };
         let mut bytes = 0;
-        let result = self.0.decode(input, limits, |message| {
+        let result = self.0.decode(input, limits, self.1.as_mut(), |message| {
             bytes += match message {
                 Inbound::Text(text) => text.len(),
                 Inbound::Binary(data) | Inbound::Ping(data) => data.len(),
@@ -77,7 +85,7 @@ impl FrameDecoder {
 /// The status the server answers the bytes of an upgrade request with: 101, 4xx, or `None` while the
 /// request is incomplete (the fuzz targets' entry into the handshake).
 pub fn upgrade_status(request: &[u8]) -> Option<u16> {
-    match respond(request) {
+    match respond(request, true) {
         Handshake::Incomplete => None,
         Handshake::Accept { consumed, .. } => {
             assert!(consumed <= request.len(), "consumed past the input");
@@ -101,6 +109,18 @@ impl BenchCluster {
     /// `members[i]` sessions on shard `i`, every one a member of `room`. Callbacks count typed and raw
     /// messages into nothing (they only read their input), for the dispatch bench.
     pub fn new(members: &[usize], room: &str) -> BenchCluster {
+        BenchCluster::build(members, room, false)
+    }
+
+    /// Like [`BenchCluster::new`], every session having negotiated permessage-deflate as a browser does.
+    pub fn with_deflate(members: &[usize], room: &str) -> BenchCluster {
+        BenchCluster::build(members, room, true)
+    }
+
+    fn build(members: &[usize], room: &str, deflate: bool) -> BenchCluster {
+        let deflate = deflate
+            .then(|| extensions::negotiate([&b"permessage-deflate; client_max_window_bits"[..]]))
+            .flatten();
         let mut config = ShardConfig::new(&Config::default());
         config.websocket.max_backpressure = usize::MAX;
         config.bench_mode = true;
@@ -116,6 +136,7 @@ impl BenchCluster {
         let (senders, inboxes): (Vec<_>, Vec<_>) = members.iter().map(|_| inbox()).unzip();
         let peers = Peers::new(senders);
         let admission = Arc::new(Admission::new(&config.websocket));
+        let deflate_counters = Arc::default();
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         let mut shards = Vec::new();
         let mut sessions = Vec::new();
@@ -126,9 +147,11 @@ impl BenchCluster {
                 admission.clone(),
                 peers.clone(),
                 inbox,
+                Arc::clone(&deflate_counters),
             ));
             for _ in 0..count {
-                let session = Session::new(shard.register(peer, None), shard.clone());
+                let state = shard.register(peer, None, deflate);
+                let session = Session::new(state, shard.clone());
                 session.join_room(room).expect("no authorization hook");
                 sessions.push(session);
             }
@@ -141,10 +164,19 @@ impl BenchCluster {
         }
     }
 
-    /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode once, deliver
-    /// locally, post once to every other shard.
+    /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode (and compress,
+    /// for deflate sessions) once, deliver locally, post once to every other shard.
     pub fn broadcast(&self, from: usize, room: &str, text: &str) {
-        self.shards[from].broadcast(room, text_frame(text));
+        let shard = &self.shards[from];
+        shard.broadcast(room, shard.prepare(DataKind::Text, text.as_bytes()));
+    }
+
+    /// Sends `text` to every session on its own, as a server with a deflate context per session must:
+    /// one compression per deflate recipient.
+    pub fn send_to_each(&self, text: &str) {
+        for session in &self.sessions {
+            session.send_text(text);
+        }
     }
 
     /// Every shard takes what was posted to it and delivers it to its members, as its sessions do.

@@ -116,3 +116,4 @@ pub use http::{HttpContext, JsonRoute};
 pub use server::{RunningServer, Server, ServerHandle};
 pub use session::Session;
 pub use session_state::SessionId;
+pub use ws::deflate::DeflateStats;

@@ -153,9 +153,6 @@ fn serve(env_file: Option<PathBuf>) -> ExitCode {
             )
         }
     }
-    if config.websocket.enable_deflate {
-        tracing::info!("WEBSOCKET_ENABLE_DEFLATE=true: permessage-deflate is not implemented yet, frames go uncompressed");
-    }
     // Register for signals before starting, so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,

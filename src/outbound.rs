@@ -107,6 +107,12 @@ impl Outbound {
         self.with(|queue| queue.as_ref().map_or(0, |q| q.queued as usize))
     }
 
+    /// The first byte of the oldest queued frame (FIN, RSV bits and opcode), for tests of what was queued.
+    #[cfg(test)]
+    pub(crate) fn front_byte(&self) -> Option<u8> {
+        self.with(|queue| queue.as_ref()?.frames.front().map(|f| f[0]))
+    }
+
     /// Marks `n` bytes as written (what a completed write would do).
     #[cfg(any(test, feature = "internals"))]
     pub(crate) fn advance(&self, n: usize) {

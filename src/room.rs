@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::session_state::SessionState;
-use crate::ws::encode::EncodedFrame;
+use crate::ws::encode::Prepared;
 
 /// Local membership of every room that has at least one member on this shard.
 #[derive(Default)]
@@ -68,13 +68,13 @@ impl Rooms {
         }
     }
 
-    /// Queues `frame` for every local member of `room`, under the backpressure `limit`; `now` is the shard
-    /// clock, for a member that overflows and starts closing. No callback runs here: a slow consumer is
-    /// reported later, by its own connection task.
-    pub(crate) fn deliver(&self, room: &str, frame: &EncodedFrame, limit: usize, now: u32) {
+    /// Queues `message` for every local member of `room`, each getting the frame it can read (compressed
+    /// or plain), under the backpressure `limit`; `now` is the shard clock, for a member that overflows and
+    /// starts closing. No callback runs here: a slow consumer is reported later, by its own connection task.
+    pub(crate) fn deliver(&self, room: &str, message: &Prepared, limit: usize, now: u32) {
         if let Some(members) = self.members.get(room) {
             for member in members {
-                member.send(frame.clone(), limit, now);
+                member.send(message.frame_for(member.deflate()).clone(), limit, now);
             }
         }
     }

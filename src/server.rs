@@ -11,7 +11,7 @@
 //! executor plumbing (that is `shard::executor`) or decide how shutdown proceeds (`shutdown`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use glommio::Placement;
@@ -29,7 +29,8 @@ use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
-use crate::ws::encode;
+use crate::ws::deflate::{DeflateCounters, DeflateStats, Deflater};
+use crate::ws::encode::DataKind;
 
 /// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
 const HTTP_RING_DEPTH: usize = 128;
@@ -161,12 +162,17 @@ impl Server {
             ..ShardConfig::new(&config)
         };
         let admission = Arc::new(Admission::new(&config.websocket));
+        let deflate_counters = Arc::new(DeflateCounters::default());
+        let handle_deflater =
+            Deflater::new(deflate_counters.clone(), config.websocket.compress_from());
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
             handle: ServerHandle {
                 shards: peers.clone(),
                 stop: stop.clone(),
+                deflater: Arc::new(Mutex::new(handle_deflater)),
+                deflate_counters: deflate_counters.clone(),
             },
             threads: Vec::new(),
         };
@@ -176,6 +182,7 @@ impl Server {
                 index,
                 config: shard_config.clone(),
                 admission: admission.clone(),
+                deflate_counters: deflate_counters.clone(),
                 listener,
                 peers: peers.clone(),
                 inbox,
@@ -274,13 +281,38 @@ impl Drop for RunningServer {
 pub struct ServerHandle {
     shards: Peers,
     stop: Arc<Stop>,
+    /// Compresses the handle's broadcasts, once each, on the calling thread; a lock because any thread
+    /// may call, and it is never taken on a shard.
+    deflater: Arc<Mutex<Deflater>>,
+    deflate_counters: Arc<DeflateCounters>,
 }
 
 impl ServerHandle {
-    /// Sends `text` to every member of `room` on every shard; the frame is encoded once, and each shard
-    /// copies it into a frame of its own so that no per-delivery reference count is shared between cores.
+    /// Sends `text` to every member of `room` on every shard. The message is encoded, and compressed for
+    /// permessage-deflate members, once, here; each shard copies the frames into its own so that no
+    /// per-delivery reference count is shared between cores.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        self.shards.broadcast(room, &encode::text_frame(text), None);
+        self.broadcast(room, DataKind::Text, text.as_bytes());
+    }
+
+    /// Sends `data` as a binary message to every member of `room` on every shard, encoded and compressed
+    /// once like [`ServerHandle::broadcast_text_to_room`].
+    pub fn broadcast_binary_to_room(&self, room: &str, data: &[u8]) {
+        self.broadcast(room, DataKind::Binary, data);
+    }
+
+    fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
+        // A panic while compressing poisons nothing the deflater relies on: each message resets it.
+        let mut deflater = self.deflater.lock().unwrap_or_else(|e| e.into_inner());
+        let message = deflater.prepare(kind, payload);
+        drop(deflater);
+        let deflated = message.deflated.as_deref();
+        self.shards.broadcast(room, &message.plain, deflated, None);
+    }
+
+    /// What permessage-deflate did since the server started, over every shard.
+    pub fn deflate_stats(&self) -> DeflateStats {
+        self.deflate_counters.stats()
     }
 
     /// Asks the server to stop, as [`RunningServer::stop`] does, and returns at once: every shard stops

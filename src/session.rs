@@ -18,7 +18,7 @@ use std::rc::Rc;
 use crate::auth::{Identity, RoomDenied};
 use crate::session_state::{SessionId, SessionState};
 use crate::shard::Shard;
-use crate::ws::encode::{self, EncodedFrame};
+use crate::ws::encode::{DataKind, EncodedFrame};
 
 /// A connected WebSocket client, as callbacks see it. Cloning is cheap (two reference counts).
 #[derive(Clone)]
@@ -70,14 +70,16 @@ impl Session {
         self.state.is_open()
     }
 
-    /// Sends a text message. Ignored once the session is closing.
+    /// Sends a text message, compressed if the session negotiated permessage-deflate and that makes it
+    /// smaller. Ignored once the session is closing.
     pub fn send_text(&self, text: &str) {
-        self.send_frame(encode::text_frame(text));
+        self.shard
+            .send_data(&self.state, DataKind::Text, text.as_bytes());
     }
 
-    /// Sends a binary message. Ignored once the session is closing.
+    /// Sends a binary message, compressed like [`Session::send_text`]. Ignored once the session is closing.
     pub fn send_binary(&self, data: &[u8]) {
-        self.send_frame(encode::binary_frame(data));
+        self.shard.send_data(&self.state, DataKind::Binary, data);
     }
 
     /// Starts the close handshake with `code` (e.g. 1000) and a reason of at most 123 bytes. Ignored once
@@ -121,9 +123,18 @@ impl Session {
     }
 
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.
-    /// The frame is encoded once and shared by all recipients.
+    /// The message is encoded once, and compressed at most once, here: members that negotiated
+    /// permessage-deflate share the compressed frame, the others the plain one.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        self.shard.broadcast(room, encode::text_frame(text));
+        let message = self.shard.prepare(DataKind::Text, text.as_bytes());
+        self.shard.broadcast(room, message);
+    }
+
+    /// Sends `data` as a binary message to every member of `room` on every shard, encoded and compressed
+    /// once like [`Session::broadcast_text_to_room`].
+    pub fn broadcast_binary_to_room(&self, room: &str, data: &[u8]) {
+        let message = self.shard.prepare(DataKind::Binary, data);
+        self.shard.broadcast(room, message);
     }
 
     /// Queues an encoded frame under the backpressure limit; past it the session closes as a slow

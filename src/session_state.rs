@@ -18,6 +18,7 @@ use crate::auth::Identity;
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::outbound::{Outbound, Overflow};
 use crate::ws::encode::{self, EncodedFrame};
+use crate::ws::extensions::PerMessageDeflate;
 
 /// A session's identity, unique within the process: the shard index in the top 16 bits, a per-shard
 /// counter below.
@@ -58,14 +59,19 @@ pub(crate) struct SessionState {
     unfinished: Cell<u32>,
     /// Who the authentication hook said this is; boxed, so a session without one pays 8 bytes.
     identity: Option<Box<Identity>>,
+    /// permessage-deflate as negotiated: 2 bytes, the session's only compression state (the deflater
+    /// and inflater are its shard's).
+    deflate: Option<PerMessageDeflate>,
 }
 
 impl SessionState {
-    /// An open session of `identity` that has not been heard from since `now` (shard clock).
+    /// An open session of `identity`, with `deflate` if it negotiated it, that has not been heard from since
+    /// `now` (shard clock).
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
         identity: Option<Identity>,
+        deflate: Option<PerMessageDeflate>,
         now: u32,
     ) -> SessionState {
         SessionState {
@@ -79,7 +85,13 @@ impl SessionState {
             slot: Cell::new(u32::MAX),
             unfinished: Cell::new(0),
             identity: identity.map(Box::new),
+            deflate,
         }
+    }
+
+    /// permessage-deflate, if the session negotiated it.
+    pub(crate) fn deflate(&self) -> Option<PerMessageDeflate> {
+        self.deflate
     }
 
     pub(crate) fn identity(&self) -> Option<&Identity> {

@@ -1,7 +1,7 @@
 //! The opening handshake as a client sees it: a version other than 13 is `426` naming version 13; a request
-//! that is not a valid upgrade (no key, POST, garbage) is `400` and the connection ends; an offered
-//! `permessage-deflate` is not negotiated and the session works uncompressed; and a client that sends half
-//! a request and then nothing is dropped after `SERVER_REQUEST_TIMEOUT`.
+//! that is not a valid upgrade (no key, POST, garbage) is `400` and the connection ends; and a client that
+//! sends half a request and then nothing is dropped after `SERVER_REQUEST_TIMEOUT`. The negotiation of
+//! `permessage-deflate` is `deflate.rs`'s.
 
 mod library;
 
@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use library::{read_http_head, start, tcp, upgrade_request_head};
 use roomcast::RunningServer;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
 
 /// `SERVER_REQUEST_TIMEOUT` for these tests, in milliseconds.
 const REQUEST_TIMEOUT_MS: u64 = 300;
@@ -88,33 +86,6 @@ fn invalid_upgrades_are_400_and_the_connection_ends() {
         let (status, head, ended) = exchange(addr, &request);
         assert_eq!(status, 400, "{what}: {head}");
         assert!(ended, "{what}: the connection stays open after a 400");
-    }
-}
-
-#[test]
-fn permessage_deflate_is_not_negotiated_and_the_session_works() {
-    let server = echo_server();
-    let addr = server.websocket_addr();
-    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Sec-WebSocket-Extensions",
-        "permessage-deflate; client_max_window_bits"
-            .parse()
-            .unwrap(),
-    );
-    let (mut ws, response) = tungstenite::client(request, tcp(addr)).expect("upgrade succeeds");
-    assert_eq!(response.status().as_u16(), 101);
-    assert!(
-        response.headers().get("Sec-WebSocket-Extensions").is_none(),
-        "no extension may be accepted: {:?}",
-        response.headers()
-    );
-    // An uncompressed message round-trips; a compressed frame would carry RSV1 and be refused.
-    let text = "a".repeat(300);
-    ws.send(Message::text(text.clone())).unwrap();
-    match ws.read().expect("the echo") {
-        Message::Text(echo) => assert_eq!(echo.as_str(), text),
-        other => panic!("expected the echo, got {other:?}"),
     }
 }
 

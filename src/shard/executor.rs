@@ -27,6 +27,7 @@ use crate::admission::Admission;
 use crate::error::StartError;
 use crate::handler::Callbacks;
 use crate::shutdown::{self, Stop};
+use crate::ws::deflate::DeflateCounters;
 use crate::ws::encode;
 
 /// What to tell an operator whose kernel refuses to create an io_uring executor.
@@ -53,6 +54,7 @@ pub(crate) struct ShardStart {
     pub(crate) index: usize,
     pub(crate) config: ShardConfig,
     pub(crate) admission: Arc<Admission>,
+    pub(crate) deflate_counters: Arc<DeflateCounters>,
     pub(crate) listener: std::net::TcpListener,
     pub(crate) peers: Peers,
     pub(crate) inbox: InboxReceiver,
@@ -67,13 +69,21 @@ pub(crate) async fn run(start: ShardStart) {
         index,
         config,
         admission,
+        deflate_counters,
         listener,
         peers,
         inbox,
         callbacks,
         stop,
     } = start;
-    let shard = Rc::new(Shard::new(index, config, admission, peers, inbox));
+    let shard = Rc::new(Shard::new(
+        index,
+        config,
+        admission,
+        peers,
+        inbox,
+        deflate_counters,
+    ));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(sweep_loop(shard.clone()));
     let sessions = Gate::new();

@@ -34,14 +34,17 @@ use crossbeam_channel::{Receiver, Sender};
 /// What one shard asks of another.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
-    /// Deliver an already encoded frame to the local members of `room`.
+    /// Deliver an already encoded message to the local members of `room`.
     Broadcast {
         /// The room.
         room: Arc<str>,
-        /// The encoded frame, read-only and shared by every shard it was posted to; each copies it into
+        /// The plain frame, read-only and shared by every shard it was posted to; each copies it into
         /// a [`crate::ws::encode::EncodedFrame`] of its own before delivering, so that the per-delivery
         /// reference counting stays on one core and non-atomic.
-        encoded: Arc<[u8]>,
+        plain: Arc<[u8]>,
+        /// The compressed frame, shared and copied the same way, if the message was compressed: it is
+        /// compressed once, on the shard it started from.
+        deflated: Option<Arc<[u8]>>,
     },
 }
 
@@ -60,24 +63,32 @@ impl Peers {
         self.0.len()
     }
 
-    /// Posts an encoded `frame` for the members of `room` to every shard but `except` (the sender, which
-    /// delivers to its own members itself).
+    /// Posts an encoded message, its `plain` frame and its `deflated` one if it was compressed, for the
+    /// members of `room` to every shard but `except` (the sender, which delivers to its own members itself).
     ///
     /// The shards share one read-only copy of the bytes and each copies it into a frame of its own (a
     /// memcpy per shard, not a re-encode): every member's queue clones and drops its frame's reference
     /// count, and two cores doing that on one count would bounce its cache line between them on every
     /// delivery, which halved throughput with two shards when the count was shared.
-    pub(crate) fn broadcast(&self, room: &str, frame: &[u8], except: Option<usize>) {
+    pub(crate) fn broadcast(
+        &self,
+        room: &str,
+        plain: &[u8],
+        deflated: Option<&[u8]>,
+        except: Option<usize>,
+    ) {
         if self.0.len() == 1 && except.is_some() {
             return; // No other shard: nothing to copy.
         }
         let room: Arc<str> = Arc::from(room);
-        let encoded: Arc<[u8]> = Arc::from(frame);
+        let plain: Arc<[u8]> = Arc::from(plain);
+        let deflated: Option<Arc<[u8]>> = deflated.map(Arc::from);
         for (index, inbox) in self.0.iter().enumerate() {
             if Some(index) != except {
                 inbox.post(ShardMsg::Broadcast {
                     room: room.clone(),
-                    encoded: encoded.clone(),
+                    plain: plain.clone(),
+                    deflated: deflated.clone(),
                 });
             }
         }
@@ -163,7 +174,8 @@ mod tests {
     fn message() -> ShardMsg {
         ShardMsg::Broadcast {
             room: Arc::from("r"),
-            encoded: Arc::from(&b"x"[..]),
+            plain: Arc::from(&b"x"[..]),
+            deflated: None,
         }
     }
 

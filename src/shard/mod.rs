@@ -1,7 +1,8 @@
 //! A shard: one glommio executor pinned to one core, and the state it owns.
 //!
 //! [`Shard`] owns its sessions (a slab of [`SessionState`]), its part of every room ([`Rooms`]), a read
-//! buffer all its sessions share, its clock, and its inbox ([`mesh`]). The state is `!Send` and reached only
+//! buffer all its sessions share, the deflater and inflater all its deflate sessions share, its clock, and
+//! its inbox ([`mesh`]). The state is `!Send` and reached only
 //! through methods: nothing outside this module touches its fields, and nothing on the message path takes a
 //! lock. Other shards and outside threads reach it only by posting a [`mesh::ShardMsg`].
 //!
@@ -35,7 +36,9 @@ use crate::config::{Config, WebSocketSettings};
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::room::Rooms;
 use crate::session_state::{SessionId, SessionState};
-use crate::ws::encode::EncodedFrame;
+use crate::ws::deflate::{DeflateCounters, Deflater, Inflater};
+use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared};
+use crate::ws::extensions::PerMessageDeflate;
 use mesh::{InboxReceiver, Peers, ShardMsg};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
@@ -87,6 +90,12 @@ pub(crate) struct Shard {
     sessions: RefCell<Slab<Rc<SessionState>>>,
     /// Where every session of this shard reads into; see [`crate::connection`].
     read_buf: RefCell<Box<[u8]>>,
+    /// Compresses for every deflate session of this shard, and each broadcast started here once.
+    deflater: RefCell<Deflater>,
+    /// Inflates what every deflate session of this shard receives compressed.
+    inflater: RefCell<Inflater>,
+    /// Deflate sessions and work across all shards.
+    deflate_counters: Arc<DeflateCounters>,
     /// Every shard's inbox; broadcasts are posted to all but ours.
     peers: Peers,
     /// Our own inbox: the shard's inbox task waits on it, sessions take from it before they write.
@@ -95,14 +104,17 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
-    /// Shard `index`'s state with no sessions yet; `peers` holds every shard's inbox, `inbox` is ours.
+    /// Shard `index`'s state with no sessions yet; `peers` holds every shard's inbox, `inbox` is ours;
+    /// `deflate_counters` is shared by every shard.
     pub(crate) fn new(
         index: usize,
         config: ShardConfig,
         admission: Arc<Admission>,
         peers: Peers,
         inbox: InboxReceiver,
+        deflate_counters: Arc<DeflateCounters>,
     ) -> Shard {
+        let compress_from = config.websocket.compress_from();
         Shard {
             index,
             config,
@@ -112,6 +124,9 @@ impl Shard {
             unfinished: Cell::new(0),
             sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
+            deflater: RefCell::new(Deflater::new(deflate_counters.clone(), compress_from)),
+            inflater: RefCell::new(Inflater::new(deflate_counters.clone())),
+            deflate_counters,
             peers,
             inbox,
             next_session: Cell::new(0),
@@ -139,17 +154,22 @@ impl Shard {
         self.clock.get()
     }
 
-    /// A new open session from `peer`, registered for the sweep and shutdown until [`Shard::unregister`].
+    /// A new open session from `peer`, with `deflate` if it negotiated it, registered for the sweep and
+    /// shutdown until [`Shard::unregister`].
     pub(crate) fn register(
         &self,
         peer: SocketAddr,
         identity: Option<Identity>,
+        deflate: Option<PerMessageDeflate>,
     ) -> Rc<SessionState> {
         let n = self.next_session.get() + 1;
         self.next_session.set(n);
         // The shard index in the top 16 bits keeps ids unique across shards.
         let id = SessionId(((self.index as u64) << 48) | n);
-        let state = Rc::new(SessionState::new(id, peer, identity, self.now()));
+        if deflate.is_some() {
+            self.deflate_counters.session_opened();
+        }
+        let state = Rc::new(SessionState::new(id, peer, identity, deflate, self.now()));
         let slot = self.sessions.borrow_mut().insert(state.clone());
         state.set_slot(slot);
         state
@@ -161,6 +181,9 @@ impl Shard {
         self.rooms.borrow_mut().leave_all(session);
         self.sessions.borrow_mut().remove(session.slot());
         session.transition(Lifecycle::abort);
+        if session.deflate().is_some() {
+            self.deflate_counters.session_ended();
+        }
     }
 
     /// Records that `session`'s decoder now holds `bytes` for messages still arriving. Past
@@ -218,6 +241,30 @@ impl Shard {
         read(&mut self.read_buf.borrow_mut())
     }
 
+    /// Lends the shard's inflater for decoding one read of a deflate session; `decode` must not lend it
+    /// again (callbacks run inside, but only a connection task decodes).
+    pub(crate) fn with_inflater<R>(&self, decode: impl FnOnce(&mut Inflater) -> R) -> R {
+        decode(&mut self.inflater.borrow_mut())
+    }
+
+    /// Encodes a data message once for all the recipients of a broadcast, compressing it at most once
+    /// (see [`Deflater::prepare`]).
+    pub(crate) fn prepare(&self, kind: DataKind, payload: &[u8]) -> Prepared {
+        self.deflater.borrow_mut().prepare(kind, payload)
+    }
+
+    /// Sends a data message to `session` alone: compressed if it negotiated deflate and compression is
+    /// worth it, plain otherwise.
+    pub(crate) fn send_data(&self, session: &SessionState, kind: DataKind, payload: &[u8]) {
+        let compressed = session.deflate().and_then(|deflate| {
+            self.deflater
+                .borrow_mut()
+                .frame_for_session(kind, payload, deflate)
+        });
+        let frame = compressed.unwrap_or_else(|| encode::data_frame(kind, payload));
+        self.send(session, frame);
+    }
+
     /// Adds `session` to `room` here, if it is not a member already and the room authorization hook
     /// lets it.
     pub(crate) fn join(&self, session: &Rc<SessionState>, room: &str) -> Result<(), RoomDenied> {
@@ -247,17 +294,19 @@ impl Shard {
         session.close(code, reason, self.now(), CloseCause::Requested);
     }
 
-    /// Delivers `frame` to the members of `room` here, and posts it once to every other shard.
-    pub(crate) fn broadcast(&self, room: &str, frame: EncodedFrame) {
-        self.peers.broadcast(room, &frame, Some(self.index));
-        self.deliver(room, &frame);
+    /// Delivers `message` to the members of `room` here, and posts it once to every other shard.
+    pub(crate) fn broadcast(&self, room: &str, message: Prepared) {
+        let deflated = message.deflated.as_deref();
+        self.peers
+            .broadcast(room, &message.plain, deflated, Some(self.index));
+        self.deliver(room, &message);
     }
 
-    /// Queues `frame` for every local member of `room`.
-    fn deliver(&self, room: &str, frame: &EncodedFrame) {
+    /// Queues `message` for every local member of `room`.
+    fn deliver(&self, room: &str, message: &Prepared) {
         self.rooms
             .borrow()
-            .deliver(room, frame, self.settings().max_backpressure, self.now());
+            .deliver(room, message, self.settings().max_backpressure, self.now());
     }
 
     /// Delivers what other shards posted and not yet delivered.
@@ -271,9 +320,17 @@ impl Shard {
     pub(crate) fn deliver_posted(&self) {
         while let Some(msg) = self.inbox.try_take() {
             match msg {
-                // Copied into a frame of this shard's own first (see `mesh::Peers::broadcast`).
-                ShardMsg::Broadcast { room, encoded } => {
-                    self.deliver(&room, &EncodedFrame::from(&encoded[..]))
+                // Copied into frames of this shard's own first (see `mesh::Peers::broadcast`).
+                ShardMsg::Broadcast {
+                    room,
+                    plain,
+                    deflated,
+                } => {
+                    let message = Prepared {
+                        plain: EncodedFrame::from(&plain[..]),
+                        deflated: deflated.map(|d| EncodedFrame::from(&d[..])),
+                    };
+                    self.deliver(&room, &message);
                 }
             }
         }
@@ -329,18 +386,22 @@ mod tests {
         let peers = Peers::new(vec![tx]);
         let config = ShardConfig::new(&Config::default());
         let admission = Arc::new(Admission::new(&config.websocket));
-        (Shard::new(0, config, admission, peers.clone(), rx), peers)
+        let counters = Arc::default();
+        (
+            Shard::new(0, config, admission, peers.clone(), rx, counters),
+            peers,
+        )
     }
 
     #[test]
     fn posted_broadcasts_reach_local_members_in_order() {
         let (shard, peers) = lone_shard();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let member = shard.register(peer, None);
-        let outsider = shard.register(peer, None);
+        let member = shard.register(peer, None, None);
+        let outsider = shard.register(peer, None, None);
         shard.join(&member, "r").unwrap();
         for text in ["a", "b"] {
-            peers.broadcast("r", text.as_bytes(), None);
+            peers.broadcast("r", text.as_bytes(), None, None);
         }
         shard.deliver_posted();
         assert_eq!(member.outbound.queued(), 2);
@@ -349,14 +410,45 @@ mod tests {
     }
 
     #[test]
+    fn a_broadcast_is_compressed_once_and_each_member_gets_the_frame_it_reads() {
+        let (shard, _peers) = lone_shard();
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let offer = |o: &'static str| crate::ws::extensions::negotiate([o.as_bytes()]);
+        let deflate = shard.register(peer, None, offer("permessage-deflate"));
+        let small_window = shard.register(
+            peer,
+            None,
+            offer("permessage-deflate; server_max_window_bits=10"),
+        );
+        let plain = shard.register(peer, None, None);
+        for member in [&deflate, &small_window, &plain] {
+            shard.join(member, "r").unwrap();
+        }
+        let text = "{\"type\":\"chat.message\",\"text\":\"hello hello hello hello hello hello\"}";
+        shard.broadcast("r", shard.prepare(DataKind::Text, text.as_bytes()));
+        assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
+        let first_byte = |member: &SessionState| member.outbound.front_byte();
+        // RSV1 only for the member that can read a 15-bit window; the others share the plain frame.
+        assert_eq!(first_byte(&deflate), Some(0xc1));
+        assert_eq!(first_byte(&small_window), Some(0x81));
+        assert_eq!(first_byte(&plain), Some(0x81));
+        // Nobody negotiated deflate: nothing is compressed.
+        for member in [&deflate, &small_window] {
+            shard.unregister(member);
+        }
+        shard.broadcast("r", shard.prepare(DataKind::Text, text.as_bytes()));
+        assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
+    }
+
+    #[test]
     fn an_unregistered_session_is_gone_from_rooms_and_the_table() {
         let (shard, _peers) = lone_shard();
-        let member = shard.register("127.0.0.1:1".parse().unwrap(), None);
+        let member = shard.register("127.0.0.1:1".parse().unwrap(), None, None);
         shard.join(&member, "r").unwrap();
         shard.unregister(&member);
         assert!(shard.open_sessions().is_empty());
         assert!(member.lifecycle().is_over());
-        shard.broadcast("r", EncodedFrame::from(&b"x"[..]));
+        shard.broadcast("r", shard.prepare(DataKind::Text, b"x"));
         assert_eq!(member.outbound.queued(), 0);
     }
 }

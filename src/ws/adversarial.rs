@@ -4,7 +4,10 @@
 
 use proptest::prelude::*;
 
+use std::sync::Arc;
+
 use super::codec::{Decoder, Flow, Inbound, Limits};
+use super::deflate::{Audience, Deflater, Inflater};
 use super::handshake::{respond, Handshake, MAX_REQUEST_LEN};
 use crate::error::ProtocolError;
 
@@ -25,18 +28,24 @@ enum Message {
 }
 
 /// Feeds `stream` to a fresh decoder in pieces cut at `cuts` (positions, any order, any count); returns
-/// the messages and the error that ended it, if any.
-fn decode_in_pieces(stream: &[u8], cuts: &[usize]) -> (Vec<Message>, Option<ProtocolError>) {
+/// the messages and the error that ended it, if any. With `deflate`, the session negotiated
+/// permessage-deflate and the decoder has an inflater.
+fn decode_in_pieces(
+    stream: &[u8],
+    cuts: &[usize],
+    deflate: bool,
+) -> (Vec<Message>, Option<ProtocolError>) {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
     points.push(0);
     points.push(stream.len());
     points.sort_unstable();
     points.dedup();
     let mut decoder = Decoder::default();
+    let mut inflater = deflate.then(|| Inflater::new(Arc::default()));
     let mut out = Vec::new();
     for piece in points.windows(2) {
         let mut input = stream[piece[0]..piece[1]].to_vec();
-        let result = decoder.decode(&mut input, LIMITS, |m| {
+        let result = decoder.decode(&mut input, LIMITS, inflater.as_mut(), |m| {
             out.push(match m {
                 Inbound::Text(t) => Message::Text(t.to_owned()),
                 Inbound::Binary(b) => Message::Binary(b.to_vec()),
@@ -72,12 +81,29 @@ fn message_strategy() -> impl Strategy<Value = (Message, Vec<usize>, Vec<bool>)>
 }
 
 /// The bytes a client sends for `message` split at `cuts`, with interleaved pings, and what a decoder must
-/// hand out for them: the pings as they come, then the message.
-fn encode_fragmented(message: &Message, cuts: &[usize], pings: &[bool]) -> (Vec<u8>, Vec<Message>) {
+/// hand out for them: the pings as they come, then the message. With a `deflater`, the message is sent
+/// compressed (RSV1 on its first frame) with at most a `window_bits` window.
+fn encode_fragmented(
+    message: &Message,
+    cuts: &[usize],
+    pings: &[bool],
+    deflater: Option<(&mut Deflater, u8)>,
+) -> (Vec<u8>, Vec<Message>) {
     let (opcode, payload): (u8, &[u8]) = match message {
         Message::Text(t) => (0x1, t.as_bytes()),
         Message::Binary(b) => (0x2, b),
         _ => unreachable!("only data messages are generated"),
+    };
+    let compressed;
+    let (opcode, payload) = match deflater {
+        None => (opcode, payload),
+        Some((deflater, bits)) => {
+            // Compressed even when that does not make it smaller: a client may.
+            compressed = deflater
+                .compress_always(payload, Audience::Session(bits))
+                .to_vec();
+            (opcode | 0x40, &compressed[..])
+        }
     };
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (payload.len() + 1)).collect();
     points.push(0);
@@ -109,9 +135,11 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
         cuts in proptest::collection::vec(any::<usize>(), 0..8),
     ) {
-        let whole = decode_in_pieces(&bytes, &[]);
-        let split = decode_in_pieces(&bytes, &cuts);
-        prop_assert_eq!(whole, split);
+        for deflate in [false, true] {
+            let whole = decode_in_pieces(&bytes, &[], deflate);
+            let split = decode_in_pieces(&bytes, &cuts, deflate);
+            prop_assert_eq!(whole, split);
+        }
     }
 
     #[test]
@@ -122,13 +150,39 @@ proptest! {
         let mut stream = Vec::new();
         let mut expected = Vec::new();
         for (message, fragment_cuts, pings) in &messages {
-            let (bytes, messages) = encode_fragmented(message, fragment_cuts, pings);
+            let (bytes, messages) = encode_fragmented(message, fragment_cuts, pings, None);
             stream.extend(bytes);
             expected.extend(messages);
         }
-        let (got, error) = decode_in_pieces(&stream, &cuts);
+        for deflate in [false, true] {
+            let (got, error) = decode_in_pieces(&stream, &cuts, deflate);
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(&got, &expected);
+        }
+    }
+
+    #[test]
+    fn compressed_messages_survive_any_fragmentation_window_and_split(
+        messages in proptest::collection::vec((message_strategy(), any::<bool>(), 9u8..=15), 1..5),
+        cuts in proptest::collection::vec(any::<usize>(), 0..10),
+    ) {
+        let mut deflater = Deflater::new(Arc::default(), Some(0));
+        let mut stream = Vec::new();
+        let mut expected = Vec::new();
+        for ((message, fragment_cuts, pings), compress, bits) in &messages {
+            let deflater = compress.then_some((&mut deflater, *bits));
+            let (bytes, messages) = encode_fragmented(message, fragment_cuts, pings, deflater);
+            stream.extend(bytes);
+            expected.extend(messages);
+        }
+        let (got, error) = decode_in_pieces(&stream, &cuts, true);
         prop_assert_eq!(error, None);
-        prop_assert_eq!(got, expected);
+        prop_assert_eq!(&got, &expected);
+        // Without deflate negotiated, the first compressed frame is a protocol error (RSV1).
+        if messages.iter().any(|(_, compress, _)| *compress) {
+            let (_, error) = decode_in_pieces(&stream, &cuts, false);
+            prop_assert_eq!(error, Some(ProtocolError::ReservedBits));
+        }
     }
 
     #[test]
@@ -139,13 +193,13 @@ proptest! {
         let mut header = Vec::new();
         let len = LIMITS.max_message_size as u64 + extra;
         loadtest::codec::push_masked_header(&mut header, opcode, len, MASK);
-        let (_, error) = decode_in_pieces(&header, &[]);
+        let (_, error) = decode_in_pieces(&header, &[], false);
         prop_assert_eq!(error, Some(ProtocolError::MessageTooBig { size: len, limit: LIMITS.max_message_size }));
     }
 
     #[test]
     fn arbitrary_upgrade_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..(MAX_REQUEST_LEN + 64))) {
-        match respond(&bytes) {
+        match respond(&bytes, true) {
             Handshake::Accept { consumed, .. } => prop_assert!(consumed <= bytes.len()),
             Handshake::Reject { response, .. } => prop_assert!(response.starts_with(b"HTTP/1.1 4")),
             Handshake::Incomplete => prop_assert!(bytes.len() < MAX_REQUEST_LEN),
@@ -153,7 +207,7 @@ proptest! {
     }
 
     #[test]
-    fn any_header_order_case_and_extension_offer_upgrades_without_an_extension(
+    fn any_header_order_case_and_extension_offer_upgrades_with_at_most_deflate(
         extensions in proptest::collection::vec("[ -~]{0,40}", 0..3),
         extra in proptest::collection::vec(("[A-Za-z][A-Za-z0-9-]{0,15}", "[ -~]{0,40}"), 0..5),
         upper in any::<bool>(),
@@ -187,15 +241,21 @@ proptest! {
         request.push_str("\r\n");
         let bytes = request.as_bytes();
         let cut = cut % bytes.len();
-        prop_assert!(matches!(respond(&bytes[..cut]), Handshake::Incomplete));
-        match respond(bytes) {
-            Handshake::Accept { response, consumed, .. } => {
-                prop_assert_eq!(consumed, bytes.len());
-                let text = String::from_utf8(response).unwrap();
-                prop_assert!(text.starts_with("HTTP/1.1 101"));
-                prop_assert!(!text.to_ascii_lowercase().contains("sec-websocket-extensions"), "{}", text);
+        prop_assert!(matches!(respond(&bytes[..cut], true), Handshake::Incomplete));
+        for enabled in [false, true] {
+            match respond(bytes, enabled) {
+                Handshake::Accept { response, consumed, deflate, .. } => {
+                    prop_assert_eq!(consumed, bytes.len());
+                    let text = String::from_utf8(response).unwrap().to_ascii_lowercase();
+                    prop_assert!(text.starts_with("http/1.1 101"));
+                    // One accepted set or none, never when disabled.
+                    let answers = text.matches("sec-websocket-extensions: permessage-deflate;").count();
+                    prop_assert_eq!(answers, usize::from(deflate.is_some()), "{}", text);
+                    prop_assert!(enabled || deflate.is_none());
+                    prop_assert_eq!(text.matches("sec-websocket-extensions").count(), answers);
+                }
+                other => prop_assert!(false, "refused: {:?}", other),
             }
-            other => prop_assert!(false, "refused: {:?}", other),
         }
     }
 }

@@ -5,6 +5,10 @@
 //! messages with control frames interleaved, and UTF-8 validation of text as it arrives, so a bad fragment
 //! fails fast (1007) instead of after the whole message.
 //!
+//! Compressed messages (permessage-deflate, RSV1 on their first frame) are inflated here, through the
+//! shard's [`Inflater`] the connection lends when its session negotiated deflate, and handed out like any
+//! other: text is validated once inflated, and the size limit then counts inflated bytes.
+//!
 //! It must not touch sockets, sessions or callbacks: [`Decoder::decode`] takes bytes and hands complete
 //! messages to a closure; the connection decides what they mean.
 //!
@@ -18,6 +22,7 @@ use std::io::Cursor;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use super::deflate::{InflateError, Inflater};
 use crate::error::ProtocolError;
 
 /// The longest header a client can send: 2 bytes, 8 of extended length, 4 of mask.
@@ -85,6 +90,8 @@ struct Carry {
 #[derive(Debug)]
 struct Fragmented {
     kind: MessageKind,
+    /// Whether its first frame had RSV1: the payload is deflate data, inflated once complete.
+    compressed: bool,
     /// Frames received so far, the first included.
     frames: u32,
     /// The payload so far.
@@ -97,7 +104,7 @@ impl Fragmented {
     /// Validates the text received so far; an incomplete code point at the end is allowed until the last
     /// fragment.
     fn check_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
-        if self.kind != MessageKind::Text {
+        if self.kind != MessageKind::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.utf8_valid_up_to..]) {
@@ -151,7 +158,8 @@ impl Decoder {
         self.carry = None;
     }
 
-    /// Decodes every complete frame in `input`, handing complete messages to `on_message`.
+    /// Decodes every complete frame in `input`, handing complete messages to `on_message`; compressed
+    /// messages are accepted only with an `inflater` (the session negotiated deflate), which inflates them.
     ///
     /// Bytes of an incomplete trailing frame are kept for the next call. Stops early when `on_message`
     /// returns [`Flow::Stop`]; returns the protocol error that makes the connection fail, if any.
@@ -159,8 +167,14 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         limits: Limits,
+        mut inflater: Option<&mut Inflater>,
         mut on_message: impl FnMut(Inbound<'_>) -> Flow,
     ) -> Result<Flow, ProtocolError> {
+        let mut frames = Frames {
+            limits,
+            inflater: &mut inflater,
+            on_message: &mut on_message,
+        };
         let carried = self
             .carry
             .as_mut()
@@ -168,7 +182,7 @@ impl Decoder {
             .filter(|partial| !partial.is_empty());
         let result = match carried {
             None => self
-                .decode_frames(input, limits, &mut on_message)
+                .decode_frames(input, &mut frames)
                 .map(|(flow, consumed)| {
                     if flow == Flow::Continue && consumed < input.len() {
                         self.carry().partial = input[consumed..].to_vec();
@@ -177,7 +191,7 @@ impl Decoder {
                 }),
             Some(mut buffer) => {
                 buffer.extend_from_slice(input);
-                let result = self.decode_frames(&mut buffer, limits, &mut on_message);
+                let result = self.decode_frames(&mut buffer, &mut frames);
                 if let Ok((Flow::Continue, consumed)) = result {
                     buffer.drain(..consumed);
                     if !buffer.is_empty() {
@@ -207,8 +221,7 @@ impl Decoder {
     fn decode_frames(
         &mut self,
         buf: &mut [u8],
-        limits: Limits,
-        on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
+        frames: &mut Frames<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
     ) -> Result<(Flow, usize), ProtocolError> {
         let mut pos = 0;
         while pos < buf.len() {
@@ -221,7 +234,7 @@ impl Decoder {
             };
             let header_len = cursor.position() as usize;
             debug_assert!(header_len <= MAX_HEADER_LEN);
-            self.check_header(&header, length, limits)?;
+            self.check_header(&header, length, frames.limits, frames.inflater.is_some())?;
             let length = length as usize;
             if buf.len() - pos - header_len < length {
                 break;
@@ -232,7 +245,7 @@ impl Decoder {
                 apply_mask(payload, mask);
             }
             pos = start + length;
-            if self.handle_frame(&header, payload, on_message)? == Flow::Stop {
+            if self.handle_frame(&header, payload, frames)? == Flow::Stop {
                 return Ok((Flow::Stop, pos));
             }
         }
@@ -245,8 +258,12 @@ impl Decoder {
         header: &FrameHeader,
         length: u64,
         limits: Limits,
+        deflate: bool,
     ) -> Result<(), ProtocolError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RFC 7692 §6: RSV1 marks a compressed message on its first frame only, never on a control frame.
+        let compressed_start =
+            deflate && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if (header.rsv1 && !compressed_start) || header.rsv2 || header.rsv3 {
             return Err(ProtocolError::ReservedBits);
         }
         if header.mask.is_none() {
@@ -290,8 +307,9 @@ impl Decoder {
         &mut self,
         header: &FrameHeader,
         payload: &mut [u8],
-        on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
+        frames: &mut Frames<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
     ) -> Result<Flow, ProtocolError> {
+        let on_message = &mut *frames.on_message;
         let kind = match header.opcode {
             OpCode::Control(Control::Ping) => return Ok(on_message(Inbound::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(on_message(Inbound::Pong)),
@@ -314,17 +332,18 @@ impl Decoder {
                 }
                 // Freed once delivered: fragmented messages are rare, and an idle session keeps no buffer.
                 let message = self.carry().fragmented.take().expect("present");
-                return deliver(message.kind, &message.payload, on_message);
+                return frames.deliver(message.kind, message.compressed, &message.payload);
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 unreachable!("refused in check_header")
             }
         };
         if header.is_final {
-            return deliver(kind, payload, on_message);
+            return frames.deliver(kind, header.rsv1, payload);
         }
         let mut fragmented = Fragmented {
             kind,
+            compressed: header.rsv1,
             frames: 1,
             payload: payload.to_vec(),
             utf8_valid_up_to: 0,
@@ -332,6 +351,40 @@ impl Decoder {
         fragmented.check_utf8(false)?;
         self.carry().fragmented = Some(fragmented);
         Ok(Flow::Continue)
+    }
+}
+
+/// What one call of [`Decoder::decode`] works with, passed down to each frame.
+struct Frames<'i, 'a, F> {
+    limits: Limits,
+    /// The shard's inflater, when the session negotiated deflate.
+    inflater: &'i mut Option<&'a mut Inflater>,
+    on_message: &'i mut F,
+}
+
+impl<F: FnMut(Inbound<'_>) -> Flow> Frames<'_, '_, F> {
+    /// Hands out a complete message, inflating it first if it was compressed.
+    fn deliver(
+        &mut self,
+        kind: MessageKind,
+        compressed: bool,
+        payload: &[u8],
+    ) -> Result<Flow, ProtocolError> {
+        if !compressed {
+            return deliver(kind, payload, self.on_message);
+        }
+        let inflater = self
+            .inflater
+            .as_deref_mut()
+            .expect("RSV1 is refused in check_header without an inflater");
+        let limit = self.limits.max_message_size;
+        let result = match inflater.inflate(payload, limit) {
+            Ok(inflated) => deliver(kind, inflated, self.on_message),
+            Err(InflateError::TooBig) => Err(ProtocolError::InflatedTooBig { limit }),
+            Err(InflateError::Corrupt) => Err(ProtocolError::BadCompressedData),
+        };
+        inflater.release();
+        result
     }
 }
 
@@ -414,7 +467,7 @@ mod tests {
             max_message_size: limit,
             max_frames: 8,
         };
-        decoder.decode(&mut input, limits, |m| {
+        decoder.decode(&mut input, limits, None, |m| {
             out.push(match m {
                 Inbound::Text(t) => Owned::Text(t.to_owned()),
                 Inbound::Binary(b) => Owned::Binary(b.to_vec()),

@@ -1,7 +1,9 @@
 //! Encoding server frames: a message's frame built once, header and payload in one shared allocation.
 //!
-//! A broadcast encodes its frame here once and every recipient's queue holds a pointer to it; control
-//! frames (close, ping, pong) are built the same way. Server frames are never masked (RFC 6455 §5.1).
+//! A broadcast encodes its frames here once ([`Prepared`]: the plain frame and, when it was compressed,
+//! the permessage-deflate one) and every recipient's queue holds a pointer to the one it can read; control
+//! frames (close, ping, pong) are built the same way and never compressed. Server frames are never masked
+//! (RFC 6455 §5.1).
 //!
 //! It must not decode anything (that is [`super::codec`]) nor touch sockets.
 
@@ -11,16 +13,68 @@ use std::rc::Rc;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use super::extensions::{PerMessageDeflate, MAX_WINDOW_BITS};
+
 /// An encoded server frame. A broadcast encodes its frame once and every recipient's queue holds a
 /// pointer to it. The count is not atomic because a frame never leaves its shard (another shard gets its
 /// own copy, see [`crate::shard::Shard::broadcast`]): an atomic increment and decrement per delivery cost
 /// about a third of the server's user-space time in a 1,000-member broadcast.
 pub(crate) type EncodedFrame = Rc<[u8]>;
 
-/// Encodes one unmasked server frame, written straight into its shared allocation.
+/// Which kind of data message a payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataKind {
+    Text,
+    Binary,
+}
+
+impl DataKind {
+    fn opcode(self) -> OpCode {
+        OpCode::Data(match self {
+            DataKind::Text => Data::Text,
+            DataKind::Binary => Data::Binary,
+        })
+    }
+}
+
+/// A data message encoded once for all its recipients: the plain frame, and the compressed one when the
+/// message was compressed. Each recipient's queue takes a pointer to the frame it can read.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub(crate) plain: EncodedFrame,
+    /// Compressed with the full 15-bit window, which a client that limited our window cannot read.
+    pub(crate) deflated: Option<EncodedFrame>,
+}
+
+impl Prepared {
+    /// The frame for a recipient that negotiated `deflate` (or did not).
+    pub(crate) fn frame_for(&self, deflate: Option<PerMessageDeflate>) -> &EncodedFrame {
+        match (&self.deflated, deflate) {
+            (Some(deflated), Some(d)) if d.server_window_bits() == MAX_WINDOW_BITS => deflated,
+            _ => &self.plain,
+        }
+    }
+}
+
+/// Encodes one unmasked, uncompressed server frame, written straight into its shared allocation.
 pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> EncodedFrame {
+    encode(opcode, false, payload)
+}
+
+/// A data message's plain frame.
+pub(crate) fn data_frame(kind: DataKind, payload: &[u8]) -> EncodedFrame {
+    encode(kind.opcode(), false, payload)
+}
+
+/// A compressed data message's frame: RSV1 set, `body` the deflate data (RFC 7692 §6, §7.2.1).
+pub(crate) fn compressed_frame(kind: DataKind, body: &[u8]) -> EncodedFrame {
+    encode(kind.opcode(), true, body)
+}
+
+fn encode(opcode: OpCode, compressed: bool, payload: &[u8]) -> EncodedFrame {
     let header = FrameHeader {
         is_final: true,
+        rsv1: compressed,
         opcode,
         ..FrameHeader::default()
     };
@@ -44,16 +98,6 @@ pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> EncodedFrame {
         std::ptr::copy_nonoverlapping(payload.as_ptr(), buf.add(head_len), payload.len());
         frame.assume_init()
     }
-}
-
-/// A text message frame.
-pub(crate) fn text_frame(text: &str) -> EncodedFrame {
-    encode_frame(OpCode::Data(Data::Text), text.as_bytes())
-}
-
-/// A binary message frame.
-pub(crate) fn binary_frame(data: &[u8]) -> EncodedFrame {
-    encode_frame(OpCode::Data(Data::Binary), data)
 }
 
 /// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
@@ -86,7 +130,7 @@ mod tests {
     fn encodes_frames_tungstenite_can_read() {
         for len in [0usize, 125, 126, 65535, 65536] {
             let text = "a".repeat(len);
-            let frame = text_frame(&text);
+            let frame = data_frame(DataKind::Text, text.as_bytes());
             let mut cursor = Cursor::new(&frame[..]);
             let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
             assert_eq!(length as usize, len);

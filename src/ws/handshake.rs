@@ -3,8 +3,8 @@
 //! Parsing and validation are tungstenite's (`Request::try_parse`, `create_response`); this module adds the
 //! answers a client deserves when it is refused: `426 Upgrade Required` with `Sec-WebSocket-Version: 13` for
 //! a version we do not speak, `400 Bad Request` with the reason for anything else malformed, `431` for a
-//! request too large to be an upgrade. It also decides extensions: none yet, so an offered
-//! `permessage-deflate` is simply not accepted and the client falls back to uncompressed frames.
+//! request too large to be an upgrade. It also answers the extension offers: permessage-deflate, when
+//! enabled, as [`super::extensions`] negotiates it.
 //!
 //! A valid upgrade comes back with its request and its prepared `101`, so that who may upgrade (origin,
 //! budgets, authentication: [`crate::admission`] and the application's hook) is decided before the `101` is
@@ -15,6 +15,9 @@
 use tungstenite::error::{Error as WsError, ProtocolError as WsProtocolError};
 use tungstenite::handshake::machine::TryParse;
 use tungstenite::handshake::server::{create_response, write_response};
+use tungstenite::http::HeaderValue;
+
+use super::extensions::{self, PerMessageDeflate};
 
 pub(crate) use tungstenite::handshake::server::Request;
 
@@ -35,6 +38,8 @@ pub(crate) enum Handshake {
         response: Vec<u8>,
         /// Length of the request; later bytes are already WebSocket frames.
         consumed: usize,
+        /// permessage-deflate as agreed in `response`, if it was.
+        deflate: Option<PerMessageDeflate>,
     },
     /// Refuse: write `response` and close the connection.
     Reject {
@@ -45,8 +50,8 @@ pub(crate) enum Handshake {
     },
 }
 
-/// Examines the bytes of a new connection.
-pub(crate) fn respond(buf: &[u8]) -> Handshake {
+/// Examines the bytes of a new connection; `deflate` says whether permessage-deflate may be negotiated.
+pub(crate) fn respond(buf: &[u8], deflate: bool) -> Handshake {
     let (consumed, request) = match Request::try_parse(buf) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if buf.len() >= MAX_REQUEST_LEN => {
@@ -77,13 +82,32 @@ pub(crate) fn respond(buf: &[u8]) -> Handshake {
         );
     }
     match create_response(&request) {
-        Ok(response) => {
-            let mut out = Vec::with_capacity(160);
+        Ok(mut response) => {
+            let deflate = deflate
+                .then(|| {
+                    extensions::negotiate(
+                        request
+                            .headers()
+                            .get_all("Sec-WebSocket-Extensions")
+                            .iter()
+                            .map(|v| v.as_bytes()),
+                    )
+                })
+                .flatten();
+            if let Some(agreed) = deflate {
+                let answer =
+                    HeaderValue::from_str(&agreed.response()).expect("the answer is ASCII");
+                response
+                    .headers_mut()
+                    .insert("Sec-WebSocket-Extensions", answer);
+            }
+            let mut out = Vec::with_capacity(256);
             write_response(&mut out, &response).expect("writing to memory cannot fail");
             Handshake::Accept {
                 request: Box::new(request),
                 response: out,
                 consumed,
+                deflate,
             }
         }
         Err(WsError::Protocol(WsProtocolError::MissingSecWebSocketVersionHeader)) => reject(
@@ -143,10 +167,13 @@ mod tests {
     #[test]
     fn accepts_the_rfc_example_and_keeps_trailing_bytes() {
         let request = format!("{GOOD}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n\x01");
-        let h = respond(request.as_bytes());
+        let h = respond(request.as_bytes(), true);
         assert_eq!(status(&h), 101);
         let Handshake::Accept {
-            response, consumed, ..
+            response,
+            consumed,
+            deflate,
+            ..
         } = h
         else {
             unreachable!()
@@ -154,21 +181,45 @@ mod tests {
         let text = String::from_utf8(response).unwrap();
         assert!(text.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{text}");
         assert!(
-            !text.contains("permessage-deflate"),
-            "deflate must not be negotiated yet"
+            text.contains("\r\nsec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{text}"
         );
+        assert!(deflate.is_some());
         assert_eq!(consumed, request.len() - 1);
     }
 
     #[test]
+    fn deflate_is_answered_only_when_enabled_and_offered() {
+        let offered = format!("{GOOD}Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        for (request, enabled, agreed) in [
+            (offered.clone(), true, true),
+            (offered, false, false),
+            (format!("{GOOD}\r\n"), true, false),
+        ] {
+            let Handshake::Accept {
+                response, deflate, ..
+            } = respond(request.as_bytes(), enabled)
+            else {
+                panic!("refused: {request}")
+            };
+            let text = String::from_utf8(response).unwrap().to_ascii_lowercase();
+            assert_eq!(text.contains("permessage-deflate"), agreed, "{text}");
+            assert_eq!(deflate.is_some(), agreed);
+        }
+    }
+
+    #[test]
     fn waits_for_the_end_of_the_headers() {
-        assert!(matches!(respond(GOOD.as_bytes()), Handshake::Incomplete));
+        assert!(matches!(
+            respond(GOOD.as_bytes(), true),
+            Handshake::Incomplete
+        ));
     }
 
     #[test]
     fn wrong_version_is_426_with_the_supported_one() {
         let request = GOOD.replace("Version: 13", "Version: 8") + "\r\n";
-        let h = respond(request.as_bytes());
+        let h = respond(request.as_bytes(), true);
         assert_eq!(status(&h), 426);
         let Handshake::Reject { response, .. } = h else {
             unreachable!()
@@ -188,7 +239,7 @@ mod tests {
             GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
             "GARBAGE\r\n".to_string(),
         ] {
-            let h = respond(format!("{request}\r\n").as_bytes());
+            let h = respond(format!("{request}\r\n").as_bytes(), true);
             assert_eq!(status(&h), 400, "{request}");
         }
     }
@@ -196,6 +247,6 @@ mod tests {
     #[test]
     fn oversized_requests_are_refused() {
         let request = format!("{GOOD}X-Filler: {}\r\n", "a".repeat(MAX_REQUEST_LEN));
-        assert_eq!(status(&respond(request.as_bytes())), 431);
+        assert_eq!(status(&respond(request.as_bytes(), true)), 431);
     }
 }
