@@ -3,7 +3,9 @@
 #   builds roomcast and loadtest (release), starts the app with the shipped .env plus
 #   WEBSOCKET_ENABLE_DEFLATE=false, SERVER_BENCH_MODE=true, the rate limits and the per-address cap off, runs the standard suite with --server-pid,
 #   then restarts it with one shard and repeats the throughput runs (members all on one shard versus
-#   spread over both), three times each, and stops it.
+#   spread over both), three times each, then runs the permessage-deflate twins (idle connections,
+#   saturate 100 B and 1 KiB) three times, each time against a fresh two-shard server with
+#   WEBSOCKET_ENABLE_DEFLATE=true, and stops it.
 #
 # Usage: loadtest/run-suite.sh [--quick]      (--quick: small sizes, checks the harness, not the server)
 # Port 9090 must be free. Exit status: 0 when every run passed.
@@ -31,18 +33,21 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# start_server SHARDS [DEFLATE]: DEFLATE (default false) is WEBSOCKET_ENABLE_DEFLATE.
 start_server() {
+    local deflate="${2:-false}"
+    local log="target/roomcast-suite-$1-deflate-$deflate.log"
     # Rate limits off: the suite measures fan-out, and one publisher sends far more than a chat user would;
     # no per-address cap: every harness connection comes from 127.0.0.1.
-    WEBSOCKET_ENABLE_DEFLATE=false SERVER_BENCH_MODE=true SERVER_IO_THREADS="$1" \
+    WEBSOCKET_ENABLE_DEFLATE="$deflate" SERVER_BENCH_MODE=true SERVER_IO_THREADS="$1" \
         WEBSOCKET_RATE_LIMIT_MESSAGES=0 WEBSOCKET_RATE_LIMIT_BYTES=0 WEBSOCKET_MAX_CONNECTIONS_PER_IP=0 \
-        ./target/release/roomcast >"target/roomcast-suite-$1.log" 2>&1 &
+        ./target/release/roomcast >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
         if (exec 3<>/dev/tcp/127.0.0.1/9090) 2>/dev/null; then
             return 0
         fi
-        kill -0 "$pid" 2>/dev/null || { echo "roomcast exited; see target/roomcast-suite-$1.log" >&2; exit 1; }
+        kill -0 "$pid" 2>/dev/null || { echo "roomcast exited; see $log" >&2; exit 1; }
         sleep 0.2
     done
     echo "roomcast did not listen on 9090 within 20 s" >&2
@@ -81,6 +86,19 @@ for i in $(seq 1 "$repeats"); do
         --label "1 shard, run $i" --out "$out" --append || status=1
 done
 stop_server
+
+# permessage-deflate: the deflate twins (`idle-10k-deflate`, `saturate-100B-deflate`,
+# `saturate-1KiB-deflate`; same parameters as `conns, idle` and the two `saturate` runs) offer it and fail
+# if the server does not accept it, so they run against WEBSOCKET_ENABLE_DEFLATE=true. Their plain
+# counterparts above ran against WEBSOCKET_ENABLE_DEFLATE=false, not against this server with the client
+# not offering: the fair "off" baseline is a server that does not compress at all. Each repeat gets a
+# fresh server, so each idle run is the first after start-up and its RSS per connection is exact.
+for i in $(seq 1 "$repeats"); do
+    start_server 2 true
+    "$loadtest" --quiet "${threads[@]}" --url "$url" --server-pid "$pid" suite "${quick[@]}" --set deflate \
+        --label "2 shards, deflate, run $i" --out "$out" --append || status=1
+    stop_server
+done
 
 echo "results: $out" >&2
 exit "$status"

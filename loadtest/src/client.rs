@@ -3,7 +3,10 @@
 //! Owns the per-connection state machine ([`Stage`]: connect → upgrade → welcome → join → ready → leave)
 //! and what each server text means at each stage, word for word as the seed's app replies. Receipts are
 //! parsed in place from the connection's read buffer and counted straight into the thread's tallies:
-//! nothing is allocated per frame. It does not decide when to publish, probe or churn (see `driver`).
+//! nothing is allocated per frame. On a permessage-deflate session a compressed message is inflated
+//! into the thread's [`Inflater`] before it is read, and the session keeps inflate state of its own only
+//! when the server keeps its window across messages. It does not decide when to publish, probe or churn
+//! (see `driver`).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,7 +16,8 @@ use mio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::codec::{self, OpCode};
-use crate::handshake::Upgrade;
+use crate::handshake::{HandshakeError, Upgrade};
+use crate::inflate::{Context, Inflater};
 use crate::plan::{ClientPlan, Plan, MAX_FRAME};
 use crate::stamp::{self, Stamp};
 use crate::tally::{ErrorKind, Tally};
@@ -103,6 +107,9 @@ pub struct Client {
     /// Where it is in its life.
     pub stage: Stage,
     upgrade: Option<Upgrade>,
+    /// How compressed messages are inflated, once the upgrade negotiated permessage-deflate; `None`:
+    /// RSV1 is a protocol error.
+    inflate: Option<Context>,
     /// Per publisher of its room: what arrived (counted members only).
     pub tracks: Vec<SeqTrack>,
     /// The next sequence number it will publish.
@@ -134,6 +141,7 @@ impl Client {
             },
             stage: Stage::Idle,
             upgrade: None,
+            inflate: None,
             tracks,
             seq: 0,
             deadline_ns: 0,
@@ -142,12 +150,14 @@ impl Client {
         }
     }
 
-    /// Starts a non-blocking connect (bound to `source` when given) and returns the socket to register.
+    /// Starts a non-blocking connect (bound to `source` when given, offering permessage-deflate when
+    /// `deflate`) and returns the socket to register.
     pub fn connect(
         &mut self,
         target: &Target,
         source: Option<Ipv4Addr>,
         deadline_ns: u64,
+        deflate: bool,
     ) -> io::Result<&mut TcpStream> {
         let domain = Domain::for_address(target.addr);
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
@@ -168,7 +178,8 @@ impl Client {
         self.io.wbuf.clear();
         self.io.wpos = 0;
         self.stage = Stage::Connecting;
-        self.upgrade = Some(Upgrade::new(target));
+        self.upgrade = Some(Upgrade::new(target, deflate));
+        self.inflate = None;
         self.deadline_ns = deadline_ns;
         self.awaiting_echo = false;
         let stream = self.io.stream.insert(TcpStream::from_std(socket.into()));
@@ -181,6 +192,7 @@ impl Client {
         self.io.stream = None;
         self.stage = Stage::Closed;
         self.upgrade = None;
+        self.inflate = None;
         self.io.carry.clear();
         self.io.wbuf.clear();
         self.io.wpos = 0;
@@ -234,13 +246,15 @@ impl Client {
         self.flush()
     }
 
-    /// Reads everything available and acts on each complete frame.
+    /// Reads everything available and acts on each complete frame; compressed messages are inflated
+    /// into `inflater`, the thread's.
     pub fn on_readable(
         &mut self,
         plan: &Plan,
         slot: &ClientPlan,
         counting: &mut Counting<'_>,
         read_buf: &mut ReadBuffer,
+        inflater: &mut Inflater,
     ) -> Result<Progress, ErrorKind> {
         let mut progress = Progress::default();
         loop {
@@ -254,10 +268,16 @@ impl Client {
             match stream.read(&mut buf[carried..]) {
                 Ok(0) => return Err(ErrorKind::Closed),
                 Ok(n) => {
+                    counting.tally.bytes_received += n as u64;
                     buf[..carried].copy_from_slice(&self.io.carry);
                     let total = carried + n;
-                    let used =
-                        self.parse_frames(&buf[..total], plan, slot, counting, &mut progress)?;
+                    let mut frames = Frames {
+                        plan,
+                        slot,
+                        progress: &mut progress,
+                        inflater,
+                    };
+                    let used = self.parse_frames(&buf[..total], counting, &mut frames)?;
                     if total - used > MAX_FRAME + 14 {
                         return Err(ErrorKind::Protocol);
                     }
@@ -277,54 +297,82 @@ impl Client {
     fn parse_frames(
         &mut self,
         buf: &[u8],
-        plan: &Plan,
-        slot: &ClientPlan,
         counting: &mut Counting<'_>,
-        progress: &mut Progress,
+        frames: &mut Frames<'_>,
     ) -> Result<usize, ErrorKind> {
         let mut start = 0;
         if self.stage == Stage::Upgrading {
             let upgrade = self.upgrade.as_ref().ok_or(ErrorKind::Other)?;
             match upgrade.check(buf) {
                 Ok(None) => return Ok(0),
-                Ok(Some(used)) => {
-                    start = used;
+                Ok(Some(accepted)) => {
+                    start = accepted.used;
                     self.stage = Stage::Welcome;
                     self.upgrade = None;
                     counting.tally.connects += 1;
+                    if let Some(deflate) = accepted.deflate {
+                        counting.tally.deflate_negotiated += 1;
+                        self.inflate = Some(Context::for_session(&deflate));
+                    }
                 }
+                Err(HandshakeError::DeflateRefused) => return Err(ErrorKind::DeflateRefused),
                 Err(_) => return Err(ErrorKind::Handshake),
             }
         }
         loop {
-            let frame = match codec::parse(&buf[start..], MAX_FRAME) {
+            let frame = match codec::parse(&buf[start..], MAX_FRAME, self.inflate.is_some()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(_) => return Err(ErrorKind::Protocol),
             };
             let payload = &buf[start + frame.payload.start..start + frame.payload.end];
             match frame.opcode {
-                OpCode::Text => {
-                    let mut turn = Turn {
-                        stage: &mut self.stage,
-                        tracks: &mut self.tracks,
-                        awaiting_echo: &mut self.awaiting_echo,
-                        out: &mut self.io.wbuf,
-                        mask: self.io.mask,
+                OpCode::Text | OpCode::Binary => {
+                    let message = if frame.compressed {
+                        // The codec passes RSV1 only on a session that negotiated deflate.
+                        let context = self.inflate.as_mut().ok_or(ErrorKind::Protocol)?;
+                        counting.tally.messages_compressed += 1;
+                        frames
+                            .inflater
+                            .inflate(context, payload, MAX_FRAME)
+                            .map_err(|_| ErrorKind::Protocol)?
+                    } else {
+                        counting.tally.messages_plain += 1;
+                        payload
                     };
-                    turn.on_text(payload, plan, slot, counting, progress)?;
+                    counting.tally.message_bytes += message.len() as u64;
+                    if frame.opcode == OpCode::Binary {
+                        counting.tally.unexpected += 1;
+                    } else {
+                        let mut turn = Turn {
+                            stage: &mut self.stage,
+                            tracks: &mut self.tracks,
+                            awaiting_echo: &mut self.awaiting_echo,
+                            out: &mut self.io.wbuf,
+                            mask: self.io.mask,
+                        };
+                        turn.on_text(message, frames.plan, frames.slot, counting, frames.progress)?;
+                    }
                 }
                 OpCode::Ping => {
                     codec::push_frame(&mut self.io.wbuf, OpCode::Pong, payload, self.io.mask)
                 }
                 OpCode::Close => return Err(ErrorKind::Closed),
                 OpCode::Pong => {}
-                OpCode::Binary => counting.tally.unexpected += 1,
             }
             start += frame.len;
         }
         Ok(start)
     }
+}
+
+/// What one read turn's frames are read against and report into, besides the connection and the tallies.
+struct Frames<'a> {
+    plan: &'a Plan,
+    slot: &'a ClientPlan,
+    progress: &'a mut Progress,
+    /// The thread's: compressed messages are inflated here (see `inflate`).
+    inflater: &'a mut Inflater,
 }
 
 /// One driver thread's read buffer, shared by all its connections: a read fetches a whole burst of

@@ -4,7 +4,9 @@
 //! the frame's payload from the caller's read buffer and never allocates, so a receipt costs no heap
 //! traffic however many arrive. It does not own buffers, sockets or message meaning (see `client`), and it
 //! does not reassemble fragmented messages: the servers we measure send each message as one frame, and a
-//! fragment is reported as [`CodecError::Fragmented`] rather than silently mis-measured.
+//! fragment is reported as [`CodecError::Fragmented`] rather than silently mis-measured. Of the reserved
+//! bits it knows only what permessage-deflate gives RSV1 (a compressed message, RFC 7692 6): it says
+//! which frames are compressed; inflating them is `inflate`'s job. Client frames are never compressed.
 
 use std::fmt;
 use std::ops::Range;
@@ -41,6 +43,8 @@ impl OpCode {
 pub struct Frame {
     /// The frame's type.
     pub opcode: OpCode,
+    /// RSV1 was set: the payload is the message compressed with permessage-deflate.
+    pub compressed: bool,
     /// The payload's position in the buffer passed to [`parse`].
     pub payload: Range<usize>,
     /// Header plus payload: what to consume before parsing the next frame.
@@ -52,7 +56,8 @@ pub struct Frame {
 pub enum CodecError {
     /// A server frame had the mask bit set (servers must not mask, RFC 6455 5.1).
     Masked,
-    /// Reserved bits were set without a negotiated extension.
+    /// Reserved bits were set that no negotiated extension defines: RSV2 or RSV3 always; RSV1 without
+    /// permessage-deflate, or on a control or continuation frame (RFC 7692 6).
     Reserved,
     /// An opcode outside the RFC, or a continuation frame.
     UnknownOpcode(u8),
@@ -128,13 +133,18 @@ fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Parses the first frame in `buf`: `Ok(None)` until all of it has arrived.
-pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<Frame>, CodecError> {
+/// Parses the first frame in `buf`: `Ok(None)` until all of it has arrived. With `deflate` (the session
+/// negotiated permessage-deflate) RSV1 may mark a text or binary frame as compressed.
+pub fn parse(buf: &[u8], max_len: usize, deflate: bool) -> Result<Option<Frame>, CodecError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    // RSV1 is allowed only where RFC 7692 puts it: the first frame of a data message, and since the
+    // harness refuses fragments, that is a text or binary frame.
+    let data = matches!(b0 & 0x0F, 0x1 | 0x2);
+    if b0 & 0x30 != 0 || (compressed && !(deflate && data)) {
         return Err(CodecError::Reserved);
     }
     if b1 & 0x80 != 0 {
@@ -179,6 +189,7 @@ pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<Frame>, CodecError> {
     }
     Ok(Some(Frame {
         opcode,
+        compressed,
         payload: header..total,
         len: total,
     }))
@@ -213,16 +224,18 @@ mod tests {
             let first_len = stream.len() - 4;
             for cut in 0..first_len {
                 assert_eq!(
-                    parse(&stream[..cut], 1 << 20),
+                    parse(&stream[..cut], 1 << 20, false),
                     Ok(None),
                     "size {size} cut {cut}"
                 );
             }
-            let frame = parse(&stream, 1 << 20).unwrap().unwrap();
+            let frame = parse(&stream, 1 << 20, false).unwrap().unwrap();
             assert_eq!(frame.opcode, OpCode::Text);
             assert_eq!(frame.len, first_len);
             assert_eq!(&stream[frame.payload.clone()], &payload[..]);
-            let next = parse(&stream[frame.len..], 1 << 20).unwrap().unwrap();
+            let next = parse(&stream[frame.len..], 1 << 20, false)
+                .unwrap()
+                .unwrap();
             assert_eq!(next.opcode, OpCode::Ping);
             assert_eq!(&stream[frame.len..][next.payload], b"hb");
         }
@@ -251,16 +264,55 @@ mod tests {
     #[test]
     fn protocol_violations_are_errors() {
         assert_eq!(
-            parse(&[0x81, 0x81, 0, 0, 0, 0, 0], 100),
+            parse(&[0x81, 0x81, 0, 0, 0, 0, 0], 100, false),
             Err(CodecError::Masked)
         );
-        assert_eq!(parse(&[0xC1, 0x00], 100), Err(CodecError::Reserved));
-        assert_eq!(parse(&[0x01, 0x00], 100), Err(CodecError::Fragmented));
-        assert_eq!(parse(&[0x80, 0x00], 100), Err(CodecError::Fragmented));
-        assert_eq!(parse(&[0x83, 0x00], 100), Err(CodecError::UnknownOpcode(3)));
+        assert_eq!(parse(&[0xC1, 0x00], 100, false), Err(CodecError::Reserved));
         assert_eq!(
-            parse(&[0x81, 126, 0x01, 0x00], 100),
+            parse(&[0x01, 0x00], 100, false),
+            Err(CodecError::Fragmented)
+        );
+        assert_eq!(
+            parse(&[0x80, 0x00], 100, false),
+            Err(CodecError::Fragmented)
+        );
+        assert_eq!(
+            parse(&[0x83, 0x00], 100, false),
+            Err(CodecError::UnknownOpcode(3))
+        );
+        assert_eq!(
+            parse(&[0x81, 126, 0x01, 0x00], 100, false),
             Err(CodecError::TooLarge(256))
         );
+    }
+
+    #[test]
+    fn rsv1_is_refused_unless_deflate_was_negotiated() {
+        for first in [0xC1, 0xC2] {
+            assert_eq!(parse(&[first, 0x00], 100, false), Err(CodecError::Reserved));
+            let frame = parse(&[first, 0x01, 0xAB], 100, true).unwrap().unwrap();
+            assert!(frame.compressed);
+            assert_eq!(frame.payload, 2..3);
+        }
+        let plain = parse(&[0x81, 0x01, b'x'], 100, true).unwrap().unwrap();
+        assert!(
+            !plain.compressed,
+            "RSV1 clear stays plain on a deflate session"
+        );
+    }
+
+    #[test]
+    fn rsv1_is_refused_on_control_and_continuation_frames_even_with_deflate() {
+        for first in [0xC8, 0xC9, 0xCA, 0xC0, 0x40] {
+            assert_eq!(
+                parse(&[first, 0x00], 100, true),
+                Err(CodecError::Reserved),
+                "{first:#x}"
+            );
+        }
+        // RSV2 and RSV3 belong to no extension the harness negotiates.
+        for first in [0xA1, 0x91, 0xE1] {
+            assert_eq!(parse(&[first, 0x00], 100, true), Err(CodecError::Reserved));
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! sends to the main thread. It follows the phase the main thread announces in [`Shared`] and never
 //! blocks longer than one poll timeout, so every phase change and deadline is seen within milliseconds.
 //! Sockets are registered edge-triggered for reading and writing once, so a turn costs one `epoll_wait`
-//! plus the reads and writes that have work. It does not aggregate across threads (see `runner`).
+//! plus the reads and writes that have work. The thread's read buffer and its one inflater (see
+//! `inflate`) are shared by all its connections. It does not aggregate across threads (see `runner`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -17,6 +18,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::client::{Client, Counting, Progress, ReadBuffer, Stage};
+use crate::inflate::Inflater;
 use crate::plan::{Pacing, Phase, Plan, Shared};
 use crate::stamp::{self, Stamp};
 use crate::tally::{latency_histogram, ErrorKind, Interval, Tally};
@@ -69,6 +71,8 @@ struct Driver {
     scratch: Vec<u8>,
     /// Every read of this thread's connections lands here first.
     read_buf: ReadBuffer,
+    /// Every compressed message of this thread's connections is inflated here.
+    inflater: Inflater,
     tally: Tally,
     interval_latency: Histogram<u64>,
     interval_deliveries: u64,
@@ -122,6 +126,7 @@ impl Driver {
             probes_sent: false,
             scratch: Vec::new(),
             read_buf: ReadBuffer::default(),
+            inflater: Inflater::default(),
             interval_latency: latency_histogram(),
             interval_deliveries: 0,
             interval_second: 0,
@@ -183,8 +188,13 @@ impl Driver {
             interval_deliveries: &mut self.interval_deliveries,
             now_ns: now,
         };
-        let result =
-            self.clients[local].on_readable(&self.plan, slot, &mut counting, &mut self.read_buf);
+        let result = self.clients[local].on_readable(
+            &self.plan,
+            slot,
+            &mut counting,
+            &mut self.read_buf,
+            &mut self.inflater,
+        );
         self.settle(local, result, phase);
     }
 
@@ -269,7 +279,7 @@ impl Driver {
             }
             let client = &mut self.clients[local];
             let registered = client
-                .connect(&self.plan.target, slot.source, deadline)
+                .connect(&self.plan.target, slot.source, deadline, self.plan.deflate)
                 .and_then(|stream| {
                     self.poll.registry().register(
                         stream,

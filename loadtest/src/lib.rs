@@ -11,7 +11,7 @@
 //!  scenario ──► plan ──► runner (main thread: phases, deadlines, /proc) ──► report ──► plot / suite
 //!                          │ spawns
 //!                          ▼
-//!                        driver × threads (mio loop) ──► client ──► handshake, codec, stamp, tracker
+//!                        driver × threads (mio) ──► client ──► handshake, codec, inflate, stamp, tracker
 //!                          │ per-second intervals, final tallies
 //!                          └──────────────► tally ──► runner
 //! ```
@@ -23,7 +23,11 @@
 //!   soak, the server's RSS after every client is gone.
 //! - `driver`: one thread's mio event loop over many connections: connect window, pacing, churn, probes.
 //! - `client`: one connection's state machine and what each reply means at each stage.
-//! - `handshake`, `codec`: the HTTP upgrade and the client frame codec (masking out, in-place parsing in).
+//! - `handshake`, `codec`: the HTTP upgrade (and, with `--deflate`, the permessage-deflate offer and the
+//!   check of the answer) and the client frame codec (masking out, in-place parsing in, RSV1 marking a
+//!   compressed message only where deflate was negotiated).
+//! - `inflate`: compressed messages back to text; one decompressor per driver thread serves every
+//!   session whose server resets its window per message.
 //! - `stamp`: `<publisher>:<seq>:<sent_ns>` in the chat text, on CLOCK_MONOTONIC.
 //! - `tracker`: loss, duplication and order per (receiver, publisher).
 //! - `tally`: per-thread counts and their merge. `procfs`: RSS and CPU from `/proc`.
@@ -41,6 +45,7 @@ mod client;
 pub mod codec;
 mod driver;
 mod handshake;
+mod inflate;
 mod plan;
 pub mod plot;
 mod procfs;

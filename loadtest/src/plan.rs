@@ -80,6 +80,8 @@ pub struct Plan {
     pub threads: usize,
     /// Connections in set-up at once per thread, so the server's accept backlog is not flooded.
     pub connect_window: usize,
+    /// Every upgrade offers permessage-deflate and must get it (`--deflate`).
+    pub deflate: bool,
 }
 
 /// The phase of a run, announced by the main thread.

@@ -3,7 +3,8 @@
 //! Owns the report's shape, the derived figures (loss, rates, CPU shares, per-connection RSS, a soak's
 //! RSS limit) and the pass/fail rule: a run fails when any client failed set-up or was cut off, any
 //! message was lost, duplicated or reordered, any reply was not the seed's, a probe went unanswered, a
-//! soak's server did not give its memory back, or it was interrupted.
+//! soak's server did not give its memory back, it was interrupted, or it offered permessage-deflate and
+//! an upgrade came back without it.
 //! It does not measure anything itself (see `runner`, `procfs`).
 
 use std::collections::BTreeMap;
@@ -187,6 +188,19 @@ pub struct Report {
     pub probes_answered: u64,
     /// Churn cycles completed.
     pub churn_cycles: u64,
+    /// Whether every upgrade offered permessage-deflate (`--deflate`).
+    pub deflate: bool,
+    /// Upgrades the server answered with permessage-deflate (churners' reconnections included).
+    pub deflate_negotiated: u64,
+    /// Data messages received compressed (RSV1 set), every connection and stage: inflated by the harness.
+    pub messages_compressed: u64,
+    /// Data messages received uncompressed: all of them without deflate; with it, those the server left
+    /// plain (too small, or not made smaller by compression).
+    pub messages_plain: u64,
+    /// Every byte read from the server, upgrade responses and frame headers included.
+    pub bytes_received: u64,
+    /// The data messages' bytes once inflated: against `bytes_received`, what compression saved.
+    pub message_bytes_received: u64,
     /// With `--server-pid`.
     pub server: Option<ServerFigures>,
     /// The harness's own cost.
@@ -229,6 +243,13 @@ impl Report {
             if count > 0 {
                 f.push(format!("{count} {what}"));
             }
+        }
+        let refused = self.connect_errors.get("deflate_refused").copied();
+        if let (true, Some(refused)) = (self.deflate, refused) {
+            f.push(format!(
+                "{refused} upgrades came back without the permessage-deflate offered: is the server \
+                 started with WEBSOCKET_ENABLE_DEFLATE=true?"
+            ));
         }
         if self.probes_answered < self.probes_sent {
             f.push(format!(
@@ -305,6 +326,15 @@ impl Report {
             rows.push((
                 "deliveries".into(),
                 format!("{} ({:.0}/s)", self.deliveries, self.deliveries_per_second),
+            ));
+            rows.push(("deflate".into(), deflate_summary(self)));
+            rows.push((
+                "received".into(),
+                format!(
+                    "{} KiB on the wire, {} KiB of messages",
+                    self.bytes_received / 1024,
+                    self.message_bytes_received / 1024
+                ),
             ));
             rows.push((
                 "lost / dup / out of order".into(),
@@ -393,6 +423,17 @@ impl Report {
     }
 }
 
+/// `off`, or how many upgrades negotiated deflate and how many messages came compressed.
+pub fn deflate_summary(r: &Report) -> String {
+    if !r.deflate {
+        return "off".to_owned();
+    }
+    format!(
+        "on: {} upgrades negotiated; {} messages compressed, {} plain",
+        r.deflate_negotiated, r.messages_compressed, r.messages_plain
+    )
+}
+
 fn verdict(r: &Report) -> String {
     if r.passed {
         "PASS".to_owned()
@@ -447,6 +488,45 @@ mod tests {
         assert!(r.table().contains("server RSS start / peak / end"));
         // A small server still gets 16 MiB of slack.
         assert_eq!(rss_end_limit(8 << 20), 24 << 20);
+    }
+
+    #[test]
+    fn deflate_refused_by_the_server_fails_with_the_reason() {
+        let mut r = Report {
+            clients: 3,
+            ready: 0,
+            deflate: true,
+            connect_errors: [("deflate_refused".to_owned(), 3)].into(),
+            ..Report::default()
+        };
+        r.judge(false);
+        assert!(!r.passed);
+        assert!(
+            r.failures
+                .iter()
+                .any(|f| f.starts_with("3 upgrades came back without the permessage-deflate")),
+            "{:?}",
+            r.failures
+        );
+        assert!(r.table().contains("on: 0 upgrades negotiated"));
+    }
+
+    #[test]
+    fn the_table_shows_compression() {
+        let r = Report {
+            deflate: true,
+            deflate_negotiated: 11,
+            messages_compressed: 1000,
+            messages_plain: 22,
+            bytes_received: 50 * 1024,
+            message_bytes_received: 120 * 1024,
+            ..Report::default()
+        };
+        let table = r.table();
+        assert!(table.contains("on: 11 upgrades negotiated; 1000 messages compressed, 22 plain"));
+        assert!(table.contains("50 KiB on the wire, 120 KiB of messages"));
+        let plain = Report::default().table();
+        assert!(plain.contains("deflate") && plain.contains("off"));
     }
 
     #[test]

@@ -416,6 +416,12 @@ pub fn execute(
         probes_sent: shared.probes_sent.load(Ordering::Relaxed),
         probes_answered: shared.probes_answered.load(Ordering::Relaxed),
         churn_cycles: tally.churn_cycles,
+        deflate: plan.deflate,
+        deflate_negotiated: tally.deflate_negotiated,
+        messages_compressed: tally.messages_compressed,
+        messages_plain: tally.messages_plain,
+        bytes_received: tally.bytes_received,
+        message_bytes_received: tally.message_bytes,
         server,
         harness: HarnessFigures {
             cpu_seconds: own_cpu,

@@ -144,10 +144,13 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Connections in set-up at once per thread.
     pub connect_window: usize,
+    /// Offer permessage-deflate in every upgrade; a connection the server answers without it fails
+    /// set-up (`deflate_refused`), so the run fails rather than measure plain frames.
+    pub deflate: bool,
 }
 
 impl RunOptions {
-    /// Defaults for `url`: one thread, no server sampling, no progress bars.
+    /// Defaults for `url`: one thread, no server sampling, no progress bars, no compression offered.
     pub fn new(url: &str) -> RunOptions {
         RunOptions {
             url: url.to_owned(),
@@ -157,6 +160,7 @@ impl RunOptions {
             setup_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5),
             connect_window: 256,
+            deflate: false,
         }
     }
 }
@@ -188,7 +192,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Error> {
     check_bounds(scenario, options)?;
     let parameters = serde_json::to_value(scenario).unwrap_or_default();
     if *scenario == Scenario::Smoke {
-        let mut report = smoke::run(&target);
+        let mut report = smoke::run(&target, options.deflate);
         report.parameters = parameters;
         return Ok(report);
     }
@@ -320,6 +324,7 @@ fn plan(scenario: &Scenario, target: Target, options: &RunOptions) -> Plan {
         drain_timeout: options.drain_timeout,
         threads: options.threads,
         connect_window: options.connect_window,
+        deflate: options.deflate,
     };
     match *scenario {
         Scenario::Smoke => {}

@@ -2,8 +2,9 @@
 //!
 //! Owns the list of steps and the exact reply each must produce (the seed's words, as `src/app/`
 //! answers them). Each step is bounded by a read timeout, and the first failure stops the run, because
-//! later steps depend on earlier ones. It shares the frame codec and upgrade check with the load
-//! scenarios so that a smoke pass also vouches for the harness's own client.
+//! later steps depend on earlier ones. It shares the frame codec, the upgrade check and inflating with
+//! the load scenarios so that a smoke pass also vouches for the harness's own client; with `--deflate`
+//! both connections offer permessage-deflate, must get it, and read compressed replies inflated.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use crate::client::WELCOME;
 use crate::codec::{self, OpCode};
 use crate::handshake::Upgrade;
+use crate::inflate::{Context, Inflater};
 use crate::plan::MAX_FRAME;
 use crate::report::{Report, Step};
 use crate::target::Target;
@@ -20,10 +22,10 @@ use crate::target::Target;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const ROOM: &str = "smoke";
 
-/// Runs every step against `target`.
-pub fn run(target: &Target) -> Report {
+/// Runs every step against `target`, offering permessage-deflate when `deflate`.
+pub fn run(target: &Target, deflate: bool) -> Report {
     let mut steps = Vec::new();
-    if let Err(detail) = walk(target, &mut steps) {
+    if let Err(detail) = walk(target, deflate, &mut steps) {
         // An empty detail means the failing step is already recorded.
         if !detail.is_empty() {
             steps.push(Step {
@@ -37,6 +39,7 @@ pub fn run(target: &Target) -> Report {
         scenario: "smoke".to_owned(),
         url: format!("ws://{}{}", target.host_header, target.path),
         threads: 1,
+        deflate,
         steps,
         ..Report::default()
     };
@@ -45,7 +48,7 @@ pub fn run(target: &Target) -> Report {
 }
 
 /// The steps in order; `Err` carries what went wrong in the step being attempted.
-fn walk(target: &Target, steps: &mut Vec<Step>) -> Result<(), String> {
+fn walk(target: &Target, deflate: bool, steps: &mut Vec<Step>) -> Result<(), String> {
     let mut check = |name: &str, result: Result<(), String>| -> Result<(), String> {
         let ok = result.is_ok();
         steps.push(Step {
@@ -56,7 +59,7 @@ fn walk(target: &Target, steps: &mut Vec<Step>) -> Result<(), String> {
         // A failed step is already recorded; the caller must not record it again.
         result.map_err(|_| String::new())
     };
-    let mut a = Conn::open(target).map_err(|e| format!("connect: {e}"))?;
+    let mut a = Conn::open(target, deflate).map_err(|e| format!("connect: {e}"))?;
     check("upgrade and welcome", a.expect(WELCOME))?;
     a.send("ping").map_err(|e| e.to_string())?;
     check("ping -> pong", a.expect("pong"))?;
@@ -65,7 +68,7 @@ fn walk(target: &Target, steps: &mut Vec<Step>) -> Result<(), String> {
         "room.join -> joined room",
         a.expect(&format!("joined room: {ROOM}")),
     )?;
-    let mut b = Conn::open(target).map_err(|e| format!("second connection: {e}"))?;
+    let mut b = Conn::open(target, deflate).map_err(|e| format!("second connection: {e}"))?;
     check("second client welcome", b.expect(WELCOME))?;
     b.send(&join(ROOM)).map_err(|e| e.to_string())?;
     check(
@@ -121,23 +124,31 @@ fn chat(room: &str, text: &str) -> String {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Set once the upgrade negotiated permessage-deflate.
+    inflate: Option<Context>,
+    inflater: Inflater,
 }
 
 impl Conn {
-    fn open(target: &Target) -> io::Result<Conn> {
+    /// Connects and upgrades, offering permessage-deflate when `deflate` (then refusing an answer
+    /// without it).
+    fn open(target: &Target, deflate: bool) -> io::Result<Conn> {
         let mut stream = TcpStream::connect_timeout(&target.addr, REPLY_TIMEOUT)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         stream.set_nodelay(true)?;
-        let upgrade = Upgrade::new(target);
+        let upgrade = Upgrade::new(target, deflate);
         stream.write_all(&upgrade.request)?;
         let mut conn = Conn {
             stream,
             buf: Vec::new(),
+            inflate: None,
+            inflater: Inflater::default(),
         };
         loop {
             match upgrade.check(&conn.buf) {
-                Ok(Some(used)) => {
-                    conn.buf.drain(..used);
+                Ok(Some(accepted)) => {
+                    conn.buf.drain(..accepted.used);
+                    conn.inflate = accepted.deflate.as_ref().map(Context::for_session);
                     return Ok(conn);
                 }
                 Ok(None) => conn.fill()?,
@@ -177,9 +188,18 @@ impl Conn {
     /// The next data or close frame, answering pings on the way.
     fn next_frame(&mut self) -> Result<(OpCode, Vec<u8>), String> {
         loop {
-            match codec::parse(&self.buf, MAX_FRAME).map_err(|e| e.to_string())? {
+            let deflate = self.inflate.is_some();
+            match codec::parse(&self.buf, MAX_FRAME, deflate).map_err(|e| e.to_string())? {
                 Some(frame) => {
-                    let payload = self.buf[frame.payload.clone()].to_vec();
+                    let raw = &self.buf[frame.payload.clone()];
+                    let payload = match self.inflate.as_mut().filter(|_| frame.compressed) {
+                        Some(context) => self
+                            .inflater
+                            .inflate(context, raw, MAX_FRAME)
+                            .map_err(|e| e.to_string())?
+                            .to_vec(),
+                        None => raw.to_vec(),
+                    };
                     self.buf.drain(..frame.len);
                     match frame.opcode {
                         OpCode::Ping => self

@@ -1,14 +1,16 @@
 //! The standard scenarios, run one after another, and the Markdown results table they produce.
 //!
-//! Owns the list of standard runs (full size, or `quick` for a smoke test of the harness itself) and the
-//! record of the machine, the date and the command lines that goes with their results. Starting and
-//! stopping the server is not its job: `loadtest/run-suite.sh` does that, so the suite can measure any
-//! server the caller starts.
+//! Owns the list of standard runs (full size, or `quick` for a smoke test of the harness itself), which of
+//! them offer permessage-deflate, and the record of the machine, the date and the command lines that goes
+//! with their results. The deflate runs are the plain ones' twins (same scenario, same parameters), so
+//! one suite run gives on/off ratios. Starting and stopping the server is not its job:
+//! `loadtest/run-suite.sh` does that (the deflate set against a server with deflate on), so the suite
+//! can measure any server the caller starts.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::report::Report;
+use crate::report::{deflate_summary, Report};
 use crate::scenario::{run, Error, RunOptions, Scenario};
 
 /// Which standard runs to make.
@@ -21,10 +23,36 @@ pub enum Set {
     /// Only the 19,000 held connections, against a fresh server: memory freed by an earlier run stays in
     /// the server's allocator and would make the per-connection figure look smaller than it is.
     Held,
+    /// The permessage-deflate twins of the idle connections and the two saturate runs, against a fresh
+    /// server with deflate on: idle first, so its RSS per connection is exact, as in `Full`.
+    Deflate,
 }
 
-/// The standard runs: a name for the table and the scenario.
-pub fn standard(set: Set, quick: bool) -> Vec<(&'static str, Scenario)> {
+/// One standard run.
+#[derive(Clone, Debug)]
+pub struct Standard {
+    /// The table's name for it.
+    pub name: &'static str,
+    /// What runs.
+    pub scenario: Scenario,
+    /// Whether its upgrades offer permessage-deflate (and fail without it).
+    pub deflate: bool,
+}
+
+/// The standard runs of `set`, full size or `quick`.
+pub fn standard(set: Set, quick: bool) -> Vec<Standard> {
+    scenarios(set, quick)
+        .into_iter()
+        .map(|(name, scenario)| Standard {
+            name,
+            scenario,
+            deflate: set == Set::Deflate,
+        })
+        .collect()
+}
+
+/// The scenarios of `set`, with their names in the table.
+fn scenarios(set: Set, quick: bool) -> Vec<(&'static str, Scenario)> {
     let s = Duration::from_secs;
     let (idle_a, idle_b, members, run_for) = if quick {
         (200, 400, 50, s(2))
@@ -50,6 +78,18 @@ pub fn standard(set: Set, quick: bool) -> Vec<(&'static str, Scenario)> {
         duration: run_for,
         size: 100,
     };
+    let conns = |connections: usize| Scenario::Conns {
+        connections,
+        hold: run_for,
+        sample: connections / 100,
+    };
+    if set == Set::Deflate {
+        return vec![
+            ("idle-10k-deflate", conns(idle_a)),
+            ("saturate-100B-deflate", saturate_small),
+            ("saturate-1KiB-deflate", saturate_large),
+        ];
+    }
     let mut runs = vec![
         ("saturate, 100 B", saturate_small),
         ("saturate, 1 KiB", saturate_large),
@@ -58,11 +98,6 @@ pub fn standard(set: Set, quick: bool) -> Vec<(&'static str, Scenario)> {
     if set == Set::Throughput {
         return runs;
     }
-    let conns = |connections: usize| Scenario::Conns {
-        connections,
-        hold: run_for,
-        sample: connections / 100,
-    };
     if set == Set::Held {
         return vec![("conns, held at once", conns(idle_b))];
     }
@@ -99,25 +134,33 @@ pub struct Outcome {
     pub name: &'static str,
     /// What ran.
     pub scenario: Scenario,
+    /// Whether it offered permessage-deflate.
+    pub deflate: bool,
     /// What it measured, or why it did not run.
     pub result: Result<Report, Error>,
 }
 
-/// Runs `runs` in order; `each` sees every outcome as it finishes (for printing as the suite goes).
+/// Runs `runs` in order, each offering deflate as it says whatever `options.deflate` is; `each` sees
+/// every outcome as it finishes (for printing as the suite goes).
 pub fn run_all(
-    runs: Vec<(&'static str, Scenario)>,
+    runs: Vec<Standard>,
     options: &RunOptions,
     mut each: impl FnMut(&Outcome),
 ) -> Vec<Outcome> {
     let mut outcomes = Vec::new();
-    for (name, scenario) in runs {
+    for standard in runs {
         if crate::interrupted() {
             break;
         }
-        let result = run(&scenario, options);
+        let options = RunOptions {
+            deflate: standard.deflate,
+            ..options.clone()
+        };
+        let result = run(&standard.scenario, &options);
         let outcome = Outcome {
-            name,
-            scenario,
+            name: standard.name,
+            scenario: standard.scenario,
+            deflate: standard.deflate,
             result,
         };
         each(&outcome);
@@ -154,8 +197,8 @@ pub fn preamble(command: &str) -> String {
 
 /// The table's header row.
 pub fn table_header() -> String {
-    "| server | run | parameters | ready | connect/s | deliveries/s | lost / dup / ooo | latency µs p50 / p99 / p99.9 / max | server RSS per conn | server CPU | deliveries per server CPU-s | harness CPU | result |\n\
-     |---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "| server | run | parameters | ready | connect/s | deliveries/s | lost / dup / ooo | latency µs p50 / p99 / p99.9 / max | server RSS per conn | server CPU | deliveries per server CPU-s | deflate | wire B per message | harness CPU | result |\n\
+     |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         .to_owned()
 }
 
@@ -177,9 +220,10 @@ pub fn table_rows(label: &str, outcomes: &[Outcome]) -> String {
         let r = match &o.result {
             Ok(r) => r,
             Err(e) => {
+                let deflate = if o.deflate { "on" } else { "off" };
                 let _ = writeln!(
                     out,
-                    "| {label} | {} | {params} | | | | | | | | | | not run: {e} |",
+                    "| {label} | {} | {params} | | | | | | | | | {deflate} | | | not run: {e} |",
                     o.name
                 );
                 continue;
@@ -198,6 +242,13 @@ pub fn table_rows(label: &str, outcomes: &[Outcome]) -> String {
         let per_cpu = server
             .and_then(|s| s.deliveries_per_cpu_second)
             .map_or("–".to_owned(), |d| format!("{d:.0}"));
+        let messages = r.messages_compressed + r.messages_plain;
+        let wire = if messages > 0 {
+            format!("{:.1}", r.bytes_received as f64 / messages as f64)
+        } else {
+            "–".to_owned()
+        };
+        let deflate = deflate_summary(r);
         let verdict = if r.passed {
             "pass".to_owned()
         } else {
@@ -210,7 +261,7 @@ pub fn table_rows(label: &str, outcomes: &[Outcome]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {label} | {} | {params} | {ready} | {:.0} | {:.0} | {} / {} / {} | {latency} | {rss} | {cpu} | {per_cpu} | {:.0}% | {verdict} |",
+            "| {label} | {} | {params} | {ready} | {:.0} | {:.0} | {} / {} / {} | {latency} | {rss} | {cpu} | {per_cpu} | {deflate} | {wire} | {:.0}% | {verdict} |",
             o.name,
             r.connect_rate_per_second,
             r.deliveries_per_second,
@@ -249,15 +300,15 @@ mod tests {
     fn the_full_suite_holds_the_issue_targets() {
         let mut runs = standard(Set::Full, false);
         runs.extend(standard(Set::Held, false));
-        assert!(runs.iter().any(|(_, s)| matches!(
-            s,
+        assert!(runs.iter().any(|r| matches!(
+            r.scenario,
             Scenario::Conns {
                 connections: 19_000,
                 ..
             }
         )));
-        assert!(runs.iter().any(|(_, s)| matches!(
-            s,
+        assert!(runs.iter().any(|r| matches!(
+            r.scenario,
             Scenario::Saturate {
                 members: 1_000,
                 window: 32,
@@ -267,6 +318,92 @@ mod tests {
         )));
         assert_eq!(standard(Set::Throughput, true).len(), 3);
         assert_eq!(standard(Set::Held, true).len(), 1);
+    }
+
+    fn names(runs: &[Standard]) -> Vec<&'static str> {
+        runs.iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn plain_sets_are_unchanged_and_offer_nothing() {
+        for quick in [false, true] {
+            let full = standard(Set::Full, quick);
+            assert_eq!(
+                names(&full),
+                [
+                    "smoke",
+                    "conns, idle",
+                    "saturate, 100 B",
+                    "saturate, 1 KiB",
+                    "rooms",
+                    "fanout",
+                    "churn"
+                ]
+            );
+            for set in [Set::Full, Set::Throughput, Set::Held] {
+                assert!(standard(set, quick).iter().all(|r| !r.deflate));
+            }
+        }
+    }
+
+    #[test]
+    fn deflate_runs_are_twins_of_the_plain_ones() {
+        for quick in [false, true] {
+            let full = standard(Set::Full, quick);
+            let plain = |name: &str| {
+                full.iter()
+                    .find(|r| r.name == name)
+                    .map(|r| r.scenario.clone())
+                    .unwrap()
+            };
+            let deflate = standard(Set::Deflate, quick);
+            assert!(deflate.iter().all(|r| r.deflate));
+            assert_eq!(
+                names(&deflate),
+                [
+                    "idle-10k-deflate",
+                    "saturate-100B-deflate",
+                    "saturate-1KiB-deflate"
+                ]
+            );
+            assert_eq!(deflate[0].scenario, plain("conns, idle"));
+            assert_eq!(deflate[1].scenario, plain("saturate, 100 B"));
+            assert_eq!(deflate[2].scenario, plain("saturate, 1 KiB"));
+        }
+        assert!(matches!(
+            standard(Set::Deflate, false)[0].scenario,
+            Scenario::Conns {
+                connections: 10_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rows_say_whether_deflate_was_on_and_the_wire_bytes_per_message() {
+        let report = Report {
+            deflate: true,
+            deflate_negotiated: 2,
+            messages_compressed: 8,
+            messages_plain: 2,
+            bytes_received: 555,
+            ..Report::default()
+        };
+        let outcome = Outcome {
+            name: "saturate-100B-deflate",
+            scenario: Scenario::Smoke,
+            deflate: true,
+            result: Ok(report),
+        };
+        let row = table_rows("2 shards, deflate", &[outcome]);
+        assert!(
+            row.contains("| on: 2 upgrades negotiated; 8 messages compressed, 2 plain | 55.5 |")
+        );
+        let columns = |line: &str| line.matches('|').count();
+        assert_eq!(
+            columns(&row),
+            columns(table_header().lines().next().unwrap())
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! What one driver thread counted, and how tallies from many threads merge.
 //!
 //! Owns the counters (latency histogram, deliveries, duplicates, late arrivals, errors by kind, sent and
-//! distinct-received per room and publisher) and their merge. A thread fills its own tally without
-//! synchronisation; the main thread merges them once at the end, and merges per-second [`Interval`]s as
-//! they arrive for the time series. It does not decide loss or pass/fail (see `report`).
+//! distinct-received per room and publisher, compressed and plain messages, bytes received) and their
+//! merge. A thread fills its own tally without synchronisation; the main thread merges them once at the
+//! end, and merges per-second [`Interval`]s as they arrive for the time series. It does not decide loss
+//! or pass/fail (see `report`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -35,6 +36,9 @@ pub enum ErrorKind {
     Closed,
     /// The upgrade response was wrong.
     Handshake,
+    /// permessage-deflate was offered (`--deflate`) and the upgrade succeeded without it: the connection
+    /// is dropped before it can carry plain frames into a compressed measurement.
+    DeflateRefused,
     /// A frame violated the protocol, or the reply was not the seed's.
     Protocol,
     /// Anything else.
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Closed => "closed_by_server",
             ErrorKind::Handshake => "handshake",
+            ErrorKind::DeflateRefused => "deflate_refused",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Other => "other",
         }
@@ -95,6 +100,16 @@ pub struct Tally {
     pub churn_cycles: u64,
     /// Connections established and upgraded, churners included.
     pub connects: u64,
+    /// Upgrades that negotiated permessage-deflate.
+    pub deflate_negotiated: u64,
+    /// Data messages received with RSV1 set (compressed), every stage and connection.
+    pub messages_compressed: u64,
+    /// Data messages received without it.
+    pub messages_plain: u64,
+    /// Data messages' bytes as the harness read them: inflated where they were compressed.
+    pub message_bytes: u64,
+    /// Every byte read from the sockets, upgrade responses and frame headers included.
+    pub bytes_received: u64,
 }
 
 impl Tally {
@@ -118,6 +133,11 @@ impl Tally {
             distinct: per_room(),
             churn_cycles: 0,
             connects: 0,
+            deflate_negotiated: 0,
+            messages_compressed: 0,
+            messages_plain: 0,
+            message_bytes: 0,
+            bytes_received: 0,
         }
     }
 
@@ -140,6 +160,11 @@ impl Tally {
         add_nested(&mut self.distinct, &other.distinct);
         self.churn_cycles += other.churn_cycles;
         self.connects += other.connects;
+        self.deflate_negotiated += other.deflate_negotiated;
+        self.messages_compressed += other.messages_compressed;
+        self.messages_plain += other.messages_plain;
+        self.message_bytes += other.message_bytes;
+        self.bytes_received += other.bytes_received;
     }
 }
 
@@ -178,6 +203,9 @@ mod tests {
         *b.connect_errors.entry(ErrorKind::Refused).or_default() += 2;
         a.deliveries = 1;
         b.deliveries = 2;
+        (a.messages_compressed, b.messages_compressed) = (4, 5);
+        (a.bytes_received, b.bytes_received) = (100, 23);
+        b.deflate_negotiated = 3;
         a.merge(&b);
         assert_eq!(a.latency.len(), 2);
         assert_eq!(a.latency.max(), b.latency.max());
@@ -185,6 +213,14 @@ mod tests {
         assert_eq!(a.distinct[1][0], 3);
         assert_eq!(a.connect_errors[&ErrorKind::Refused], 2);
         assert_eq!(a.deliveries, 3);
+        assert_eq!(
+            (
+                a.messages_compressed,
+                a.bytes_received,
+                a.deflate_negotiated
+            ),
+            (9, 123, 3)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The in-process chat server every scenario test runs against: roomcast as a library, answering with the
 //! seed's replies (the same words as the app in `src/app/`), on loopback with free ports.
 //!
-//! A variant with one reply deliberately wrong (`pang` for `ping`) lets a test prove that smoke notices.
+//! A variant with one reply deliberately wrong (`pang` for `ping`) lets a test prove that smoke notices,
+//! and one with permessage-deflate on serves the `--deflate` runs.
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
@@ -22,8 +23,18 @@ pub enum Pong {
     Wrong,
 }
 
-/// Starts the chat server on 127.0.0.1 with free ports and `shards` WebSocket shards.
+/// Starts the chat server on 127.0.0.1 with free ports and `shards` WebSocket shards, deflate off.
 pub fn start_chat(shards: usize, pong: Pong) -> RunningServer {
+    start(shards, pong, false)
+}
+
+/// The chat server with permessage-deflate on (`WEBSOCKET_ENABLE_DEFLATE=true`), as `run-suite.sh` starts
+/// it for the deflate runs.
+pub fn start_deflate_chat(shards: usize) -> RunningServer {
+    start(shards, Pong::Right, true)
+}
+
+fn start(shards: usize, pong: Pong, deflate: bool) -> RunningServer {
     let shards = shards.to_string();
     let pairs: HashMap<&str, &str> = [
         ("WEBSOCKET_HOST", "127.0.0.1"),
@@ -32,7 +43,10 @@ pub fn start_chat(shards: usize, pong: Pong) -> RunningServer {
         ("SERVER_PORT", "0"),
         ("SERVER_IO_THREADS", shards.as_str()),
         ("SERVER_BENCH_MODE", "true"),
-        ("WEBSOCKET_ENABLE_DEFLATE", "false"),
+        (
+            "WEBSOCKET_ENABLE_DEFLATE",
+            if deflate { "true" } else { "false" },
+        ),
         // The scenarios measure fan-out; a publisher's limits would only measure the limits.
         ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
         ("WEBSOCKET_RATE_LIMIT_BYTES", "0"),
