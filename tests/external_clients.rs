@@ -2,6 +2,10 @@
 //! headless Chromium through playwright-core, and the seed's websocat session) is run as a subprocess
 //! against a freshly started server and must exit 0. Their output is shown when one fails.
 //!
+//! The permessage-deflate runs pass `--expect-extensions`: each client then checks the server's exact
+//! `Sec-WebSocket-Extensions` answer and, where it can see the RSV1 bit (Python, Node), that its long
+//! message arrived compressed exactly when deflate was negotiated.
+//!
 //! The tools are installed by `tests/run`; run that once before `cargo test` if one is missing here.
 
 mod common;
@@ -10,13 +14,32 @@ use std::time::Duration;
 
 use common::{run_client, spawn_app};
 
+/// The server's answer to an acceptable permessage-deflate offer without `server_max_window_bits`.
+const DEFLATE_ANSWER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
 /// Runs `program tests/clients/<script> <url>` and fails the test, with the script's and the server's
 /// output, unless it exits 0.
 fn client_passes(program: &str, script: &str, url_of: fn(&common::App) -> String, limit: Duration) {
-    let app = spawn_app(&[]);
+    client_passes_with(program, script, &[], &[], url_of, limit);
+}
+
+/// [`client_passes`] against a server started with `env`, the script run as
+/// `program tests/clients/<script> <url> <args>...`.
+fn client_passes_with(
+    program: &str,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    url_of: fn(&common::App) -> String,
+    limit: Duration,
+) {
+    let app = spawn_app(env);
     let script_path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
     let url = url_of(&app);
-    let (status, output) = run_client(program, &[&script_path, &url], limit);
+    let mut all_args = vec![script_path.as_str(), url.as_str()];
+    all_args.extend_from_slice(args);
+    let (status, output) = run_client(program, &all_args, limit);
     match status {
         Some(status) if status.success() => println!("{output}"),
         Some(status) => panic!(
@@ -67,5 +90,90 @@ fn websocat_seed_flow() {
         "seed_flow.sh",
         |app| app.ws_url(),
         Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn python_websockets_negotiates_permessage_deflate() {
+    client_passes_with(
+        "python3",
+        "chat_flow.py",
+        &[
+            "--compression",
+            "deflate",
+            "--expect-extensions",
+            DEFLATE_ANSWER,
+        ],
+        &[],
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn python_websockets_without_compression_gets_plain_messages() {
+    client_passes_with(
+        "python3",
+        "chat_flow.py",
+        &["--compression", "none", "--expect-extensions", "none"],
+        &[],
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn python_websockets_offer_is_declined_with_deflate_disabled() {
+    client_passes_with(
+        "python3",
+        "chat_flow.py",
+        &["--compression", "deflate", "--expect-extensions", "none"],
+        &[("WEBSOCKET_ENABLE_DEFLATE", "false")],
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn node_ws_negotiates_permessage_deflate() {
+    client_passes_with(
+        "node",
+        "chat_flow.mjs",
+        &[
+            "--compression",
+            "deflate",
+            "--expect-extensions",
+            DEFLATE_ANSWER,
+        ],
+        &[],
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn node_ws_without_per_message_deflate_gets_plain_messages() {
+    client_passes_with(
+        "node",
+        "chat_flow.mjs",
+        &["--compression", "none", "--expect-extensions", "none"],
+        &[],
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn chromium_negotiates_permessage_deflate() {
+    let screenshot = format!("{}/target/two_tabs_deflate.png", env!("CARGO_MANIFEST_DIR"));
+    // The URL comes first; the screenshot path (not the default, which the seed flow's test writes) and
+    // the flag follow it.
+    client_passes_with(
+        "node",
+        "two_tabs.mjs",
+        &[&screenshot, "--expect-extensions", DEFLATE_ANSWER],
+        &[],
+        |app| app.http_url(),
+        Duration::from_secs(120),
     );
 }

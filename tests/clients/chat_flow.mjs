@@ -1,7 +1,15 @@
 #!/usr/bin/env node
 // The chat protocol, reply by reply, through Node's `ws` client: the same flow as chat_flow.py.
 //
-// Usage: node chat_flow.mjs ws://HOST:PORT/
+// Usage: node chat_flow.mjs ws://HOST:PORT/ [--compression deflate|none] [--expect-extensions VALUE|none]
+//
+// `--compression` is the client's `perMessageDeflate` option: `deflate` (the default, as in `ws`) is
+// `perMessageDeflate: true`, `none` is `false`. With `--expect-extensions`, every client checks the server's
+// `Sec-WebSocket-Extensions` answer (exactly VALUE, or absent for `none`), `ws.extensions`, and what arrived
+// compressed: the long room message (over 1 kB, so `ws` compresses it too) must arrive compressed (RSV1)
+// if and only if an extension was negotiated, and no message under 64 bytes (the server's default
+// `WEBSOCKET_DEFLATE_MIN_SIZE`) may arrive compressed. The RSV1 bits are read by a second listener on the
+// socket's data, which parses the server's (unmasked) frame headers.
 //
 // Three clients: a and b share room `general`; a, b and c share room `side`. Every wait has a deadline;
 // any mismatch exits 1 with the expected and actual message. Absence ("c never sees the general message")
@@ -13,6 +21,44 @@ import WebSocket from "ws";
 const WELCOME = "welcome to Vix WebSocket chat";
 const RECV_DEADLINE_MS = 5000;
 const TOTAL_DEADLINE_MS = 30000;
+// The server's default WEBSOCKET_DEFLATE_MIN_SIZE: shorter messages are never compressed.
+const DEFLATE_MIN_SIZE = 64;
+// Over 1 kB (ws compresses from 1024 bytes) and repetitive, so it shrinks.
+const LONG_TEXT =
+  "a message long enough to be compressed: " + "the quick brown fox jumps over the lazy dog; ".repeat(24);
+
+/** Parses the server's frames from the raw socket data and records, per message, whether its first frame
+ * carried RSV1. */
+class FrameTap {
+  constructor() {
+    this.pending = Buffer.alloc(0);
+    this.rsv1 = [];
+  }
+
+  push(chunk) {
+    this.pending = Buffer.concat([this.pending, chunk]);
+    for (;;) {
+      const buf = this.pending;
+      if (buf.length < 2) return;
+      let len = buf[1] & 0x7f;
+      let offset = 2;
+      if (len === 126) {
+        if (buf.length < 4) return;
+        len = buf.readUInt16BE(2);
+        offset = 4;
+      } else if (len === 127) {
+        if (buf.length < 10) return;
+        len = Number(buf.readBigUInt64BE(2));
+        offset = 10;
+      }
+      if (buf[1] & 0x80) offset += 4;
+      if (buf.length < offset + len) return;
+      const opcode = buf[0] & 0x0f;
+      if (opcode === 0x1 || opcode === 0x2) this.rsv1.push((buf[0] & 0x40) !== 0);
+      this.pending = buf.subarray(offset + len);
+    }
+  }
+}
 
 class Mismatch extends Error {}
 
@@ -27,12 +73,29 @@ const chat = (room, text) =>
 
 /** One connection whose incoming text messages queue up until a test step takes them. */
 class Client {
-  constructor(name, url) {
+  constructor(name, url, options) {
     this.name = name;
+    this.options = options;
     this.queue = [];
     this.waiter = null;
     this.ended = null;
-    this.ws = new WebSocket(url);
+    this.answer = null;
+    this.tap = new FrameTap();
+    this.ws = new WebSocket(url, { perMessageDeflate: options.compression === "deflate" });
+    let socket = null;
+    this.ws.on("upgrade", (response) => {
+      // Every Sec-WebSocket-Extensions line, as sent (Node would join repeated lines with ", ").
+      this.answer = [];
+      for (let i = 0; i < response.rawHeaders.length; i += 2) {
+        if (response.rawHeaders[i].toLowerCase() === "sec-websocket-extensions") {
+          this.answer.push(response.rawHeaders[i + 1]);
+        }
+      }
+      socket = response.socket;
+    });
+    // `open` is emitted right after ws attaches its own data listener and puts back the bytes that came
+    // with the handshake's answer, before any of them is read: this listener sees every frame too.
+    this.ws.on("open", () => socket.on("data", (chunk) => this.tap.push(chunk)));
     this.ws.on("message", (data, isBinary) => {
       this.push(isBinary ? { error: `binary message ${data.toString("hex")}` } : { text: data.toString() });
     });
@@ -67,14 +130,56 @@ class Client {
     });
   }
 
-  async expect(expected) {
+  get deflate() {
+    return this.ws.extensions === "permessage-deflate";
+  }
+
+  /** Checks the handshake's answer and the negotiated extension against --expect-extensions. */
+  checkNegotiation() {
+    console.log(
+      `${this.name}: Sec-WebSocket-Extensions: ${JSON.stringify(this.answer)}, ws.extensions ${JSON.stringify(this.ws.extensions)}`,
+    );
+    const value = this.options.expectExtensions;
+    if (value === undefined) return;
+    const expected = value === "none" ? [] : [value];
+    if (JSON.stringify(this.answer) !== JSON.stringify(expected)) {
+      throw new Mismatch(
+        `${this.name}: Sec-WebSocket-Extensions: expected ${JSON.stringify(expected)}, got ${JSON.stringify(this.answer)}`,
+      );
+    }
+    const extensions = value === "none" ? "" : "permessage-deflate";
+    if (this.ws.extensions !== extensions) {
+      throw new Mismatch(
+        `${this.name}: ws.extensions: expected ${JSON.stringify(extensions)}, got ${JSON.stringify(this.ws.extensions)}`,
+      );
+    }
+  }
+
+  /** The next message must be `expected`; with --expect-extensions, also compressed or not as `compressed`
+   * says (undefined: only the minimum-size rule applies). */
+  async expect(expected, compressed) {
     const got = await this.next();
     if (got.text !== expected) {
       throw new Mismatch(
         `${this.name}: expected ${JSON.stringify(expected)}, got ${got.error ?? JSON.stringify(got.text)}`,
       );
     }
-    console.log(`${this.name} <- ${got.text}`);
+    const wasCompressed = this.tap.rsv1.shift();
+    if (wasCompressed === undefined) {
+      throw new Mismatch(`${this.name}: the frame tap saw no frame for ${JSON.stringify(got.text)}`);
+    }
+    if (this.options.expectExtensions !== undefined) {
+      const size = Buffer.byteLength(got.text);
+      if (size < DEFLATE_MIN_SIZE && wasCompressed) {
+        throw new Mismatch(`${this.name}: ${JSON.stringify(got.text)} (${size} bytes) arrived compressed`);
+      }
+      if (compressed !== undefined && wasCompressed !== compressed) {
+        throw new Mismatch(
+          `${this.name}: ${JSON.stringify(got.text.slice(0, 40))}... (${size} bytes) arrived ${wasCompressed ? "compressed" : "plain"}`,
+        );
+      }
+    }
+    console.log(`${this.name} <- ${got.text.slice(0, 100)}${wasCompressed ? " [compressed]" : ""}`);
   }
 
   send(text) {
@@ -103,16 +208,17 @@ class Client {
   }
 }
 
-async function openClient(url, name) {
-  const client = new Client(name, url);
+async function openClient(url, name, options) {
+  const client = new Client(name, url, options);
   await client.expect(WELCOME);
+  client.checkNegotiation();
   return client;
 }
 
-async function flow(url) {
-  const a = await openClient(url, "a");
-  const b = await openClient(url, "b");
-  const c = await openClient(url, "c");
+async function flow(url, options) {
+  const a = await openClient(url, "a", options);
+  const b = await openClient(url, "b", options);
+  const c = await openClient(url, "c", options);
 
   for (const client of [a, b, c]) await client.roundtrip("ping", "pong");
 
@@ -127,6 +233,10 @@ async function flow(url) {
   a.send(chat("general", "Hello everyone"));
   await a.expect("room general: Hello everyone");
   await b.expect("room general: Hello everyone");
+  // A long message: ws compresses it if deflate was negotiated, the server inflates it, and both members
+  // get it compressed if and only if they negotiated deflate.
+  a.send(chat("general", LONG_TEXT));
+  for (const client of [a, b]) await client.expect(`room general: ${LONG_TEXT}`, client.deflate);
   a.send(chat("side", "sync 1"));
   for (const client of [a, b, c]) await client.expect("room side: sync 1");
 
@@ -151,18 +261,39 @@ async function flow(url) {
   await Promise.all([a, b, c].map((client) => client.close()));
 }
 
+/** The URL and the options, or null on a usage error. */
+function parseArgs(args) {
+  const options = { compression: "deflate", expectExtensions: undefined };
+  let url;
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--compression" && ["deflate", "none"].includes(args[i + 1])) {
+      options.compression = args[++i];
+    } else if (args[i] === "--expect-extensions" && i + 1 < args.length) {
+      options.expectExtensions = args[++i];
+    } else if (url === undefined && !args[i].startsWith("--")) {
+      url = args[i];
+    } else {
+      return null;
+    }
+  }
+  return url === undefined ? null : { url, options };
+}
+
 async function main() {
-  const url = process.argv[2];
-  if (!url) {
-    console.error("usage: node chat_flow.mjs ws://HOST:PORT/");
+  const parsed = parseArgs(process.argv.slice(2));
+  if (!parsed) {
+    console.error(
+      "usage: node chat_flow.mjs ws://HOST:PORT/ [--compression deflate|none] [--expect-extensions VALUE|none]",
+    );
     return 2;
   }
+  const { url, options } = parsed;
   let timer;
   const deadline = new Promise((_, reject) => {
     timer = setTimeout(() => reject(new Error(`flow not done within ${TOTAL_DEADLINE_MS} ms`)), TOTAL_DEADLINE_MS);
   });
   try {
-    await Promise.race([flow(url), deadline]);
+    await Promise.race([flow(url, options), deadline]);
   } catch (err) {
     console.error(`FAIL: ${err.message}`);
     return 1;

@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """The chat protocol, reply by reply, through the Python `websockets` client.
 
-Usage: chat_flow.py ws://HOST:PORT/
+Usage: chat_flow.py ws://HOST:PORT/ [--compression deflate|none] [--expect-extensions VALUE|none]
+
+`--compression` is the client's permessage-deflate setting: `deflate` (the default, as in `websockets`)
+offers it, `none` (`compression=None`) does not. With `--expect-extensions`, every client checks the
+server's `Sec-WebSocket-Extensions` answer (exactly VALUE, or absent for `none`) and what arrived compressed:
+the long room message (over 1 kB, compressible) must arrive compressed (RSV1) if and only if an extension was
+negotiated, and no message under 64 bytes (the server's default `WEBSOCKET_DEFLATE_MIN_SIZE`) may arrive
+compressed. The RSV1 bit is read where `websockets` inflates: the negotiated extension's `decode` is wrapped.
 
 Three clients: a and b share room `general`; a, b and c share room `side`. Checks the welcome, ping/pong,
 join (with and without a room), broadcast to every member including the sender, no delivery to a
@@ -13,15 +20,24 @@ Absence ("c never sees the general message") is checked without sleeping: right 
 server forwards a sender's broadcasts in order, so a wrongly delivered `general` message would come first.
 """
 
+import argparse
 import asyncio
+import collections
 import json
 import sys
 
 from websockets.asyncio.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Opcode
 
 WELCOME = "welcome to Vix WebSocket chat"
 RECV_DEADLINE = 5.0
 TOTAL_DEADLINE = 30.0
+# The server's default WEBSOCKET_DEFLATE_MIN_SIZE: shorter messages are never compressed.
+DEFLATE_MIN_SIZE = 64
+# Over 1 kB and repetitive, so every permessage-deflate sender compresses it (Node's `ws` only compresses
+# from 1024 bytes), and it shrinks.
+LONG_TEXT = "a message long enough to be compressed: " + "the quick brown fox jumps over the lazy dog; " * 24
 
 
 class Mismatch(Exception):
@@ -42,19 +58,61 @@ def chat(room, text):
     return json.dumps({"type": "chat.message", "payload": payload})
 
 
+class RecordingDeflateFactory(ClientPerMessageDeflateFactory):
+    """The offer `websockets` makes by default (`permessage-deflate; client_max_window_bits`), whose
+    negotiated extension records the RSV1 bit of each incoming message's first frame in `rsv1`. Installed
+    at connect time, so it also sees the messages that arrive with the handshake's answer."""
+
+    def __init__(self, rsv1):
+        super().__init__(compress_settings={"memLevel": 5})
+        self.rsv1 = rsv1
+
+    def process_response_params(self, params, accepted_extensions):
+        extension = super().process_response_params(params, accepted_extensions)
+        original = extension.decode
+        rsv1 = self.rsv1
+
+        def decode(frame, *, max_size=None):
+            if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+                rsv1.append(frame.rsv1)
+            return original(frame, max_size=max_size)
+
+        extension.decode = decode
+        return extension
+
+
 class Client:
-    def __init__(self, name, ws):
+    def __init__(self, name, ws, rsv1, check_compression):
         self.name = name
         self.ws = ws
+        self.check_compression = check_compression
+        # RSV1 of each incoming message's first frame, in arrival order; filled as frames are parsed,
+        # which is before recv() returns their message.
+        self.rsv1 = rsv1
 
-    async def expect(self, expected):
+    @property
+    def deflate(self):
+        return len(self.ws.protocol.extensions) > 0
+
+    async def expect(self, expected, compressed=None):
+        """The next message must be `expected`; with --expect-extensions, also compressed or not as
+        `compressed` says (None: only the minimum-size rule applies)."""
         try:
             got = await asyncio.wait_for(self.ws.recv(), RECV_DEADLINE)
         except asyncio.TimeoutError:
             raise Mismatch(f"{self.name}: expected {expected!r}, got nothing within {RECV_DEADLINE}s")
+        # Without an extension no frame passes through decode, and none may be compressed.
+        was_compressed = self.rsv1.popleft() if self.deflate else False
         if got != expected:
             raise Mismatch(f"{self.name}: expected {expected!r}, got {got!r}")
-        print(f"{self.name} <- {got}")
+        if self.check_compression:
+            size = len(got.encode())
+            if size < DEFLATE_MIN_SIZE and was_compressed:
+                raise Mismatch(f"{self.name}: {got!r} ({size} bytes) arrived compressed")
+            if compressed is not None and was_compressed != compressed:
+                state = "compressed" if was_compressed else "plain"
+                raise Mismatch(f"{self.name}: {got[:40]!r}... ({size} bytes) arrived {state}")
+        print(f"{self.name} <- {got[:100]}{' [compressed]' if was_compressed else ''}")
 
     async def send(self, text):
         print(f"{self.name} -> {text}")
@@ -65,17 +123,30 @@ class Client:
         await self.expect(expected)
 
 
-async def open_client(url, name):
-    ws = await asyncio.wait_for(connect(url, open_timeout=RECV_DEADLINE), RECV_DEADLINE)
-    client = Client(name, ws)
+async def open_client(url, name, options):
+    rsv1 = collections.deque()
+    if options.compression == "none":
+        settings = {"compression": None}
+    else:
+        settings = {"compression": "deflate", "extensions": [RecordingDeflateFactory(rsv1)]}
+    ws = await asyncio.wait_for(connect(url, open_timeout=RECV_DEADLINE, **settings), RECV_DEADLINE)
+    answer = ws.response.headers.get_all("Sec-WebSocket-Extensions")
+    print(f"{name}: Sec-WebSocket-Extensions: {answer}, extensions {ws.protocol.extensions}")
+    if options.expect_extensions is not None:
+        expected = [] if options.expect_extensions == "none" else [options.expect_extensions]
+        if answer != expected:
+            raise Mismatch(f"{name}: Sec-WebSocket-Extensions: expected {expected}, got {answer}")
+        if (len(ws.protocol.extensions) > 0) != (len(expected) > 0):
+            raise Mismatch(f"{name}: negotiated extensions {ws.protocol.extensions}, expected {expected}")
+    client = Client(name, ws, rsv1, options.expect_extensions is not None)
     await client.expect(WELCOME)
     return client
 
 
-async def flow(url):
-    a = await open_client(url, "a")
-    b = await open_client(url, "b")
-    c = await open_client(url, "c")
+async def flow(url, options):
+    a = await open_client(url, "a", options)
+    b = await open_client(url, "b", options)
+    c = await open_client(url, "c", options)
 
     for client in (a, b, c):
         await client.roundtrip("ping", "pong")
@@ -91,6 +162,11 @@ async def flow(url):
     await a.send(chat("general", "Hello everyone"))
     await a.expect("room general: Hello everyone")
     await b.expect("room general: Hello everyone")
+    # A long message: the client compresses it if deflate was negotiated, the server inflates it, and
+    # both members get it compressed if and only if they negotiated deflate.
+    await a.send(chat("general", LONG_TEXT))
+    for client in (a, b):
+        await client.expect(f"room general: {LONG_TEXT}", compressed=client.deflate)
     await a.send(chat("side", "sync 1"))
     for client in (a, b, c):
         await client.expect("room side: sync 1")
@@ -119,11 +195,17 @@ async def flow(url):
 
 
 def main():
-    if len(sys.argv) != 2:
-        print("usage: chat_flow.py ws://HOST:PORT/", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(description="The chat protocol through Python websockets.")
+    parser.add_argument("url", help="ws://HOST:PORT/")
+    parser.add_argument("--compression", choices=["deflate", "none"], default="deflate")
+    parser.add_argument(
+        "--expect-extensions",
+        metavar="VALUE|none",
+        help="the exact Sec-WebSocket-Extensions answer expected, or none for no extension",
+    )
+    options = parser.parse_args()
     try:
-        asyncio.run(asyncio.wait_for(flow(sys.argv[1]), TOTAL_DEADLINE))
+        asyncio.run(asyncio.wait_for(flow(options.url, options), TOTAL_DEADLINE))
     except Mismatch as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1

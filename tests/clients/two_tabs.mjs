@@ -1,12 +1,17 @@
 #!/usr/bin/env node
 // The seed's "Complete test flow" in a real browser: headless Debian Chromium, driven by playwright-core.
 //
-// Usage: node two_tabs.mjs http://HOST:PORT [screenshot.png]
+// Usage: node two_tabs.mjs http://HOST:PORT [screenshot.png] [--expect-extensions VALUE|none]
 //
 // Opens the served page in two tabs of one fresh profile; both must log `connected` and the welcome. In both
 // tabs: room = general, click "Join room". In the first tab send "Hello from Vix"; both tabs' logs must show
-// `server: room general: Hello from Vix`. Saves a screenshot of each tab (default target/two_tabs.png and
-// target/two_tabs_second.png). Every wait has a deadline; a mismatch exits 1 and prints both tabs' logs.
+// `server: room general: Hello from Vix`. Then the second tab sends a message of over 64 bytes (compressed
+// by a server that negotiated permessage-deflate), which both tabs must show once. Saves a screenshot of
+// each tab (default target/two_tabs.png and target/two_tabs_second.png). Every wait has a deadline; a
+// mismatch exits 1 and prints both tabs' logs.
+//
+// With `--expect-extensions`, each tab's page socket must report exactly VALUE as its negotiated extensions
+// (`socket.extensions`, the server's Sec-WebSocket-Extensions answer; `none`: the empty string).
 //
 // CHROMIUM overrides the browser binary (default /usr/bin/chromium).
 
@@ -19,10 +24,16 @@ import { chromium } from "playwright-core";
 const STEP_DEADLINE_MS = 10000;
 const WELCOME = "server: welcome to Vix WebSocket chat";
 const MESSAGE = "Hello from Vix";
+// Over 64 bytes (the server's default WEBSOCKET_DEFLATE_MIN_SIZE) and repetitive, so a deflate session
+// gets it compressed.
+const LONG_MESSAGE = "Long enough to be compressed: " + "the quick brown fox jumps over the lazy dog; ".repeat(8).trimEnd();
 
 const here = dirname(fileURLToPath(import.meta.url));
-const httpUrl = process.argv[2];
-const screenshot = resolve(process.argv[3] ?? join(here, "..", "..", "target", "two_tabs.png"));
+const args = process.argv.slice(2);
+const flag = args.indexOf("--expect-extensions");
+const expectExtensions = flag >= 0 ? args.splice(flag, 2)[1] : undefined;
+const [httpUrl, screenshotArg] = args;
+const screenshot = resolve(screenshotArg ?? join(here, "..", "..", "target", "two_tabs.png"));
 
 /** The page's log, one entry per line. */
 const logLines = (page) => page.$eval("#log", (el) => el.textContent.split("\n").filter((l) => l !== ""));
@@ -57,6 +68,17 @@ async function flow(context) {
     await waitForLog(page, name, WELCOME);
     // The page joins its current room as soon as it connects.
     await waitForLog(page, name, "server: joined room: general");
+    // The page's own socket (a global `let` of its script) says what was negotiated.
+    const extensions = await page.evaluate(() => socket.extensions);
+    console.log(`${name}: socket.extensions = ${JSON.stringify(extensions)}`);
+    if (expectExtensions !== undefined) {
+      const expected = expectExtensions === "none" ? "" : expectExtensions;
+      if (extensions !== expected) {
+        throw new Error(
+          `${name}: socket.extensions is ${JSON.stringify(extensions)}, expected ${JSON.stringify(expected)}`,
+        );
+      }
+    }
   }
 
   // The seed's steps: in both tabs, room = general, click Join room.
@@ -74,12 +96,23 @@ async function flow(context) {
     await waitForLog(page, name, `server: room general: ${MESSAGE}`);
   }
 
+
+  // A long message from the second tab, which both must show.
+  const [, second] = tabs[1];
+  await second.fill("#message", LONG_MESSAGE);
+  await second.click("#send");
+  for (const [name, page] of tabs) {
+    await waitForLog(page, name, `server: room general: ${LONG_MESSAGE}`);
+  }
+
   for (const [name, page] of tabs) {
     const lines = await logLines(page);
     const bad = lines.filter((l) => l === "error" || l === "closed");
     if (bad.length > 0) throw new Error(`${name}: log shows ${JSON.stringify(bad)}`);
-    if (lines.filter((l) => l === `server: room general: ${MESSAGE}`).length !== 1) {
-      throw new Error(`${name}: the broadcast arrived more than once`);
+    for (const message of [MESSAGE, LONG_MESSAGE]) {
+      if (lines.filter((l) => l === `server: room general: ${message}`).length !== 1) {
+        throw new Error(`${name}: the broadcast ${JSON.stringify(message.slice(0, 30))} arrived more than once`);
+      }
     }
   }
 
@@ -91,7 +124,7 @@ async function flow(context) {
 
 async function main() {
   if (!httpUrl) {
-    console.error("usage: node two_tabs.mjs http://HOST:PORT [screenshot.png]");
+    console.error("usage: node two_tabs.mjs http://HOST:PORT [screenshot.png] [--expect-extensions VALUE|none]");
     return 2;
   }
   const profile = mkdtempSync(join(tmpdir(), "roomcast-chromium-"));

@@ -5,7 +5,8 @@
 //! [`start`] is the library's counterpart of `common::spawn_app`: loopback listeners on port 0 and two
 //! shards unless the test says otherwise. [`RawClient`] does a real upgrade over a `std::net::TcpStream`,
 //! then writes whatever bytes a test hands it and reads server frames one at a time, each read bounded by
-//! [`READ_TIMEOUT`].
+//! [`READ_TIMEOUT`]. For permessage-deflate, [`RawClient::upgrade_with_headers`] sends extension offers and
+//! returns the answer's head, and [`RawClient::read_wire_frame`] keeps the RSV bits ([`WireFrame`]).
 
 // Each test binary compiles this module and uses a different subset of it.
 #![allow(dead_code)]
@@ -107,6 +108,57 @@ impl ServerFrame {
     }
 }
 
+/// One frame as the server sent it, with its first byte as it was: FIN, the three RSV bits (RSV1 marks a
+/// compressed message under permessage-deflate) and the opcode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireFrame {
+    /// Byte 0 of the frame: `0x80` FIN, `0x40` RSV1, `0x20` RSV2, `0x10` RSV3, low nibble the opcode.
+    pub first_byte: u8,
+    /// The payload, as sent (still compressed when RSV1 is set).
+    pub payload: Vec<u8>,
+}
+
+impl WireFrame {
+    /// The FIN bit.
+    pub fn fin(&self) -> bool {
+        self.first_byte & 0x80 != 0
+    }
+
+    /// The RSV1 bit: under permessage-deflate, the first frame of a compressed message.
+    pub fn rsv1(&self) -> bool {
+        self.first_byte & 0x40 != 0
+    }
+
+    /// The opcode.
+    pub fn opcode(&self) -> u8 {
+        self.first_byte & 0x0f
+    }
+
+    /// The close code of a close frame with one.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode() == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// A masked client frame whose first byte (FIN, RSV and opcode bits) is `first_byte` as given, e.g. `0xC1`
+/// for a compressed text message in one frame; `payload` masked with [`MASK`].
+pub fn client_frame_with_first_byte(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::push_raw_frame(&mut out, first_byte, payload, MASK);
+    out
+}
+
+/// Every value of the header `name` (any case) in an HTTP response head, one per header line, in order.
+pub fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
 /// A WebSocket client that writes raw bytes and reads raw frames.
 pub struct RawClient {
     /// The socket, with [`READ_TIMEOUT`] on reads and writes.
@@ -185,6 +237,17 @@ impl RawClient {
 
     /// Reads the next server frame; an error on a timeout, an early end or an invalid frame.
     pub fn read_frame(&mut self) -> io::Result<ServerFrame> {
+        let frame = self.read_wire_frame()?;
+        Ok(ServerFrame {
+            fin: frame.fin(),
+            opcode: frame.opcode(),
+            payload: frame.payload,
+        })
+    }
+
+    /// Reads the next server frame with its first byte whole (the RSV bits included); an error on a
+    /// timeout, an early end or an invalid frame.
+    pub fn read_wire_frame(&mut self) -> io::Result<WireFrame> {
         let mut head = [0u8; 2];
         self.stream.read_exact(&mut head)?;
         if head[1] & 0x80 != 0 {
@@ -208,11 +271,37 @@ impl RawClient {
         };
         let mut payload = vec![0; len as usize];
         self.stream.read_exact(&mut payload)?;
-        Ok(ServerFrame {
-            fin: head[0] & 0x80 != 0,
-            opcode: head[0] & 0x0f,
+        Ok(WireFrame {
+            first_byte: head[0],
             payload,
         })
+    }
+
+    /// The next server frame with its RSV bits; panics on anything but a frame within [`READ_TIMEOUT`].
+    pub fn expect_wire_frame(&mut self) -> WireFrame {
+        self.read_wire_frame()
+            .unwrap_or_else(|e| panic!("expected a frame from the server: {e}"))
+    }
+
+    /// Connects and upgrades with a well-formed request plus `headers` (each `(name, value)` pair is one
+    /// header line, so a name may repeat); panics unless the answer is `101`, and returns the client and
+    /// the response head.
+    pub fn upgrade_with_headers(addr: SocketAddr, headers: &[(&str, &str)]) -> (RawClient, String) {
+        let mut request = upgrade_request_head(addr);
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut stream = tcp(addr);
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the upgrade request");
+        let head = read_http_head(&mut stream);
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "expected 101 Switching Protocols to {request:?}, got {head:?}"
+        );
+        (RawClient { stream }, head)
     }
 
     /// The next server frame; panics on anything but a frame within [`READ_TIMEOUT`].
