@@ -127,7 +127,9 @@ fn parse_param(param: &str) -> Option<Param> {
         None => (param.trim(), None),
         Some((name, value)) => (name.trim(), Some(value.trim())),
     };
-    if !is_token(name) {
+    // Names compare without regard to case, as the extension's own name does.
+    let name = name.to_ascii_lowercase();
+    if !is_token(&name) {
         return None;
     }
     let value = match value {
@@ -143,7 +145,7 @@ fn parse_param(param: &str) -> Option<Param> {
             Some(unquoted)
         }
     };
-    Some((name.to_owned(), value))
+    Some((name, value))
 }
 
 /// The content of a quoted string whose opening quote was already taken: escapes resolved, nothing after
@@ -213,6 +215,7 @@ mod tests {
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
             "permessage-deflate;client_no_context_takeover ; client_max_window_bits = 8",
             "PerMessage-Deflate",
+            "permessage-deflate; Client_Max_Window_Bits",
             "x-webkit-deflate-frame, permessage-deflate",
         ] {
             assert_eq!(answer(&[offer]).as_deref(), Some(PLAIN), "{offer}");
