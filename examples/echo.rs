@@ -4,8 +4,9 @@
 //! Run it with the same `.env` as the chat app (or `--env-file PATH`), e.g.
 //! `WEBSOCKET_HOST=127.0.0.1 WEBSOCKET_PORT=9001 cargo run --release --example echo`.
 //! It uses the same shards, codec and limits as the chat app, permessage-deflate included (negotiated when
-//! the client offers it; `WEBSOCKET_ENABLE_DEFLATE=false` turns it off); only the callbacks differ. A
-//! message that arrived compressed is echoed compressed, from the shard's one deflater.
+//! the client offers it; `WEBSOCKET_ENABLE_DEFLATE=false` turns it off); only the callbacks differ.
+//! Whether an echo goes out compressed depends on the session (it negotiated deflate and did not limit
+//! the server's window) and the message (long enough, and smaller compressed), not on how it arrived.
 
 use std::process::ExitCode;
 

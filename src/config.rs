@@ -87,7 +87,8 @@ pub struct WebSocketSettings {
     /// `WEBSOCKET_PORT` (default 9090; 0 picks a free port shared by every shard).
     pub port: u16,
     /// `WEBSOCKET_MAX_MESSAGE_SIZE` in bytes (default 65536, 1 to 1 GiB): a message whose frames announce
-    /// more is refused with close code 1009 before its payload is buffered.
+    /// more is refused with close code 1009 before its payload is buffered; a compressed one, from its
+    /// frames' headers with the allowance incompressible data needs, then by what it inflates to.
     pub max_message_size: usize,
     /// `WEBSOCKET_IDLE_TIMEOUT` in seconds (default 60; 0 disables): a session from which nothing (not even
     /// a pong) arrived for this long is closed with code 1001.

@@ -38,7 +38,6 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::{Gate, Pass};
-use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::admission::Refused;
 use crate::auth::{Identity, UpgradeRequest};
@@ -449,7 +448,7 @@ fn handle(
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
                 let echo = match code {
                     Some((code, _)) => encode::close_frame(code, ""),
-                    None => encode::encode_frame(OpCode::Control(Control::Close), &[]),
+                    None => encode::empty_close_frame(),
                 };
                 state.outbound.push_unbounded(echo);
             }

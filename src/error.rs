@@ -74,7 +74,8 @@ pub enum StartError {
     },
 }
 
-/// A violation of RFC 6455 by the peer; the session is closed with [`ProtocolError::close_code`].
+/// A violation of RFC 6455 (or of RFC 7692, permessage-deflate) by the peer; the session is closed with
+/// [`ProtocolError::close_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// A client frame without a mask (RFC 6455 §5.1).

@@ -66,14 +66,16 @@
 //! - `admission`: who may upgrade: the origin allowlist and the connection budgets (503 past them).
 //! - `auth`: the types of the application's authentication hook (401/403 before the upgrade, or an
 //!   identity for the session) and room authorization hook.
-//! - `ws::handshake`: the RFC 6455 upgrade. `ws::codec`: frame decoding (limits, fragments, UTF-8,
-//!   unmasking in place). `ws::encode`: server frames, encoded once per message.
+//! - `ws::handshake`: the RFC 6455 upgrade. `ws::extensions`: the permessage-deflate offers and the one
+//!   answer. `ws::codec`: frame decoding (limits, fragments, UTF-8, unmasking in place, compressed
+//!   messages inflated). `ws::deflate`: compressing and inflating (RFC 7692) with one deflater and one
+//!   inflater per shard. `ws::encode`: server frames, encoded once per message.
 //! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
 //!   before dispatch.
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
-//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its clock
-//!   and the sweep. `shard::mesh`: crossbeam inboxes between shards; a post wakes a sleeping shard through
+//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its
+//!   deflater and inflater, its clock and the sweep. `shard::mesh`: crossbeam inboxes between shards; a post wakes a sleeping shard through
 //!   glommio, without polling.
 //! - `room`: a shard's local room membership and fan-out.
 //! - `session_state`: one session as its shard sees it (queue, lifecycle, liveness, rooms joined).
@@ -83,7 +85,8 @@
 //!   protocol and session errors.
 //!
 //! Sessions never move between shards, and shard state is never shared: a broadcast is delivered to local
-//! members and posted once to each other shard as one reference-counted encoded frame.
+//! members and posted once to each other shard as its encoded frames (the plain one and, compressed once,
+//! the permessage-deflate one), shared read-only.
 #![deny(missing_docs)]
 
 mod admission;

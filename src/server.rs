@@ -30,7 +30,7 @@ use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
 use crate::ws::deflate::{DeflateCounters, DeflateStats, Deflater};
-use crate::ws::encode::DataKind;
+use crate::ws::encode::{self, DataKind};
 
 /// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
 const HTTP_RING_DEPTH: usize = 128;
@@ -282,7 +282,7 @@ pub struct ServerHandle {
     shards: Peers,
     stop: Arc<Stop>,
     /// Compresses the handle's broadcasts, once each, on the calling thread; a lock because any thread
-    /// may call, and it is never taken on a shard.
+    /// may call.
     deflater: Arc<Mutex<Deflater>>,
     deflate_counters: Arc<DeflateCounters>,
 }
@@ -290,7 +290,8 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Sends `text` to every member of `room` on every shard. The message is encoded, and compressed for
     /// permessage-deflate members, once, here; each shard copies the frames into its own so that no
-    /// per-delivery reference count is shared between cores.
+    /// per-delivery reference count is shared between cores. Compressing takes a lock shared by every
+    /// caller: from a callback, [`Session::broadcast_text_to_room`] uses its shard's deflater instead.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
         self.broadcast(room, DataKind::Text, text.as_bytes());
     }
@@ -302,12 +303,16 @@ impl ServerHandle {
     }
 
     fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
-        // A panic while compressing poisons nothing the deflater relies on: each message resets it.
-        let mut deflater = self.deflater.lock().unwrap_or_else(|e| e.into_inner());
-        let message = deflater.prepare(kind, payload);
-        drop(deflater);
-        let deflated = message.deflated.as_deref();
-        self.shards.broadcast(room, &message.plain, deflated, None);
+        let plain = encode::data_frame(kind, payload);
+        // Held only while compressing. A panic while compressing poisons nothing the deflater relies on:
+        // each message resets it.
+        let deflated = self
+            .deflater
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .frame_for_room(kind, payload);
+        self.shards
+            .broadcast(room, &plain, deflated.as_deref(), None);
     }
 
     /// What permessage-deflate did since the server started, over every shard.

@@ -256,6 +256,9 @@ impl Shard {
     /// Sends a data message to `session` alone: compressed if it negotiated deflate and compression is
     /// worth it, plain otherwise.
     pub(crate) fn send_data(&self, session: &SessionState, kind: DataKind, payload: &[u8]) {
+        if !session.is_open() {
+            return; // Nothing would be queued: spare the compression.
+        }
         let compressed = session.deflate().and_then(|deflate| {
             self.deflater
                 .borrow_mut()

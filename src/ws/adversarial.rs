@@ -82,12 +82,12 @@ fn message_strategy() -> impl Strategy<Value = (Message, Vec<usize>, Vec<bool>)>
 
 /// The bytes a client sends for `message` split at `cuts`, with interleaved pings, and what a decoder must
 /// hand out for them: the pings as they come, then the message. With a `deflater`, the message is sent
-/// compressed (RSV1 on its first frame) with at most a `window_bits` window.
+/// compressed (RSV1 on its first frame).
 fn encode_fragmented(
     message: &Message,
     cuts: &[usize],
     pings: &[bool],
-    deflater: Option<(&mut Deflater, u8)>,
+    deflater: Option<&mut Deflater>,
 ) -> (Vec<u8>, Vec<Message>) {
     let (opcode, payload): (u8, &[u8]) = match message {
         Message::Text(t) => (0x1, t.as_bytes()),
@@ -97,10 +97,10 @@ fn encode_fragmented(
     let compressed;
     let (opcode, payload) = match deflater {
         None => (opcode, payload),
-        Some((deflater, bits)) => {
+        Some(deflater) => {
             // Compressed even when that does not make it smaller: a client may.
             compressed = deflater
-                .compress_always(payload, Audience::Session(bits))
+                .compress_always(payload, Audience::Session)
                 .to_vec();
             (opcode | 0x40, &compressed[..])
         }
@@ -162,15 +162,15 @@ proptest! {
     }
 
     #[test]
-    fn compressed_messages_survive_any_fragmentation_window_and_split(
-        messages in proptest::collection::vec((message_strategy(), any::<bool>(), 9u8..=15), 1..5),
+    fn compressed_messages_survive_any_fragmentation_and_split(
+        messages in proptest::collection::vec((message_strategy(), any::<bool>()), 1..5),
         cuts in proptest::collection::vec(any::<usize>(), 0..10),
     ) {
         let mut deflater = Deflater::new(Arc::default(), Some(0));
         let mut stream = Vec::new();
         let mut expected = Vec::new();
-        for ((message, fragment_cuts, pings), compress, bits) in &messages {
-            let deflater = compress.then_some((&mut deflater, *bits));
+        for ((message, fragment_cuts, pings), compress) in &messages {
+            let deflater = compress.then_some(&mut deflater);
             let (bytes, messages) = encode_fragmented(message, fragment_cuts, pings, deflater);
             stream.extend(bytes);
             expected.extend(messages);
@@ -179,7 +179,7 @@ proptest! {
         prop_assert_eq!(error, None);
         prop_assert_eq!(&got, &expected);
         // Without deflate negotiated, the first compressed frame is a protocol error (RSV1).
-        if messages.iter().any(|(_, compress, _)| *compress) {
+        if messages.iter().any(|(_, compress)| *compress) {
             let (_, error) = decode_in_pieces(&stream, &cuts, false);
             prop_assert_eq!(error, Some(ProtocolError::ReservedBits));
         }

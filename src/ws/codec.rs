@@ -22,7 +22,8 @@ use std::io::Cursor;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use super::deflate::{InflateError, Inflater};
+use super::deflate::{self, InflateError, Inflater};
+use super::encode::DataKind;
 use crate::error::ProtocolError;
 
 /// The longest header a client can send: 2 bytes, 8 of extended length, 4 of mask.
@@ -50,13 +51,6 @@ pub(crate) enum Flow {
     Continue,
     /// Stop: the connection is closing and what follows is to be discarded.
     Stop,
-}
-
-/// Which kind of data message a run of continuation frames belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MessageKind {
-    Text,
-    Binary,
 }
 
 /// What a message may be: refused past either, decided from frame headers before payloads are buffered.
@@ -89,7 +83,7 @@ struct Carry {
 /// A fragmented message being reassembled.
 #[derive(Debug)]
 struct Fragmented {
-    kind: MessageKind,
+    kind: DataKind,
     /// Whether its first frame had RSV1: the payload is deflate data, inflated once complete.
     compressed: bool,
     /// Frames received so far, the first included.
@@ -104,7 +98,7 @@ impl Fragmented {
     /// Validates the text received so far; an incomplete code point at the end is allowed until the last
     /// fragment.
     fn check_utf8(&mut self, is_final: bool) -> Result<(), ProtocolError> {
-        if self.kind != MessageKind::Text || self.compressed {
+        if self.kind != DataKind::Text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.utf8_valid_up_to..]) {
@@ -167,12 +161,12 @@ impl Decoder {
         &mut self,
         input: &mut [u8],
         limits: Limits,
-        mut inflater: Option<&mut Inflater>,
+        inflater: Option<&mut Inflater>,
         mut on_message: impl FnMut(Inbound<'_>) -> Flow,
     ) -> Result<Flow, ProtocolError> {
-        let mut frames = Frames {
+        let mut sink = Sink {
             limits,
-            inflater: &mut inflater,
+            inflater,
             on_message: &mut on_message,
         };
         let carried = self
@@ -182,7 +176,7 @@ impl Decoder {
             .filter(|partial| !partial.is_empty());
         let result = match carried {
             None => self
-                .decode_frames(input, &mut frames)
+                .decode_frames(input, &mut sink)
                 .map(|(flow, consumed)| {
                     if flow == Flow::Continue && consumed < input.len() {
                         self.carry().partial = input[consumed..].to_vec();
@@ -191,7 +185,7 @@ impl Decoder {
                 }),
             Some(mut buffer) => {
                 buffer.extend_from_slice(input);
-                let result = self.decode_frames(&mut buffer, &mut frames);
+                let result = self.decode_frames(&mut buffer, &mut sink);
                 if let Ok((Flow::Continue, consumed)) = result {
                     buffer.drain(..consumed);
                     if !buffer.is_empty() {
@@ -221,7 +215,7 @@ impl Decoder {
     fn decode_frames(
         &mut self,
         buf: &mut [u8],
-        frames: &mut Frames<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
+        sink: &mut Sink<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
     ) -> Result<(Flow, usize), ProtocolError> {
         let mut pos = 0;
         while pos < buf.len() {
@@ -234,7 +228,7 @@ impl Decoder {
             };
             let header_len = cursor.position() as usize;
             debug_assert!(header_len <= MAX_HEADER_LEN);
-            self.check_header(&header, length, frames.limits, frames.inflater.is_some())?;
+            self.check_header(&header, length, sink.limits, sink.inflater.is_some())?;
             let length = length as usize;
             if buf.len() - pos - header_len < length {
                 break;
@@ -245,7 +239,7 @@ impl Decoder {
                 apply_mask(payload, mask);
             }
             pos = start + length;
-            if self.handle_frame(&header, payload, frames)? == Flow::Stop {
+            if self.handle_frame(&header, payload, sink)? == Flow::Stop {
                 return Ok((Flow::Stop, pos));
             }
         }
@@ -283,11 +277,19 @@ impl Decoder {
                 Err(ProtocolError::ExpectedContinuation)
             }
             OpCode::Data(_) => {
-                let (so_far, frames) = self
-                    .fragmented()
-                    .map_or((0, 0), |f| (f.payload.len(), f.frames));
+                let (so_far, frames, compressed) =
+                    self.fragmented().map_or((0, 0, header.rsv1), |f| {
+                        (f.payload.len(), f.frames, f.compressed)
+                    });
                 let size = so_far as u64 + length;
-                if size > limits.max_message_size as u64 {
+                // Compressed, incompressible data is a little larger than itself on the wire; its real
+                // size is checked once inflated.
+                let wire_limit = if compressed {
+                    deflate::max_compressed_len(limits.max_message_size)
+                } else {
+                    limits.max_message_size
+                };
+                if size > wire_limit as u64 {
                     return Err(ProtocolError::MessageTooBig {
                         size,
                         limit: limits.max_message_size,
@@ -307,17 +309,17 @@ impl Decoder {
         &mut self,
         header: &FrameHeader,
         payload: &mut [u8],
-        frames: &mut Frames<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
+        sink: &mut Sink<'_, '_, impl FnMut(Inbound<'_>) -> Flow>,
     ) -> Result<Flow, ProtocolError> {
-        let on_message = &mut *frames.on_message;
+        let on_message = &mut *sink.on_message;
         let kind = match header.opcode {
             OpCode::Control(Control::Ping) => return Ok(on_message(Inbound::Ping(payload))),
             OpCode::Control(Control::Pong) => return Ok(on_message(Inbound::Pong)),
             OpCode::Control(Control::Close) => {
                 return Ok(on_message(Inbound::Close(parse_close(payload)?)))
             }
-            OpCode::Data(Data::Text) => MessageKind::Text,
-            OpCode::Data(Data::Binary) => MessageKind::Binary,
+            OpCode::Data(Data::Text) => DataKind::Text,
+            OpCode::Data(Data::Binary) => DataKind::Binary,
             OpCode::Data(Data::Continue) => {
                 let fragmented = self
                     .carry
@@ -332,14 +334,14 @@ impl Decoder {
                 }
                 // Freed once delivered: fragmented messages are rare, and an idle session keeps no buffer.
                 let message = self.carry().fragmented.take().expect("present");
-                return frames.deliver(message.kind, message.compressed, &message.payload);
+                return sink.deliver(message.kind, message.compressed, &message.payload);
             }
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 unreachable!("refused in check_header")
             }
         };
         if header.is_final {
-            return frames.deliver(kind, header.rsv1, payload);
+            return sink.deliver(kind, header.rsv1, payload);
         }
         let mut fragmented = Fragmented {
             kind,
@@ -354,24 +356,24 @@ impl Decoder {
     }
 }
 
-/// What one call of [`Decoder::decode`] works with, passed down to each frame.
-struct Frames<'i, 'a, F> {
+/// Where one call of [`Decoder::decode`] hands complete messages, and what it checks them against.
+struct Sink<'i, 'a, F> {
     limits: Limits,
     /// The shard's inflater, when the session negotiated deflate.
-    inflater: &'i mut Option<&'a mut Inflater>,
+    inflater: Option<&'a mut Inflater>,
     on_message: &'i mut F,
 }
 
-impl<F: FnMut(Inbound<'_>) -> Flow> Frames<'_, '_, F> {
+impl<F: FnMut(Inbound<'_>) -> Flow> Sink<'_, '_, F> {
     /// Hands out a complete message, inflating it first if it was compressed.
     fn deliver(
         &mut self,
-        kind: MessageKind,
+        kind: DataKind,
         compressed: bool,
         payload: &[u8],
     ) -> Result<Flow, ProtocolError> {
         if !compressed {
-            return deliver(kind, payload, self.on_message);
+            return hand_out(kind, payload, self.on_message);
         }
         let inflater = self
             .inflater
@@ -379,7 +381,7 @@ impl<F: FnMut(Inbound<'_>) -> Flow> Frames<'_, '_, F> {
             .expect("RSV1 is refused in check_header without an inflater");
         let limit = self.limits.max_message_size;
         let result = match inflater.inflate(payload, limit) {
-            Ok(inflated) => deliver(kind, inflated, self.on_message),
+            Ok(inflated) => hand_out(kind, inflated, self.on_message),
             Err(InflateError::TooBig) => Err(ProtocolError::InflatedTooBig { limit }),
             Err(InflateError::Corrupt) => Err(ProtocolError::BadCompressedData),
         };
@@ -388,16 +390,17 @@ impl<F: FnMut(Inbound<'_>) -> Flow> Frames<'_, '_, F> {
     }
 }
 
-fn deliver(
-    kind: MessageKind,
+/// Hands a complete, uncompressed message to `on_message`, text once validated.
+fn hand_out(
+    kind: DataKind,
     payload: &[u8],
     on_message: &mut impl FnMut(Inbound<'_>) -> Flow,
 ) -> Result<Flow, ProtocolError> {
     Ok(match kind {
-        MessageKind::Text => on_message(Inbound::Text(
+        DataKind::Text => on_message(Inbound::Text(
             std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?,
         )),
-        MessageKind::Binary => on_message(Inbound::Binary(payload)),
+        DataKind::Binary => on_message(Inbound::Binary(payload)),
     })
 }
 

@@ -11,14 +11,14 @@
 //! session. Inflating: the `00 00 ff ff` is appended again and the output grows in steps up to the
 //! message size limit and no further, so a decompression bomb costs at most that limit (§8.1).
 //!
-//! zlib-rs is the backend: flate2's miniz_oxide backend cannot compress with a smaller window, which a
-//! client may ask for with `server_max_window_bits`, and zlib-rs was the faster of the two on 1 KiB chat
-//! messages (see the README).
+//! zlib-rs is the backend: it inflated twice as fast as flate2's miniz_oxide backend on chat messages and
+//! compressed as fast or faster (see the README).
 //!
 //! Which messages are compressed is decided here too: none when `WEBSOCKET_ENABLE_DEFLATE` is off, none
-//! under `WEBSOCKET_DEFLATE_MIN_SIZE`, and a broadcast only while some session anywhere negotiated deflate.
+//! under `WEBSOCKET_DEFLATE_MIN_SIZE`, none for a client that limited our window, and a broadcast only
+//! while some session anywhere negotiated deflate.
 //!
-//! It must not pick each recipient's frame (the rooms do, [`Prepared::frame_for`]) nor parse frames.
+//! It must not pick each recipient's frame (the rooms do, by [`Prepared::frame_for`]) nor parse frames.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,8 +37,6 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 const BROADCAST_LEVEL: u32 = 6;
 /// The level of a message to one session, which pays its compression alone: zlib-rs's fastest.
 const SESSION_LEVEL: u32 = 1;
-/// Window sizes a client may ask for: 9 to 15 bits.
-const WINDOWS: usize = (MAX_WINDOW_BITS - 8) as usize;
 
 /// The output buffer a deflater or an inflater keeps between messages; a larger one, grown for a large
 /// message, is given back (the inflater's once the message is handled, the deflater's on its next message).
@@ -91,13 +89,13 @@ impl DeflateCounters {
 pub(crate) struct Deflater {
     /// The smallest message worth compressing; `None` when compression is off.
     min_size: Option<usize>,
-    /// The streams for messages to one session, one per window size asked for, created on first use:
-    /// index `bits - 9`. Almost every client leaves the window at 15, so usually only the last exists.
-    session_streams: [Option<Box<Compress>>; WINDOWS],
-    /// The stream for room broadcasts (15 bits), created on first use.
-    broadcast_stream: Option<Box<Compress>>,
-    /// The compressed bytes of the message at hand, kept between messages.
+    /// The stream for messages to one session, created on first use (flate2 keeps its state on the heap).
+    session_stream: Option<Compress>,
+    /// The stream for room broadcasts, created on first use.
+    room_stream: Option<Compress>,
+    /// The compressed bytes of the message at hand; given back after a message that grew it large.
     out: Vec<u8>,
+    /// Where a compressed message is counted, with every other shard's.
     counters: Arc<DeflateCounters>,
 }
 
@@ -106,8 +104,8 @@ impl Deflater {
     pub(crate) fn new(counters: Arc<DeflateCounters>, min_size: Option<usize>) -> Deflater {
         Deflater {
             min_size,
-            session_streams: Default::default(),
-            broadcast_stream: None,
+            session_stream: None,
+            room_stream: None,
             out: Vec::new(),
             counters,
         }
@@ -118,72 +116,93 @@ impl Deflater {
     }
 
     /// The compressed frame of a message for one session that negotiated `deflate`, or `None` when it
-    /// should go plain (compression off, a short message, or one compression does not shrink).
+    /// goes plain: compression off, a short message, one compression does not shrink, or a client that
+    /// limited our window (see [`PerMessageDeflate::takes_our_compression`]).
     pub(crate) fn frame_for_session(
         &mut self,
         kind: DataKind,
         payload: &[u8],
         deflate: PerMessageDeflate,
     ) -> Option<EncodedFrame> {
-        if !self.worth_compressing(payload.len()) {
+        if !deflate.takes_our_compression() || !self.worth_compressing(payload.len()) {
             return None;
         }
-        let body = self.compress(payload, Audience::Session(deflate.server_window_bits()))?;
-        Some(encode::compressed_frame(kind, body))
+        self.compressed_frame(kind, payload, Audience::Session)
     }
 
-    /// A message encoded once for every recipient of a broadcast: its plain frame, and its compressed one
-    /// when it is worth compressing and some session anywhere could read it.
+    /// The compressed frame of a room broadcast, made once for every member that can read it, or `None`
+    /// when it is not worth compressing or no session anywhere negotiated deflate.
+    pub(crate) fn frame_for_room(
+        &mut self,
+        kind: DataKind,
+        payload: &[u8],
+    ) -> Option<EncodedFrame> {
+        if !self.worth_compressing(payload.len()) || !self.counters.any_session() {
+            return None;
+        }
+        self.compressed_frame(kind, payload, Audience::Room)
+    }
+
+    /// A message encoded once for every recipient of a broadcast: its plain frame and, when it is worth
+    /// it, its compressed one.
     pub(crate) fn prepare(&mut self, kind: DataKind, payload: &[u8]) -> Prepared {
-        let deflated = if self.worth_compressing(payload.len()) && self.counters.any_session() {
-            self.compress(payload, Audience::Room)
-                .map(|body| encode::compressed_frame(kind, body))
-        } else {
-            None
-        };
         Prepared {
             plain: encode::data_frame(kind, payload),
-            deflated,
+            deflated: self.frame_for_room(kind, payload),
         }
+    }
+
+    fn compressed_frame(
+        &mut self,
+        kind: DataKind,
+        payload: &[u8],
+        audience: Audience,
+    ) -> Option<EncodedFrame> {
+        let frame = self
+            .compress(payload, audience)
+            .map(|body| encode::compressed_frame(kind, body));
+        if self.out.capacity() > KEPT_OUTPUT {
+            self.out = Vec::new();
+        }
+        if frame.is_some() {
+            self.counters.compressed.fetch_add(1, Ordering::Relaxed);
+        }
+        frame
     }
 
     /// `payload` compressed for `audience`, as a permessage-deflate message body (no trailing
-    /// `00 00 ff ff`), or `None` when that is not smaller than `payload`.
+    /// `00 00 ff ff`), or `None` when that is not smaller than `payload`. Gives up as soon as the output
+    /// reaches the size of `payload`, so incompressible data costs neither time nor memory past that
+    /// (zlib-rs's level 1 writes literals in up to 9 bits, growing such data by an eighth).
     pub(crate) fn compress(&mut self, payload: &[u8], audience: Audience) -> Option<&[u8]> {
-        let body = self.compress_always(payload, audience);
+        let body = self.deflate(payload, audience, Some(payload.len() + TAIL.len()))?;
         (body.len() < payload.len()).then_some(body)
     }
 
-    /// `payload` compressed as [`Deflater::compress`] does, even when that does not make it smaller.
+    /// `payload` compressed as [`Deflater::compress`] does, even when that does not make it smaller (as a
+    /// client may send it).
+    #[cfg(test)]
     pub(crate) fn compress_always(&mut self, payload: &[u8], audience: Audience) -> &[u8] {
-        let (slot, level, bits) = match audience {
-            Audience::Room => (&mut self.broadcast_stream, BROADCAST_LEVEL, MAX_WINDOW_BITS),
-            Audience::Session(bits) => {
-                let bits = bits.clamp(9, MAX_WINDOW_BITS);
-                let slot = &mut self.session_streams[usize::from(bits - 9)];
-                (slot, SESSION_LEVEL, bits)
-            }
+        self.deflate(payload, audience, None)
+            .expect("a sync flush ends with the tail")
+    }
+
+    /// Compresses `payload` into `out`; `None` once the output would pass `cap` bytes.
+    fn deflate(&mut self, payload: &[u8], audience: Audience, cap: Option<usize>) -> Option<&[u8]> {
+        let (slot, level) = match audience {
+            Audience::Room => (&mut self.room_stream, BROADCAST_LEVEL),
+            Audience::Session => (&mut self.session_stream, SESSION_LEVEL),
         };
-        let stream = slot.get_or_insert_with(|| {
-            Box::new(Compress::new_with_window_bits(
-                Compression::new(level),
-                false,
-                bits,
-            ))
-        });
+        let stream = slot.get_or_insert_with(|| Compress::new(Compression::new(level), false));
         // No context takeover: nothing of the previous message may be referred to.
         stream.reset();
-        // Worst case, deflate adds 5 bytes per 16 KiB stored block; the flush adds a few more.
-        let needed = payload.len() + payload.len() / 1024 + 16;
-        if self.out.capacity() > KEPT_OUTPUT.max(needed) {
-            self.out = Vec::new();
-        }
         self.out.clear();
-        self.out.reserve(needed);
+        self.out
+            .reserve(cap.unwrap_or(payload.len() + payload.len() / 8 + 64));
         let mut input = payload;
         loop {
             let before = stream.total_in();
-            let status = stream
+            stream
                 .compress_vec(input, &mut self.out, FlushCompress::Sync)
                 .expect("deflate of a valid stream cannot fail");
             input = &input[(stream.total_in() - before) as usize..];
@@ -191,23 +210,38 @@ impl Deflater {
             if input.is_empty() && self.out.len() < self.out.capacity() {
                 break;
             }
-            debug_assert!(matches!(status, Status::Ok | Status::BufError));
+            if cap.is_some_and(|cap| self.out.len() >= cap) {
+                return None;
+            }
             self.out.reserve(self.out.capacity().max(64));
         }
-        debug_assert!(self.out.ends_with(&TAIL));
+        // A sync flush always ends so; anything else must not reach a client as a frame.
+        if !self.out.ends_with(&TAIL) {
+            return None;
+        }
         self.out.truncate(self.out.len() - TAIL.len());
-        self.counters.compressed.fetch_add(1, Ordering::Relaxed);
-        &self.out
+        Some(&self.out)
     }
 }
 
-/// Whom a message is compressed for, which sets the level and the window.
+/// Whom a message is compressed for, which sets the level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Audience {
-    /// Every member of a room: compressed once, at [`BROADCAST_LEVEL`] with the full window.
+    /// Every member of a room: compressed once, at [`BROADCAST_LEVEL`].
     Room,
-    /// One session whose window is at most this many bits: at [`SESSION_LEVEL`].
-    Session(u8),
+    /// One session: at [`SESSION_LEVEL`].
+    Session,
+}
+
+/// The most bytes a compressed message of at most `limit` inflated bytes can take on the wire: zlib's
+/// `compressBound`, which covers stored blocks for incompressible data. Compressed messages are refused
+/// from their headers past this, and past `limit` once inflated.
+pub(crate) fn max_compressed_len(limit: usize) -> usize {
+    limit
+        .saturating_add(limit >> 12)
+        .saturating_add(limit >> 14)
+        .saturating_add(limit >> 25)
+        .saturating_add(13)
 }
 
 /// Why a compressed message could not be inflated.
@@ -256,7 +290,7 @@ impl Inflater {
                 let target = (self.out.capacity() * 2)
                     .max(compressed.len() * 4)
                     .max(4096)
-                    .min(limit + 1);
+                    .min(limit.saturating_add(1));
                 self.out.reserve_exact(target - self.out.len());
             }
             let (in_before, out_before) = (self.stream.total_in(), self.out.len());
@@ -322,13 +356,13 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_at_every_window_and_many_sizes() {
+    fn round_trips_for_both_audiences_and_many_sizes() {
         let (mut deflater, mut inflater) = pair();
-        for bits in 9..=15 {
+        for audience in [Audience::Room, Audience::Session] {
             for len in [100, 1024, 70_000, 300_000] {
                 let message = chat_json(len);
                 let compressed = deflater
-                    .compress(&message, Audience::Session(bits))
+                    .compress(&message, audience)
                     .expect("JSON compresses")
                     .to_vec();
                 assert!(!compressed.ends_with(&TAIL));
@@ -341,20 +375,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn incompressible_messages_are_left_plain() {
-        let (mut deflater, _) = pair();
-        // xorshift64: bytes with no structure deflate could use.
+    /// Bytes with no structure deflate could use (xorshift64).
+    fn noise(len: usize) -> Vec<u8> {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..4096)
+        (0..len)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
                 state as u8
             })
-            .collect();
-        assert_eq!(deflater.compress(&noise, Audience::Room), None);
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_messages_are_left_plain_without_growing_the_buffer() {
+        let (mut deflater, _) = pair();
+        for audience in [Audience::Room, Audience::Session] {
+            let noise = noise(1 << 20);
+            assert_eq!(deflater.compress(&noise, audience), None);
+            // Given up at the payload's size, not after doubling the buffer past it.
+            assert!(deflater.out.capacity() < noise.len() + 64);
+            assert_eq!(
+                deflater.frame_for_session(DataKind::Binary, &noise, full_window()),
+                None
+            );
+            // ...and not kept once the message is handled.
+            assert!(deflater.out.capacity() <= KEPT_OUTPUT);
+        }
+    }
+
+    fn full_window() -> PerMessageDeflate {
+        super::super::extensions::negotiate([&b"permessage-deflate"[..]]).unwrap()
     }
 
     #[test]
@@ -394,12 +446,23 @@ mod tests {
     }
 
     #[test]
-    fn counts_once_per_message() {
+    fn counts_messages_sent_compressed_and_inflated() {
         let counters = Arc::new(DeflateCounters::default());
         let mut deflater = Deflater::new(counters.clone(), Some(0));
         let mut inflater = Inflater::new(counters.clone());
+        // No deflate session anywhere: a broadcast is not even compressed.
+        assert_eq!(
+            deflater.frame_for_room(DataKind::Text, &chat_json(200)),
+            None
+        );
+        counters.session_opened();
+        assert!(deflater
+            .frame_for_room(DataKind::Text, &chat_json(200))
+            .is_some());
+        // Tried, but not smaller: sent plain, not counted.
+        assert_eq!(deflater.frame_for_room(DataKind::Binary, &noise(300)), None);
         let compressed = deflater
-            .compress(&chat_json(200), Audience::Session(15))
+            .compress(&chat_json(200), Audience::Session)
             .unwrap()
             .to_vec();
         inflater.inflate(&compressed, 1000).unwrap();

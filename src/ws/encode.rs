@@ -13,7 +13,7 @@ use std::rc::Rc;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
-use super::extensions::{PerMessageDeflate, MAX_WINDOW_BITS};
+use super::extensions::PerMessageDeflate;
 
 /// An encoded server frame. A broadcast encodes its frame once and every recipient's queue holds a
 /// pointer to it. The count is not atomic because a frame never leaves its shard (another shard gets its
@@ -42,7 +42,7 @@ impl DataKind {
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     pub(crate) plain: EncodedFrame,
-    /// Compressed with the full 15-bit window, which a client that limited our window cannot read.
+    /// Compressed with the full window, for the members that take our compression.
     pub(crate) deflated: Option<EncodedFrame>,
 }
 
@@ -50,15 +50,15 @@ impl Prepared {
     /// The frame for a recipient that negotiated `deflate` (or did not).
     pub(crate) fn frame_for(&self, deflate: Option<PerMessageDeflate>) -> &EncodedFrame {
         match (&self.deflated, deflate) {
-            (Some(deflated), Some(d)) if d.server_window_bits() == MAX_WINDOW_BITS => deflated,
+            (Some(deflated), Some(d)) if d.takes_our_compression() => deflated,
             _ => &self.plain,
         }
     }
 }
 
-/// Encodes one unmasked, uncompressed server frame, written straight into its shared allocation.
-pub(crate) fn encode_frame(opcode: OpCode, payload: &[u8]) -> EncodedFrame {
-    encode(opcode, false, payload)
+/// A control frame; never compressed (RFC 7692 §6.1).
+fn control_frame(control: Control, payload: &[u8]) -> EncodedFrame {
+    encode(OpCode::Control(control), false, payload)
 }
 
 /// A data message's plain frame.
@@ -71,6 +71,7 @@ pub(crate) fn compressed_frame(kind: DataKind, body: &[u8]) -> EncodedFrame {
     encode(kind.opcode(), true, body)
 }
 
+/// Encodes one unmasked server frame, written straight into its shared allocation.
 fn encode(opcode: OpCode, compressed: bool, payload: &[u8]) -> EncodedFrame {
     let header = FrameHeader {
         is_final: true,
@@ -100,6 +101,11 @@ fn encode(opcode: OpCode, compressed: bool, payload: &[u8]) -> EncodedFrame {
     }
 }
 
+/// An empty close frame, the answer to one (RFC 6455 §5.5.1).
+pub(crate) fn empty_close_frame() -> EncodedFrame {
+    control_frame(Control::Close, &[])
+}
+
 /// A close frame with a code and a reason (truncated on a char boundary to fit 125 bytes).
 pub(crate) fn close_frame(code: u16, reason: &str) -> EncodedFrame {
     let mut end = reason.len().min(123);
@@ -109,17 +115,17 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> EncodedFrame {
     let mut payload = Vec::with_capacity(2 + end);
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(&reason.as_bytes()[..end]);
-    encode_frame(OpCode::Control(Control::Close), &payload)
+    control_frame(Control::Close, &payload)
 }
 
 /// A pong echoing a ping's payload.
 pub(crate) fn pong_frame(payload: &[u8]) -> EncodedFrame {
-    encode_frame(OpCode::Control(Control::Pong), payload)
+    control_frame(Control::Pong, payload)
 }
 
 /// An empty ping, as the server sends every `WEBSOCKET_PING_INTERVAL`.
 pub(crate) fn ping_frame() -> EncodedFrame {
-    encode_frame(OpCode::Control(Control::Ping), &[])
+    control_frame(Control::Ping, &[])
 }
 
 #[cfg(test)]

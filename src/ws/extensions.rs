@@ -16,23 +16,23 @@
 /// The parameters of an accepted permessage-deflate offer: all a session needs to remember about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PerMessageDeflate {
-    /// The largest LZ77 window our compressed messages may use (`server_max_window_bits`, 9-15; 15 when
+    /// The largest LZ77 window our compressed messages may use (`server_max_window_bits`, 8-15; 15 when
     /// the client set no limit).
     server_window_bits: u8,
     /// Whether the client asked for `server_max_window_bits`, so the answer must carry the value.
     window_bits_requested: bool,
 }
 
-/// zlib's deflate cannot compress with a 256-byte window (windowBits 8 is raised to 9), so an offer that
-/// limits our window to 8 bits is declined, as RFC 7692 §7.1.2.1 allows.
-const MIN_SERVER_WINDOW_BITS: u8 = 9;
-/// The largest window, and the one used when the client sets no limit.
+/// The largest window, the one our compressed messages use and our inflater reads.
 pub(crate) const MAX_WINDOW_BITS: u8 = 15;
 
 impl PerMessageDeflate {
-    /// The LZ77 window our compressed messages to this client may use, in bits.
-    pub(crate) fn server_window_bits(self) -> u8 {
-        self.server_window_bits
+    /// Whether our compressed messages may go to this client: they use the full 15-bit window, so not
+    /// when it limited our window with `server_max_window_bits`. Such a client, which asked to spend less
+    /// memory inflating, gets every message plain (always allowed, RFC 7692 §6) and none at all; keeping
+    /// a compression stream per window size instead would cost each shard up to 300 KB per size.
+    pub(crate) fn takes_our_compression(self) -> bool {
+        self.server_window_bits == MAX_WINDOW_BITS
     }
 
     /// The value of our `Sec-WebSocket-Extensions` answer.
@@ -81,11 +81,7 @@ fn accept(params: &[Param]) -> Option<PerMessageDeflate> {
             // We answer both anyway; offered, they must come without a value.
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
             ("server_max_window_bits", Some(value)) => {
-                let bits = window_bits(value)?;
-                if bits < MIN_SERVER_WINDOW_BITS {
-                    return None;
-                }
-                deflate.server_window_bits = bits;
+                deflate.server_window_bits = window_bits(value)?;
                 deflate.window_bits_requested = true;
             }
             // Whatever window the client compresses with, our inflater's 15 bits read it, so the value
@@ -100,9 +96,10 @@ fn accept(params: &[Param]) -> Option<PerMessageDeflate> {
     Some(deflate)
 }
 
-/// A window size as RFC 7692 §7.1.2 writes it: plain decimal digits, 8 to 15.
+/// A window size as RFC 7692 §7.1.2 writes it: decimal digits without a leading zero, 8 to 15.
 fn window_bits(value: &str) -> Option<u8> {
-    if value.is_empty() || value.len() > 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = value.len() <= 2 && value.bytes().all(|b| b.is_ascii_digit());
+    if !digits || value.is_empty() || value.starts_with('0') {
         return None;
     }
     let bits: u8 = value.parse().ok()?;
@@ -223,13 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn echoes_a_server_window_limit() {
-        let got = answer(&["permessage-deflate; server_max_window_bits=9; client_max_window_bits"]);
-        assert_eq!(got, Some(format!("{PLAIN}; server_max_window_bits=9")));
+    fn echoes_a_server_window_limit_and_then_sends_that_client_nothing_compressed() {
+        for bits in 8..=15 {
+            let offer = format!(
+                "permessage-deflate; server_max_window_bits={bits}; client_max_window_bits"
+            );
+            let got = answer(&[&offer]);
+            assert_eq!(got, Some(format!("{PLAIN}; server_max_window_bits={bits}")));
+            let accepted = negotiate([offer.as_bytes()]).unwrap();
+            assert_eq!(accepted.takes_our_compression(), bits == MAX_WINDOW_BITS);
+        }
         let got = answer(&["permessage-deflate; server_max_window_bits=\"12\""]);
         assert_eq!(got, Some(format!("{PLAIN}; server_max_window_bits=12")));
-        let accepted = negotiate([&b"permessage-deflate; server_max_window_bits=10"[..]]).unwrap();
-        assert_eq!(accepted.server_window_bits(), 10);
+        assert!(negotiate([&b"permessage-deflate"[..]])
+            .unwrap()
+            .takes_our_compression());
     }
 
     #[test]
@@ -241,9 +246,11 @@ mod tests {
             "permessage-deflate; server_no_context_takeover=1",
             "permessage-deflate; client_no_context_takeover=\"\"",
             "permessage-deflate; server_max_window_bits",
-            "permessage-deflate; server_max_window_bits=8",
+            "permessage-deflate; server_max_window_bits=7",
             "permessage-deflate; server_max_window_bits=16",
             "permessage-deflate; server_max_window_bits=010",
+            "permessage-deflate; server_max_window_bits=09",
+            "permessage-deflate; client_max_window_bits=08",
             "permessage-deflate; server_max_window_bits=+9",
             "permessage-deflate; client_max_window_bits=7",
             "permessage-deflate; client_max_window_bits=abc",
@@ -261,7 +268,7 @@ mod tests {
     #[test]
     fn takes_the_first_acceptable_offer_across_elements_and_lines() {
         let got = answer(&[
-            "permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=11",
+            "permessage-deflate; server_max_window_bits=7, permessage-deflate; server_max_window_bits=11",
             "permessage-deflate",
         ]);
         assert_eq!(got, Some(format!("{PLAIN}; server_max_window_bits=11")));
@@ -279,8 +286,7 @@ mod tests {
         #[test]
         fn any_header_gets_one_answer_or_none(line in "[ -~]{0,120}") {
             if let Some(deflate) = negotiate([line.as_bytes()]) {
-                let bits = deflate.server_window_bits();
-                proptest::prop_assert!((MIN_SERVER_WINDOW_BITS..=MAX_WINDOW_BITS).contains(&bits));
+                proptest::prop_assert!((8..=MAX_WINDOW_BITS).contains(&deflate.server_window_bits));
                 proptest::prop_assert!(deflate.response().starts_with(PLAIN));
             }
         }

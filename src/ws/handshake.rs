@@ -50,8 +50,9 @@ pub(crate) enum Handshake {
     },
 }
 
-/// Examines the bytes of a new connection; `deflate` says whether permessage-deflate may be negotiated.
-pub(crate) fn respond(buf: &[u8], deflate: bool) -> Handshake {
+/// Examines the bytes of a new connection; `deflate_enabled` says whether permessage-deflate may be
+/// negotiated.
+pub(crate) fn respond(buf: &[u8], deflate_enabled: bool) -> Handshake {
     let (consumed, request) = match Request::try_parse(buf) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if buf.len() >= MAX_REQUEST_LEN => {
@@ -83,17 +84,12 @@ pub(crate) fn respond(buf: &[u8], deflate: bool) -> Handshake {
     }
     match create_response(&request) {
         Ok(mut response) => {
-            let deflate = deflate
-                .then(|| {
-                    extensions::negotiate(
-                        request
-                            .headers()
-                            .get_all("Sec-WebSocket-Extensions")
-                            .iter()
-                            .map(|v| v.as_bytes()),
-                    )
-                })
-                .flatten();
+            let offers = request.headers().get_all("Sec-WebSocket-Extensions");
+            let deflate = if deflate_enabled {
+                extensions::negotiate(offers.iter().map(|v| v.as_bytes()))
+            } else {
+                None
+            };
             if let Some(agreed) = deflate {
                 let answer =
                     HeaderValue::from_str(&agreed.response()).expect("the answer is ASCII");
