@@ -8,26 +8,18 @@
 //! Whether an echo goes out compressed depends on the session (it negotiated deflate and did not limit
 //! the server's window) and the message (long enough, and smaller compressed), not on how it arrived.
 
+mod support;
+
 use std::process::ExitCode;
 
-use roomcast::{Config, Server};
+use roomcast::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let env_file = match (std::env::args().nth(1).as_deref(), std::env::args().nth(2)) {
-        (Some("--env-file"), Some(path)) => Some(std::path::PathBuf::from(path)),
-        _ => None,
-    };
-    let config = match Config::load(env_file.as_deref()) {
-        Ok((config, _)) => config,
-        Err(e) => {
-            eprintln!("echo: configuration error: {e}");
-            return ExitCode::from(2);
-        }
+    let config = match support::start("echo") {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let mut signals = Signals::new([SIGINT, SIGTERM]).expect("signal handlers install");
     let running = match Server::new(config)

@@ -51,8 +51,7 @@ use crate::session_state::SessionState;
 use crate::shard::Shard;
 use crate::ws::codec::{Decoder, Flow, Inbound, Limits};
 use crate::ws::encode;
-use crate::ws::extensions::PerMessageDeflate;
-use crate::ws::handshake::{self, Handshake, Request};
+use crate::ws::handshake::{self, Agreed, Handshake, Offerable, Request};
 
 /// What a message over the rate limit is answered with.
 pub(crate) const RATE_LIMIT_REPLY: &str = "message rejected: rate limit";
@@ -91,7 +90,7 @@ pub(crate) async fn run(
     let Some(Upgraded {
         peer,
         identity,
-        deflate,
+        agreed,
         io,
     }) = upgrade(&shard, &callbacks, stream).await
     else {
@@ -102,7 +101,15 @@ pub(crate) async fn run(
         shard.admission().leave(peer.ip());
         return;
     };
-    let session = Session::new(shard.register(peer, identity, deflate), shard);
+    let Some(state) = shard.register(peer, identity, agreed) else {
+        tracing::warn!(
+            shard = shard.index(),
+            "2^24 sessions on one shard; connection dropped"
+        );
+        shard.admission().leave(peer.ip());
+        return;
+    };
+    let session = Session::new(state, shard);
     glommio::spawn_local(serve(session, callbacks, io, pass)).detach();
 }
 
@@ -161,8 +168,8 @@ struct Upgraded {
     peer: SocketAddr,
     /// What the authentication hook said it is.
     identity: Option<Identity>,
-    /// permessage-deflate, if it was agreed.
-    deflate: Option<PerMessageDeflate>,
+    /// What the upgrade agreed to: permessage-deflate, a subprotocol.
+    agreed: Agreed,
     io: Io,
 }
 
@@ -192,13 +199,17 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
             if n == 0 {
                 return Ok(None);
             }
-            match handshake::respond(&request, shard.settings().enable_deflate) {
+            let offerable = Offerable {
+                deflate: shard.settings().enable_deflate,
+                subprotocols: &shard.config().subprotocols,
+            };
+            match handshake::respond(&request, offerable) {
                 Handshake::Incomplete => continue,
                 Handshake::Accept {
                     request: upgrade,
                     response,
                     consumed,
-                    deflate,
+                    agreed,
                 } => {
                     let identity = match admit(shard, callbacks, &upgrade, peer) {
                         Ok(identity) => identity,
@@ -219,7 +230,7 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
                         return Err(e.into());
                     }
                     request.drain(..consumed);
-                    return Ok(Some((request, identity, deflate)));
+                    return Ok(Some((request, identity, agreed)));
                 }
                 Handshake::Reject { response, reason } => {
                     tracing::debug!(shard = shard.index(), %reason, "upgrade refused");
@@ -229,7 +240,7 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
             }
         }
     };
-    let (early_frames, identity, deflate) =
+    let (early_frames, identity, agreed) =
         match glommio::timer::timeout(shard.config().request_timeout, exchange).await {
             Ok(admitted) => admitted?,
             Err(e) => {
@@ -245,7 +256,7 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
     Some(Upgraded {
         peer,
         identity,
-        deflate,
+        agreed,
         io,
     })
 }

@@ -26,7 +26,7 @@ use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
 use crate::ws::deflate::Inflater;
 use crate::ws::encode::{data_frame, DataKind};
 use crate::ws::extensions;
-use crate::ws::handshake::{respond, Handshake};
+use crate::ws::handshake::{respond, Agreed, Handshake, Offerable};
 
 /// Unmasks (or masks) `payload` in place.
 pub fn mask(payload: &mut [u8], key: [u8; 4]) {
@@ -85,7 +85,11 @@ impl FrameDecoder {
 /// The status the server answers the bytes of an upgrade request with: 101, 4xx, or `None` while the
 /// request is incomplete (the fuzz targets' entry into the handshake).
 pub fn upgrade_status(request: &[u8]) -> Option<u16> {
-    match respond(request, true) {
+    let offerable = Offerable {
+        deflate: true,
+        subprotocols: &[],
+    };
+    match respond(request, offerable) {
         Handshake::Incomplete => None,
         Handshake::Accept { consumed, .. } => {
             assert!(consumed <= request.len(), "consumed past the input");
@@ -150,7 +154,13 @@ impl BenchCluster {
                 Arc::clone(&deflate_counters),
             ));
             for _ in 0..count {
-                let state = shard.register(peer, None, deflate);
+                let agreed = Agreed {
+                    deflate,
+                    subprotocol: None,
+                };
+                let state = shard
+                    .register(peer, None, agreed)
+                    .expect("a bench holds few sessions");
                 let session = Session::new(state, shard.clone());
                 session.join_room(room).expect("no authorization hook");
                 sessions.push(session);

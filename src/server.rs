@@ -24,6 +24,7 @@ use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
 use crate::http::{self, HttpContext, JsonRoute, Site};
 use crate::session::Session;
+use crate::session_state::SessionId;
 use crate::shard::acceptor::{bind_shared, into_executor, BindError};
 use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
 use crate::shard::mesh::{inbox, Peers};
@@ -41,6 +42,7 @@ pub struct Server {
     callbacks: Callbacks,
     authorize_join: Option<Arc<AuthorizeJoinFn>>,
     routes: Vec<(String, JsonRoute)>,
+    subprotocols: Vec<String>,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
             callbacks: Callbacks::default(),
             authorize_join: None,
             routes: Vec::new(),
+            subprotocols: Vec::new(),
         }
     }
 
@@ -114,6 +117,30 @@ impl Server {
         self
     }
 
+    /// Declares the WebSocket subprotocols the application speaks (`Sec-WebSocket-Protocol`), in its
+    /// order. A client that asks for some gets the first in its own list that is among these, and
+    /// [`Session::subprotocol`] tells which; a client that asks for none gets none.
+    ///
+    /// # Panics
+    ///
+    /// When a name is not an RFC 6455 subprotocol token (visible ASCII without separators), or there are
+    /// more than 255: both are mistakes in the program, not in its input.
+    pub fn subprotocols<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.subprotocols.extend(names.into_iter().map(Into::into));
+        for name in &self.subprotocols {
+            let separators = b"()<>@,;:\\\"/[]?={} \t";
+            assert!(
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !separators.contains(&b)),
+                "{name:?} is not a WebSocket subprotocol token (RFC 6455 §4.1)"
+            );
+        }
+        assert!(self.subprotocols.len() <= 255, "at most 255 subprotocols");
+        self
+    }
+
     /// Answers `GET path` on the HTTP side with the JSON value `f` returns.
     pub fn json_route(
         mut self,
@@ -131,6 +158,7 @@ impl Server {
             callbacks,
             authorize_join,
             routes,
+            subprotocols,
         } = self;
         executor::check_io_uring()?;
         let cpus = executor::allowed_cpus();
@@ -159,6 +187,7 @@ impl Server {
         let callbacks = Arc::new(callbacks);
         let shard_config = ShardConfig {
             authorize_join,
+            subprotocols: subprotocols.into(),
             ..ShardConfig::new(&config)
         };
         let admission = Arc::new(Admission::new(&config.websocket));
@@ -313,6 +342,21 @@ impl ServerHandle {
             .frame_for_room(kind, payload);
         self.shards
             .broadcast(room, &plain, deflated.as_deref(), None);
+    }
+
+    /// Sends `text` to session `id` from any thread, as [`Session::send_text`] would on its shard: posted to
+    /// that shard, which queues it (compressed if the session negotiated permessage-deflate). Ignored when
+    /// the session has ended. This is how work done off the shards answers the session that asked for it
+    /// (`examples/blocking_work.rs`).
+    pub fn send_text_to_session(&self, id: SessionId, text: &str) {
+        self.shards
+            .send_to_session(id, DataKind::Text, text.as_bytes());
+    }
+
+    /// Sends `data` as a binary message to session `id` from any thread, like
+    /// [`ServerHandle::send_text_to_session`].
+    pub fn send_binary_to_session(&self, id: SessionId, data: &[u8]) {
+        self.shards.send_to_session(id, DataKind::Binary, data);
     }
 
     /// What permessage-deflate did since the server started, over every shard.

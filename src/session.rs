@@ -94,6 +94,17 @@ impl Session {
         self.shard.join(&self.state, room)
     }
 
+    /// The subprotocol agreed at the upgrade, one of [`crate::Server::subprotocols`]; `None` when the
+    /// client asked for none the application speaks.
+    pub fn subprotocol(&self) -> Option<&str> {
+        let index = usize::from(self.state.subprotocol()?);
+        self.shard
+            .config()
+            .subprotocols
+            .get(index)
+            .map(String::as_str)
+    }
+
     /// Who the authentication hook said this session is ([`crate::Server::authenticate`]); `None` without
     /// one.
     pub fn identity(&self) -> Option<&Identity> {

@@ -19,16 +19,36 @@ use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::outbound::{Outbound, Overflow};
 use crate::ws::encode::{self, EncodedFrame};
 use crate::ws::extensions::PerMessageDeflate;
+use crate::ws::handshake::Agreed;
 
-/// A session's identity, unique within the process: the shard index in the top 16 bits, a per-shard
-/// counter below.
+/// A session's identity, unique within the process: the shard index in the top 16 bits, the session's
+/// place in its shard's table in the next 24, and the low 24 bits of a per-shard counter, which tell a
+/// session from the ones that held its place before. So the id alone finds the session (from another
+/// thread, [`crate::ServerHandle::send_text_to_session`]) without a table of ids on every shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
+/// Bits of the place in the shard's table, and of the counter.
+const SLOT_BITS: u32 = 24;
+
 impl SessionId {
+    /// The id of the `count`th session of shard `shard`, at `slot` in its table; `None` past 2^24 places.
+    pub(crate) fn new(shard: usize, slot: usize, count: u64) -> Option<SessionId> {
+        let slot = u64::try_from(slot).ok().filter(|s| *s < 1 << SLOT_BITS)?;
+        let count = count & ((1 << SLOT_BITS) - 1);
+        Some(SessionId(
+            ((shard as u64) << 48) | (slot << SLOT_BITS) | count,
+        ))
+    }
+
     /// The index of the shard that owns the session.
     pub fn shard(self) -> usize {
         (self.0 >> 48) as usize
+    }
+
+    /// The session's place in its shard's table.
+    pub(crate) fn slot(self) -> usize {
+        ((self.0 >> SLOT_BITS) & ((1 << SLOT_BITS) - 1)) as usize
     }
 }
 
@@ -53,25 +73,23 @@ pub(crate) struct SessionState {
     rooms: Cell<Vec<Rc<str>>>,
     /// When anything last arrived from the peer (shard clock), for the idle timeout.
     last_seen: Cell<u32>,
-    /// Where the shard's session slab keeps this session.
-    slot: Cell<u32>,
     /// Bytes its connection's decoder holds for messages still arriving, as last told to the shard.
     unfinished: Cell<u32>,
     /// Who the authentication hook said this is; boxed, so a session without one pays 8 bytes.
     identity: Option<Box<Identity>>,
-    /// permessage-deflate as negotiated: 2 bytes, the session's only compression state (the deflater
-    /// and inflater are its shard's).
-    deflate: Option<PerMessageDeflate>,
+    /// What its upgrade agreed to: permessage-deflate's parameters (the session's only compression
+    /// state: the deflater and inflater are its shard's) and the subprotocol; 3 bytes.
+    agreed: Agreed,
 }
 
 impl SessionState {
-    /// An open session of `identity`, with `deflate` if it negotiated it, that has not been heard from since
+    /// An open session of `identity`, with what its upgrade `agreed` to, that has not been heard from since
     /// `now` (shard clock).
     pub(crate) fn new(
         id: SessionId,
         peer: SocketAddr,
         identity: Option<Identity>,
-        deflate: Option<PerMessageDeflate>,
+        agreed: Agreed,
         now: u32,
     ) -> SessionState {
         SessionState {
@@ -82,16 +100,20 @@ impl SessionState {
             lifecycle: Cell::new(Lifecycle::Open),
             rooms: Cell::new(Vec::new()),
             last_seen: Cell::new(now),
-            slot: Cell::new(u32::MAX),
             unfinished: Cell::new(0),
             identity: identity.map(Box::new),
-            deflate,
+            agreed,
         }
     }
 
     /// permessage-deflate, if the session negotiated it.
     pub(crate) fn deflate(&self) -> Option<PerMessageDeflate> {
-        self.deflate
+        self.agreed.deflate
+    }
+
+    /// The subprotocol agreed, as its index in the application's list.
+    pub(crate) fn subprotocol(&self) -> Option<u8> {
+        self.agreed.subprotocol
     }
 
     pub(crate) fn identity(&self) -> Option<&Identity> {
@@ -123,15 +145,6 @@ impl SessionState {
     /// Something arrived from the peer at `now` (shard clock).
     pub(crate) fn seen(&self, now: u32) {
         self.last_seen.set(now);
-    }
-
-    pub(crate) fn slot(&self) -> usize {
-        self.slot.get() as usize
-    }
-
-    pub(crate) fn set_slot(&self, slot: usize) {
-        // A shard holds far fewer than 2^32 sessions (descriptors run out first); u32 keeps the state small.
-        self.slot.set(slot as u32);
     }
 
     pub(crate) fn unfinished(&self) -> usize {

@@ -31,6 +31,9 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::session_state::SessionId;
+use crate::ws::encode::DataKind;
+
 /// What one shard asks of another.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
@@ -45,6 +48,16 @@ pub(crate) enum ShardMsg {
         /// The compressed frame, shared and copied the same way, if the message was compressed: it is
         /// compressed once, on the shard it started from.
         deflated: Option<Arc<[u8]>>,
+    },
+    /// Send a data message to one session of this shard, if it is still open (from
+    /// [`crate::ServerHandle::send_text_to_session`]); compressed here if that session negotiated deflate.
+    ToSession {
+        /// The session.
+        id: SessionId,
+        /// Text or binary.
+        kind: DataKind,
+        /// The message.
+        payload: Box<[u8]>,
     },
 }
 
@@ -61,6 +74,18 @@ impl Peers {
     /// How many shards there are.
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// Posts a data message for session `id` to the shard that owns it; nothing happens when there is
+    /// no such shard (an id that was never handed out).
+    pub(crate) fn send_to_session(&self, id: SessionId, kind: DataKind, payload: &[u8]) {
+        if let Some(inbox) = self.0.get(id.shard()) {
+            inbox.post(ShardMsg::ToSession {
+                id,
+                kind,
+                payload: payload.into(),
+            });
+        }
     }
 
     /// Posts an encoded message, its `plain` frame and its `deflated` one if it was compressed, for the

@@ -38,7 +38,7 @@ use crate::room::Rooms;
 use crate::session_state::{SessionId, SessionState};
 use crate::ws::deflate::{DeflateCounters, Deflater, Inflater};
 use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared};
-use crate::ws::extensions::PerMessageDeflate;
+use crate::ws::handshake::Agreed;
 use mesh::{InboxReceiver, Peers, ShardMsg};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
@@ -58,6 +58,8 @@ pub(crate) struct ShardConfig {
     pub(crate) bench_mode: bool,
     /// The application's room authorization hook, asked on every join.
     pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
+    /// The subprotocols the application speaks, in its order ([`crate::Server::subprotocols`]).
+    pub(crate) subprotocols: Arc<[String]>,
 }
 
 impl ShardConfig {
@@ -67,6 +69,7 @@ impl ShardConfig {
             request_timeout: config.server.request_timeout,
             bench_mode: config.server.bench_mode,
             authorize_join: None,
+            subprotocols: Arc::new([]),
         }
     }
 }
@@ -85,7 +88,7 @@ pub(crate) struct Shard {
     clock: Cell<u32>,
     /// Bytes all its sessions' decoders hold for messages still arriving; see [`Shard::hold_unfinished`].
     unfinished: Cell<usize>,
-    /// Every open session, for the sweep and shutdown; a slab because its slot (kept in the session) makes
+    /// Every open session, for the sweep and shutdown; a slab because its slot (in the session's id) makes
     /// removal O(1) at 16 bytes a session, against about twice that for a hash map.
     sessions: RefCell<Slab<Rc<SessionState>>>,
     /// Where every session of this shard reads into; see [`crate::connection`].
@@ -154,32 +157,39 @@ impl Shard {
         self.clock.get()
     }
 
-    /// A new open session from `peer`, with `deflate` if it negotiated it, registered for the sweep and
-    /// shutdown until [`Shard::unregister`].
+    /// A new open session from `peer`, with what its upgrade `agreed` to, registered for the sweep and
+    /// shutdown until [`Shard::unregister`]; `None` when the shard already holds 2^24 sessions, which its
+    /// ids cannot address (the kernel's descriptor ceiling, `fs.nr_open`, is 2^20 by default).
     pub(crate) fn register(
         &self,
         peer: SocketAddr,
         identity: Option<Identity>,
-        deflate: Option<PerMessageDeflate>,
-    ) -> Rc<SessionState> {
+        agreed: Agreed,
+    ) -> Option<Rc<SessionState>> {
         let n = self.next_session.get() + 1;
         self.next_session.set(n);
-        // The shard index in the top 16 bits keeps ids unique across shards.
-        let id = SessionId(((self.index as u64) << 48) | n);
-        if deflate.is_some() {
+        let mut sessions = self.sessions.borrow_mut();
+        let place = sessions.vacant_entry();
+        let id = SessionId::new(self.index, place.key(), n)?;
+        if agreed.deflate.is_some() {
             self.deflate_counters.session_opened();
         }
-        let state = Rc::new(SessionState::new(id, peer, identity, deflate, self.now()));
-        let slot = self.sessions.borrow_mut().insert(state.clone());
-        state.set_slot(slot);
-        state
+        let state = Rc::new(SessionState::new(id, peer, identity, agreed, self.now()));
+        place.insert(state.clone());
+        Some(state)
+    }
+
+    /// The open session `id` names, if it is still open here.
+    fn session(&self, id: SessionId) -> Option<Rc<SessionState>> {
+        let sessions = self.sessions.borrow();
+        sessions.get(id.slot()).filter(|s| s.id == id).cloned()
     }
 
     /// The session has ended: it leaves every room and the shard forgets it.
     pub(crate) fn unregister(&self, session: &SessionState) {
         self.hold_unfinished(session, 0);
         self.rooms.borrow_mut().leave_all(session);
-        self.sessions.borrow_mut().remove(session.slot());
+        self.sessions.borrow_mut().remove(session.id.slot());
         session.transition(Lifecycle::abort);
         if session.deflate().is_some() {
             self.deflate_counters.session_ended();
@@ -335,6 +345,11 @@ impl Shard {
                     };
                     self.deliver(&room, &message);
                 }
+                ShardMsg::ToSession { id, kind, payload } => {
+                    if let Some(session) = self.session(id) {
+                        self.send_data(&session, kind, &payload);
+                    }
+                }
             }
         }
     }
@@ -400,8 +415,8 @@ mod tests {
     fn posted_broadcasts_reach_local_members_in_order() {
         let (shard, peers) = lone_shard();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let member = shard.register(peer, None, None);
-        let outsider = shard.register(peer, None, None);
+        let member = shard.register(peer, None, Agreed::default()).unwrap();
+        let outsider = shard.register(peer, None, Agreed::default()).unwrap();
         shard.join(&member, "r").unwrap();
         for text in ["a", "b"] {
             peers.broadcast("r", text.as_bytes(), None, None);
@@ -416,14 +431,21 @@ mod tests {
     fn a_broadcast_is_compressed_once_and_each_member_gets_the_frame_it_reads() {
         let (shard, _peers) = lone_shard();
         let peer = "127.0.0.1:1".parse().unwrap();
-        let offer = |o: &'static str| crate::ws::extensions::negotiate([o.as_bytes()]);
-        let deflate = shard.register(peer, None, offer("permessage-deflate"));
-        let small_window = shard.register(
-            peer,
-            None,
-            offer("permessage-deflate; server_max_window_bits=10"),
-        );
-        let plain = shard.register(peer, None, None);
+        let offer = |o: &'static str| Agreed {
+            deflate: crate::ws::extensions::negotiate([o.as_bytes()]),
+            subprotocol: None,
+        };
+        let deflate = shard
+            .register(peer, None, offer("permessage-deflate"))
+            .unwrap();
+        let small_window = shard
+            .register(
+                peer,
+                None,
+                offer("permessage-deflate; server_max_window_bits=10"),
+            )
+            .unwrap();
+        let plain = shard.register(peer, None, Agreed::default()).unwrap();
         for member in [&deflate, &small_window, &plain] {
             shard.join(member, "r").unwrap();
         }
@@ -446,7 +468,9 @@ mod tests {
     #[test]
     fn an_unregistered_session_is_gone_from_rooms_and_the_table() {
         let (shard, _peers) = lone_shard();
-        let member = shard.register("127.0.0.1:1".parse().unwrap(), None, None);
+        let member = shard
+            .register("127.0.0.1:1".parse().unwrap(), None, Agreed::default())
+            .unwrap();
         shard.join(&member, "r").unwrap();
         shard.unregister(&member);
         assert!(shard.open_sessions().is_empty());

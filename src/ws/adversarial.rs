@@ -8,10 +8,15 @@ use std::sync::Arc;
 
 use super::codec::{Decoder, Flow, Inbound, Limits};
 use super::deflate::{Audience, Deflater, Inflater};
-use super::handshake::{respond, Handshake, MAX_REQUEST_LEN};
+use super::handshake::{respond, Handshake, Offerable, MAX_REQUEST_LEN};
 use crate::error::ProtocolError;
 
 const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+/// Deflate enabled; no subprotocol spoken.
+const OFFERABLE: Offerable<'static> = Offerable {
+    deflate: true,
+    subprotocols: &[],
+};
 const LIMITS: Limits = Limits {
     max_message_size: 1 << 16,
     max_frames: 64,
@@ -199,7 +204,7 @@ proptest! {
 
     #[test]
     fn arbitrary_upgrade_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..(MAX_REQUEST_LEN + 64))) {
-        match respond(&bytes, true) {
+        match respond(&bytes, OFFERABLE) {
             Handshake::Accept { consumed, .. } => prop_assert!(consumed <= bytes.len()),
             Handshake::Reject { response, .. } => prop_assert!(response.starts_with(b"HTTP/1.1 4")),
             Handshake::Incomplete => prop_assert!(bytes.len() < MAX_REQUEST_LEN),
@@ -241,17 +246,18 @@ proptest! {
         request.push_str("\r\n");
         let bytes = request.as_bytes();
         let cut = cut % bytes.len();
-        prop_assert!(matches!(respond(&bytes[..cut], true), Handshake::Incomplete));
+        prop_assert!(matches!(respond(&bytes[..cut], OFFERABLE), Handshake::Incomplete));
         for enabled in [false, true] {
-            match respond(bytes, enabled) {
-                Handshake::Accept { response, consumed, deflate, .. } => {
+            let offerable = Offerable { deflate: enabled, ..OFFERABLE };
+            match respond(bytes, offerable) {
+                Handshake::Accept { response, consumed, agreed, .. } => {
                     prop_assert_eq!(consumed, bytes.len());
                     let text = String::from_utf8(response).unwrap().to_ascii_lowercase();
                     prop_assert!(text.starts_with("http/1.1 101"));
                     // One accepted set or none, never when disabled.
                     let answers = text.matches("sec-websocket-extensions: permessage-deflate;").count();
-                    prop_assert_eq!(answers, usize::from(deflate.is_some()), "{}", text);
-                    prop_assert!(enabled || deflate.is_none());
+                    prop_assert_eq!(answers, usize::from(agreed.deflate.is_some()), "{}", text);
+                    prop_assert!(enabled || agreed.deflate.is_none());
                     prop_assert_eq!(text.matches("sec-websocket-extensions").count(), answers);
                 }
                 other => prop_assert!(false, "refused: {:?}", other),
