@@ -174,11 +174,12 @@ impl BenchCluster {
         }
     }
 
-    /// Broadcasts `text` to `room` from shard `from` as a session's callback would: encode (and compress,
-    /// for deflate sessions) once, deliver locally, post once to every other shard.
+    /// Broadcasts `text` to `room` from shard `from` as a session's callback would: through the room's home
+    /// shard, which encodes (and compresses, for deflate sessions) once, delivers to its members and posts
+    /// once to every other shard. [`BenchCluster::deliver_posted`] finishes it.
     pub fn broadcast(&self, from: usize, room: &str, text: &str) {
         let shard = &self.shards[from];
-        shard.broadcast(room, shard.prepare(DataKind::Text, text.as_bytes()));
+        shard.broadcast(room, DataKind::Text, text.as_bytes());
     }
 
     /// Sends `text` to every session on its own, as a server with a deflate context per session must:
@@ -189,10 +190,14 @@ impl BenchCluster {
         }
     }
 
-    /// Every shard takes what was posted to it and delivers it to its members, as its sessions do.
+    /// Every shard takes what was posted to it and delivers it to its members, as its sessions do. Two
+    /// rounds: a broadcast from a shard that is not the room's home is posted there first, and the home
+    /// shard's fan-out then posts to the others.
     pub fn deliver_posted(&self) {
-        for shard in &self.shards {
-            shard.deliver_posted();
+        for _ in 0..2 {
+            for shard in &self.shards {
+                shard.deliver_posted();
+            }
         }
     }
 

@@ -11,7 +11,7 @@
 //! executor plumbing (that is `shard::executor`) or decide how shutdown proceeds (`shutdown`).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use glommio::Placement;
@@ -30,8 +30,8 @@ use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
-use crate::ws::deflate::{DeflateCounters, DeflateStats, Deflater};
-use crate::ws::encode::{self, DataKind};
+use crate::ws::deflate::{DeflateCounters, DeflateStats};
+use crate::ws::encode::DataKind;
 
 /// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
 const HTTP_RING_DEPTH: usize = 128;
@@ -192,15 +192,12 @@ impl Server {
         };
         let admission = Arc::new(Admission::new(&config.websocket));
         let deflate_counters = Arc::new(DeflateCounters::default());
-        let handle_deflater =
-            Deflater::new(deflate_counters.clone(), config.websocket.compress_from());
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
             handle: ServerHandle {
                 shards: peers.clone(),
                 stop: stop.clone(),
-                deflater: Arc::new(Mutex::new(handle_deflater)),
                 deflate_counters: deflate_counters.clone(),
             },
             threads: Vec::new(),
@@ -310,38 +307,26 @@ impl Drop for RunningServer {
 pub struct ServerHandle {
     shards: Peers,
     stop: Arc<Stop>,
-    /// Compresses the handle's broadcasts, once each, on the calling thread; a lock because any thread
-    /// may call.
-    deflater: Arc<Mutex<Deflater>>,
     deflate_counters: Arc<DeflateCounters>,
 }
 
 impl ServerHandle {
-    /// Sends `text` to every member of `room` on every shard. The message is encoded, and compressed for
-    /// permessage-deflate members, once, here; each shard copies the frames into its own so that no
-    /// per-delivery reference count is shared between cores. Compressing takes a lock shared by every
-    /// caller: from a callback, [`Session::broadcast_text_to_room`] uses its shard's deflater instead.
+    /// Sends `text` to every member of `room` on every shard, as [`Session::broadcast_text_to_room`] does:
+    /// posted to the room's home shard, which encodes it (and compresses it for permessage-deflate
+    /// members) once and fans it out in the room's one order.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
         self.broadcast(room, DataKind::Text, text.as_bytes());
     }
 
-    /// Sends `data` as a binary message to every member of `room` on every shard, encoded and compressed
-    /// once like [`ServerHandle::broadcast_text_to_room`].
+    /// Sends `data` as a binary message to every member of `room` on every shard, like
+    /// [`ServerHandle::broadcast_text_to_room`].
     pub fn broadcast_binary_to_room(&self, room: &str, data: &[u8]) {
         self.broadcast(room, DataKind::Binary, data);
     }
 
     fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
-        let plain = encode::data_frame(kind, payload);
-        // Held only while compressing. A panic while compressing poisons nothing the deflater relies on:
-        // each message resets it.
-        let deflated = self
-            .deflater
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .frame_for_room(kind, payload);
-        self.shards
-            .broadcast(room, &plain, deflated.as_deref(), None);
+        let home = self.shards.home_of(room);
+        self.shards.publish(home, room, kind, payload);
     }
 
     /// Sends `text` to session `id` from any thread, as [`Session::send_text`] would on its shard: posted to

@@ -134,18 +134,18 @@ impl Session {
     }
 
     /// Sends `text` to every member of `room` on every shard, this session included if it is a member.
-    /// The message is encoded once, and compressed at most once, here: members that negotiated
-    /// permessage-deflate share the compressed frame, the others the plain one.
+    /// Every broadcast to a room goes through the room's home shard (this one, or one it is posted to),
+    /// so all members see a room's messages in one order. There it is encoded once, and compressed at most
+    /// once: members that negotiated permessage-deflate share the compressed frame, the others the plain
+    /// one.
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
-        let message = self.shard.prepare(DataKind::Text, text.as_bytes());
-        self.shard.broadcast(room, message);
+        self.shard.broadcast(room, DataKind::Text, text.as_bytes());
     }
 
     /// Sends `data` as a binary message to every member of `room` on every shard, encoded and compressed
     /// once like [`Session::broadcast_text_to_room`].
     pub fn broadcast_binary_to_room(&self, room: &str, data: &[u8]) {
-        let message = self.shard.prepare(DataKind::Binary, data);
-        self.shard.broadcast(room, message);
+        self.shard.broadcast(room, DataKind::Binary, data);
     }
 
     /// Queues an encoded frame under the backpressure limit; past it the session closes as a slow

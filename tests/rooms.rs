@@ -1,6 +1,7 @@
 //! Rooms span shards: with two shards and clients on both, a broadcast from a session on either shard, or
 //! from `ServerHandle` on an outside thread, reaches every member on both shards exactly once and no
-//! non-member; leaving a room or disconnecting stops delivery; one sender's broadcasts arrive in order.
+//! non-member; leaving a room or disconnecting stops delivery; one sender's broadcasts arrive in order;
+//! two senders on different shards, sending at once, reach every member in one and the same order.
 //!
 //! Which shard a connection lands on is the kernel's `SO_REUSEPORT` hash, so the set-up opens clients
 //! (each told its shard by `on_open`) until both shards have enough of them. A non-member is checked with a
@@ -304,6 +305,46 @@ fn one_senders_broadcasts_arrive_in_order_on_both_shards() {
             let expected: Vec<String> = (0..100).map(|n| format!("s{shard}-{n}")).collect();
             assert_eq!(got, expected, "{}", member.name);
         }
+    }
+    drop((c.members, c.outsiders));
+    c.server.stop();
+}
+
+#[test]
+fn two_senders_on_different_shards_reach_every_member_in_one_order() {
+    const EACH: usize = 200;
+    let mut c = cluster();
+    let senders: Vec<usize> = [0, 1]
+        .iter()
+        .map(|&shard| c.members.iter().position(|m| m.shard == shard).unwrap())
+        .collect();
+    // Both send as fast as they can, interleaved, without waiting for anything.
+    for n in 0..EACH {
+        for (i, &sender) in senders.iter().enumerate() {
+            c.members[sender].broadcast("A", &format!("s{i}-{n}"));
+        }
+    }
+    let orders: Vec<Vec<String>> = c
+        .members
+        .iter_mut()
+        .map(|member| (0..2 * EACH).map(|_| member.recv()).collect())
+        .collect();
+    for (member, order) in c.members.iter().zip(&orders) {
+        assert_eq!(
+            order, &orders[0],
+            "{} saw another order than {}",
+            member.name, c.members[0].name
+        );
+    }
+    // And each sender's messages keep the order it sent them in.
+    for i in 0..2 {
+        let prefix = format!("s{i}-");
+        let own: Vec<&String> = orders[0]
+            .iter()
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        let sent: Vec<String> = (0..EACH).map(|n| format!("s{i}-{n}")).collect();
+        assert_eq!(own, sent.iter().collect::<Vec<_>>());
     }
     drop((c.members, c.outsiders));
     c.server.stop();

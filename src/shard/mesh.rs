@@ -24,6 +24,7 @@
 //! [`crate::shutdown`]'s, the same for the WebSocket shards and the HTTP shard.
 
 use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -48,6 +49,15 @@ pub(crate) enum ShardMsg {
         /// The compressed frame, shared and copied the same way, if the message was compressed: it is
         /// compressed once, on the shard it started from.
         deflated: Option<Arc<[u8]>>,
+    },
+    /// Fan a data message out to `room`, whose home shard this is (see [`Peers::home_of`]).
+    Publish {
+        /// The room.
+        room: Arc<str>,
+        /// Text or binary.
+        kind: DataKind,
+        /// The message, not yet encoded: it is encoded (and compressed) once, on the home shard.
+        payload: Box<[u8]>,
     },
     /// Send a data message to one session of this shard, if it is still open (from
     /// [`crate::ServerHandle::send_text_to_session`]); compressed here if that session negotiated deflate.
@@ -74,6 +84,25 @@ impl Peers {
     /// How many shards there are.
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// The home shard of `room`: where every broadcast to it is fanned out, so that all its members see
+    /// one order (two senders on two shards would otherwise reach the members of each shard in the
+    /// order their posts happened to arrive there). A hash of the name, the same on every shard.
+    pub(crate) fn home_of(&self, room: &str) -> usize {
+        // `DefaultHasher::new` has fixed keys: every shard computes the same home.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        room.hash(&mut hasher);
+        (hasher.finish() % self.0.len() as u64) as usize
+    }
+
+    /// Posts a data message for `room` to its `home` shard, which fans it out.
+    pub(crate) fn publish(&self, home: usize, room: &str, kind: DataKind, payload: &[u8]) {
+        self.0[home].post(ShardMsg::Publish {
+            room: Arc::from(room),
+            kind,
+            payload: payload.into(),
+        });
     }
 
     /// Posts a data message for session `id` to the shard that owns it; nothing happens when there is

@@ -257,12 +257,6 @@ impl Shard {
         decode(&mut self.inflater.borrow_mut())
     }
 
-    /// Encodes a data message once for all the recipients of a broadcast, compressing it at most once
-    /// (see [`Deflater::prepare`]).
-    pub(crate) fn prepare(&self, kind: DataKind, payload: &[u8]) -> Prepared {
-        self.deflater.borrow_mut().prepare(kind, payload)
-    }
-
     /// Sends a data message to `session` alone: compressed if it negotiated deflate and compression is
     /// worth it, plain otherwise.
     pub(crate) fn send_data(&self, session: &SessionState, kind: DataKind, payload: &[u8]) {
@@ -307,8 +301,21 @@ impl Shard {
         session.close(code, reason, self.now(), CloseCause::Requested);
     }
 
-    /// Delivers `message` to the members of `room` here, and posts it once to every other shard.
-    pub(crate) fn broadcast(&self, room: &str, message: Prepared) {
+    /// Sends a data message to every member of `room` on every shard, in the room's one order: through
+    /// the room's home shard (see [`Peers::home_of`]), which is this one or gets it posted.
+    pub(crate) fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
+        match self.peers.home_of(room) {
+            home if home == self.index => self.fan_out(room, kind, payload),
+            home => self.peers.publish(home, room, kind, payload),
+        }
+    }
+
+    /// On the room's home shard: encodes the message once (compressing it at most once, see
+    /// [`Deflater::prepare`]), delivers it to the members here and posts it once to every other shard.
+    /// Every broadcast of a room passes here, and each shard's inbox keeps the order of what one shard
+    /// posts to it, so every member sees the room's messages in the order they are fanned out here.
+    fn fan_out(&self, room: &str, kind: DataKind, payload: &[u8]) {
+        let message = self.deflater.borrow_mut().prepare(kind, payload);
         let deflated = message.deflated.as_deref();
         self.peers
             .broadcast(room, &message.plain, deflated, Some(self.index));
@@ -345,6 +352,11 @@ impl Shard {
                     };
                     self.deliver(&room, &message);
                 }
+                ShardMsg::Publish {
+                    room,
+                    kind,
+                    payload,
+                } => self.fan_out(&room, kind, &payload),
                 ShardMsg::ToSession { id, kind, payload } => {
                     if let Some(session) = self.session(id) {
                         self.send_data(&session, kind, &payload);
@@ -450,7 +462,7 @@ mod tests {
             shard.join(member, "r").unwrap();
         }
         let text = "{\"type\":\"chat.message\",\"text\":\"hello hello hello hello hello hello\"}";
-        shard.broadcast("r", shard.prepare(DataKind::Text, text.as_bytes()));
+        shard.broadcast("r", DataKind::Text, text.as_bytes());
         assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
         let first_byte = |member: &SessionState| member.outbound.front_byte();
         // RSV1 only for the member that can read a 15-bit window; the others share the plain frame.
@@ -461,7 +473,7 @@ mod tests {
         for member in [&deflate, &small_window] {
             shard.unregister(member);
         }
-        shard.broadcast("r", shard.prepare(DataKind::Text, text.as_bytes()));
+        shard.broadcast("r", DataKind::Text, text.as_bytes());
         assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
     }
 
@@ -475,7 +487,7 @@ mod tests {
         shard.unregister(&member);
         assert!(shard.open_sessions().is_empty());
         assert!(member.lifecycle().is_over());
-        shard.broadcast("r", shard.prepare(DataKind::Text, b"x"));
+        shard.broadcast("r", DataKind::Text, b"x");
         assert_eq!(member.outbound.queued(), 0);
     }
 }

@@ -132,11 +132,7 @@ impl Deflater {
 
     /// The compressed frame of a room broadcast, made once for every member that can read it, or `None`
     /// when it is not worth compressing or no session anywhere negotiated deflate.
-    pub(crate) fn frame_for_room(
-        &mut self,
-        kind: DataKind,
-        payload: &[u8],
-    ) -> Option<EncodedFrame> {
+    fn frame_for_room(&mut self, kind: DataKind, payload: &[u8]) -> Option<EncodedFrame> {
         if !self.worth_compressing(payload.len()) || !self.counters.any_session() {
             return None;
         }
