@@ -27,6 +27,46 @@ pub struct Config {
     pub public: PublicSettings,
     /// `AUTH_*`: for the application's authentication hook; the library itself does not read them.
     pub auth: AuthSettings,
+    /// `HISTORY_*`, `DATA_DIR`, `PRESENCE_EVENTS`: rooms' history and presence, used once the application
+    /// switches history on ([`crate::Server::keep_history`]).
+    pub rooms: RoomSettings,
+}
+
+/// Rooms' history (kept by each room's home shard, on an embedded store) and presence.
+#[derive(Debug, Clone)]
+pub struct RoomSettings {
+    /// `HISTORY_SIZE` (default 1000; 0 turns history off): the newest publications kept per room.
+    pub history_size: usize,
+    /// `HISTORY_TTL_SEC` (default 86400; 0: kept until pushed out by `HISTORY_SIZE`): publications older
+    /// than this are dropped.
+    pub history_ttl: Option<Duration>,
+    /// `DATA_DIR` (default `./data`, created at start): where the history store lives.
+    pub data_dir: PathBuf,
+    /// `HISTORY_FSYNC` (default 100): when the store's journal is forced to disk.
+    pub fsync: HistoryFsync,
+    /// `HISTORY_RECOVERY_MAX` (default 300, at least 1): the most publications a join with `since`
+    /// returns; a client that missed more gets `recovered: false`.
+    pub recovery_max: usize,
+    /// `HISTORY_MEMORY_MB` (default 256, at least 1): what the newest publications of the rooms kept in
+    /// memory may take, over all shards; past it the least recently used rooms are read back from the store
+    /// when next needed.
+    pub memory_budget: usize,
+    /// `PRESENCE_EVENTS` (default false): tell every member when a member joins or leaves (a message per
+    /// member per join, so off by default).
+    pub presence_events: bool,
+}
+
+/// `HISTORY_FSYNC`: when the history store forces its journal to disk. Every publication reaches the
+/// operating system before any member sees it, so a crash of the process alone loses nothing whatever
+/// this says; it decides what a power loss or a kernel crash can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFsync {
+    /// `every_write`: each group of publications written is on disk before its members see it.
+    EveryWrite,
+    /// A number of milliseconds: at most this much of the newest history is lost on power loss.
+    Interval(Duration),
+    /// `off`: the operating system writes when it chooses.
+    Off,
 }
 
 /// What the application needs to check credentials (the chat app: HS256 JWTs).
@@ -306,6 +346,16 @@ impl Config {
             auth: AuthSettings {
                 secret: keys.secret("AUTH_SECRET")?,
             },
+            rooms: RoomSettings {
+                history_size: keys.number("HISTORY_SIZE", 1000)? as usize,
+                history_ttl: keys.seconds_or_off("HISTORY_TTL_SEC", 86400)?,
+                data_dir: PathBuf::from(keys.text("DATA_DIR", "./data")?),
+                fsync: keys.fsync("HISTORY_FSYNC")?,
+                recovery_max: keys.positive("HISTORY_RECOVERY_MAX", 300)? as usize,
+                memory_budget: (keys.positive("HISTORY_MEMORY_MB", 256)? as usize)
+                    .saturating_mul(1 << 20),
+                presence_events: keys.flag("PRESENCE_EVENTS", false)?,
+            },
         })
     }
 }
@@ -399,6 +449,22 @@ impl Keys<'_> {
             Some("true" | "1" | "yes" | "on") => Ok(true),
             Some("false" | "0" | "no" | "off") => Ok(false),
             Some(v) => Err(Self::invalid(key, v, "true or false")),
+        }
+    }
+
+    fn fsync(&self, key: &'static str) -> Result<HistoryFsync, ConfigError> {
+        match self.raw(key).as_deref() {
+            None => Ok(HistoryFsync::Interval(Duration::from_millis(100))),
+            Some("every_write") => Ok(HistoryFsync::EveryWrite),
+            Some("off") => Ok(HistoryFsync::Off),
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(HistoryFsync::Interval(Duration::from_millis(ms))),
+                _ => Err(Self::invalid(
+                    key,
+                    v,
+                    "every_write, off, or an interval in milliseconds (at least 1)",
+                )),
+            },
         }
     }
 
@@ -571,11 +637,35 @@ mod tests {
             ("WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD", "1000"),
             ("SERVER_MAX_REQUEST_HEAD", "100"),
             ("SERVER_MAX_KEEPALIVE_CONNECTIONS", "lots"),
+            ("HISTORY_SIZE", "many"),
+            ("HISTORY_TTL_SEC", "1d"),
+            ("HISTORY_FSYNC", "always"),
+            ("HISTORY_FSYNC", "0"),
+            ("HISTORY_RECOVERY_MAX", "0"),
+            ("HISTORY_MEMORY_MB", "0"),
+            ("PRESENCE_EVENTS", "sometimes"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
             assert!(err.contains(value), "{err}");
         }
+    }
+
+    #[test]
+    fn history_settings() {
+        let c = Config::default().rooms;
+        assert_eq!(c.history_size, 1000);
+        assert_eq!(c.history_ttl, Some(Duration::from_secs(86400)));
+        assert_eq!(c.fsync, HistoryFsync::Interval(Duration::from_millis(100)));
+        assert_eq!(c.recovery_max, 300);
+        assert!(!c.presence_events);
+        let c = with(&[("HISTORY_FSYNC", "every_write"), ("HISTORY_SIZE", "0")])
+            .unwrap()
+            .rooms;
+        assert_eq!(c.fsync, HistoryFsync::EveryWrite);
+        assert_eq!(c.history_size, 0);
+        let off = with(&[("HISTORY_FSYNC", "off")]).unwrap().rooms.fsync;
+        assert_eq!(off, HistoryFsync::Off);
     }
 
     #[test]

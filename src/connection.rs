@@ -473,7 +473,7 @@ fn handle(
 }
 
 /// Applies the rate limits to a message of `len` bytes: whether to act on it. A refused message is
-/// answered with `message rejected: rate limit` when `reply` is set; a sender that kept sending while
+/// answered, when `reply` is set, by `on_rate_limited` or else with `message rejected: rate limit`; a sender that kept sending while
 /// refused is reported and closed with 1008 "rate limit" (see [`crate::rate_limit`]).
 fn admitted(
     session: &Session,
@@ -486,7 +486,12 @@ fn admitted(
         Verdict::Admit => true,
         Verdict::Refuse => {
             if reply {
-                session.send_text(RATE_LIMIT_REPLY);
+                match &callbacks.on_rate_limited {
+                    Some(on_rate_limited) => {
+                        guarded(session, "on_rate_limited", || on_rate_limited(session))
+                    }
+                    None => session.send_text(RATE_LIMIT_REPLY),
+                }
             }
             false
         }

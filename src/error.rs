@@ -72,6 +72,18 @@ pub enum StartError {
         /// What the operator can do about it.
         fix: &'static str,
     },
+    /// The history store could not be opened (a directory that cannot be created, a store another
+    /// process holds, files that are not a store).
+    #[error(
+        "cannot open the history store in DATA_DIR={dir:?}: {cause}. Point DATA_DIR at a writable \
+             directory no other roomcast uses, or set HISTORY_SIZE=0 to run without history"
+    )]
+    History {
+        /// `DATA_DIR`.
+        dir: PathBuf,
+        /// The OS's or the store's explanation.
+        cause: String,
+    },
 }
 
 /// A violation of RFC 6455 (or of RFC 7692, permessage-deflate) by the peer; the session is closed with

@@ -14,6 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use serde_json::{Map, Value};
 
 use crate::auth::AuthenticateFn;
+use crate::envelope::TypedMessage;
 use crate::error::SessionError;
 use crate::session::Session;
 
@@ -25,6 +26,8 @@ pub(crate) type ErrorFn = Box<dyn Fn(&Session, &SessionError) + Send + Sync>;
 pub(crate) type TextFn = Box<dyn Fn(&Session, &str) + Send + Sync>;
 /// `on_typed_message`: the event type and its payload object.
 pub(crate) type TypedFn = Box<dyn Fn(&Session, &str, &Map<String, Value>) + Send + Sync>;
+/// `on_event`: a typed event whole (type, ref, payload).
+pub(crate) type EventFn = Box<dyn Fn(&Session, &TypedMessage) + Send + Sync>;
 /// `on_binary`: a binary message.
 pub(crate) type BinaryFn = Box<dyn Fn(&Session, &[u8]) + Send + Sync>;
 
@@ -36,6 +39,10 @@ pub(crate) struct Callbacks {
     pub(crate) on_error: Option<ErrorFn>,
     pub(crate) on_message: Option<TextFn>,
     pub(crate) on_typed_message: Option<TypedFn>,
+    /// Replaces `on_typed_message` when registered.
+    pub(crate) on_event: Option<EventFn>,
+    /// Answers a message refused by the rate limits, instead of the default reply.
+    pub(crate) on_rate_limited: Option<SessionFn>,
     pub(crate) on_binary: Option<BinaryFn>,
     /// Sees each valid upgrade request before the `101`; see [`crate::auth`].
     pub(crate) authenticate: Option<AuthenticateFn>,

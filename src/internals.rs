@@ -152,6 +152,7 @@ impl BenchCluster {
                 peers.clone(),
                 inbox,
                 Arc::clone(&deflate_counters),
+                None,
             ));
             for _ in 0..count {
                 let agreed = Agreed {
@@ -167,11 +168,14 @@ impl BenchCluster {
             }
             shards.push(shard);
         }
-        BenchCluster {
+        let cluster = BenchCluster {
             shards,
             sessions,
             callbacks,
-        }
+        };
+        // Joins go through the room's home shard and back before the members get broadcasts.
+        cluster.deliver_posted();
+        cluster
     }
 
     /// Broadcasts `text` to `room` from shard `from` as a session's callback would: through the room's home

@@ -94,8 +94,10 @@ mod auth;
 pub mod config;
 mod connection;
 mod dispatch;
+mod envelope;
 pub mod error;
 mod handler;
+mod history;
 mod http;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
@@ -103,6 +105,7 @@ pub mod internals;
 mod lifecycle;
 mod outbound;
 mod rate_limit;
+mod replies;
 mod room;
 mod server;
 mod session;
@@ -112,10 +115,15 @@ mod shutdown;
 mod ws;
 
 pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
-pub use config::{AllowedOrigins, AuthSettings, Bucket, Config, ConfigSource, RateLimits};
-pub use dispatch::{EnvelopeError, TypedMessage};
+pub use config::{
+    AllowedOrigins, AuthSettings, Bucket, Config, ConfigSource, HistoryFsync, RateLimits,
+    RoomSettings,
+};
+pub use envelope::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
+pub use history::{JoinOptions, Publication, PublishOptions, StreamPosition};
 pub use http::{HttpContext, JsonRoute};
+pub use replies::{Ack, Joined, Member, MemberChange, Presence, RoomReplies};
 pub use server::{RunningServer, Server, ServerHandle};
 pub use session::Session;
 pub use session_state::SessionId;

@@ -20,14 +20,18 @@ use serde_json::{Map, Value};
 use crate::admission::Admission;
 use crate::auth::{AuthRefusal, AuthorizeJoinFn, Identity, UpgradeRequest};
 use crate::config::Config;
+use crate::envelope::TypedMessage;
 use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
+use crate::history::store::Store;
+use crate::history::Retention;
 use crate::http::{self, HttpContext, JsonRoute, Site};
+use crate::replies::{RoomReplies, TextOnly};
 use crate::session::Session;
 use crate::session_state::SessionId;
 use crate::shard::acceptor::{bind_shared, into_executor, BindError};
 use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
-use crate::shard::mesh::{inbox, Peers};
+use crate::shard::mesh::{inbox, Peers, ShardMsg};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
 use crate::ws::deflate::{DeflateCounters, DeflateStats};
@@ -43,6 +47,8 @@ pub struct Server {
     authorize_join: Option<Arc<AuthorizeJoinFn>>,
     routes: Vec<(String, JsonRoute)>,
     subprotocols: Vec<String>,
+    replies: Arc<dyn RoomReplies>,
+    keep_history: bool,
 }
 
 impl Server {
@@ -54,6 +60,8 @@ impl Server {
             authorize_join: None,
             routes: Vec::new(),
             subprotocols: Vec::new(),
+            replies: Arc::new(TextOnly),
+            keep_history: false,
         }
     }
 
@@ -87,6 +95,20 @@ impl Server {
         f: impl Fn(&Session, &str, &Map<String, Value>) + Send + Sync + 'static,
     ) -> Self {
         self.callbacks.on_typed_message = Some(Box::new(f));
+        self
+    }
+
+    /// Runs for each typed event with the whole event, its `ref` included (see [`TypedMessage`]); when
+    /// registered it takes the place of `on_typed_message`.
+    pub fn on_event(mut self, f: impl Fn(&Session, &TypedMessage) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_event = Some(Box::new(f));
+        self
+    }
+
+    /// Runs for each message refused by the rate limits (`WEBSOCKET_RATE_LIMIT_*`), to answer it in the
+    /// application's words; without it the answer is the text `message rejected: rate limit`.
+    pub fn on_rate_limited(mut self, f: impl Fn(&Session) + Send + Sync + 'static) -> Self {
+        self.callbacks.on_rate_limited = Some(Box::new(f));
         self
     }
 
@@ -141,6 +163,23 @@ impl Server {
         self
     }
 
+    /// How publications, acknowledgements, join answers and presence are worded for each subprotocol
+    /// (see [`RoomReplies`]); without it, publications go out as their text and nothing else is sent.
+    pub fn room_replies(mut self, replies: impl RoomReplies) -> Self {
+        self.replies = Arc::new(replies);
+        self
+    }
+
+    /// Keeps rooms' history as the configuration says (`HISTORY_SIZE`, `HISTORY_TTL_SEC`, `DATA_DIR`,
+    /// `HISTORY_FSYNC`, `HISTORY_RECOVERY_MAX`, `HISTORY_MEMORY_MB`): publications are written to an
+    /// embedded store in `DATA_DIR` before members get them, and a join with `since` recovers what was
+    /// missed, across restarts. Without it (or with `HISTORY_SIZE=0`) rooms still number their
+    /// publications, but keep none, and nothing is written to disk.
+    pub fn keep_history(mut self) -> Self {
+        self.keep_history = true;
+        self
+    }
+
     /// Answers `GET path` on the HTTP side with the JSON value `f` returns.
     pub fn json_route(
         mut self,
@@ -159,6 +198,8 @@ impl Server {
             authorize_join,
             routes,
             subprotocols,
+            replies,
+            keep_history,
         } = self;
         executor::check_io_uring()?;
         let cpus = executor::allowed_cpus();
@@ -185,9 +226,32 @@ impl Server {
         let peers = Peers::new(senders);
         let stop = Arc::new(Stop::default());
         let callbacks = Arc::new(callbacks);
+        let rooms = &config.rooms;
+        let history = keep_history && rooms.history_size > 0;
+        let retention = Retention {
+            size: if history { rooms.history_size } else { 0 },
+            ttl_ms: rooms.history_ttl.map(|ttl| ttl.as_millis() as u64),
+            recovery_max: rooms.recovery_max,
+        };
+        let store = if history {
+            let peers = peers.clone();
+            let notify =
+                Box::new(move |shard: usize, event| peers.post(shard, ShardMsg::Store(event)));
+            Some(Store::open(
+                &rooms.data_dir,
+                retention,
+                rooms.fsync,
+                notify,
+            )?)
+        } else {
+            None
+        };
         let shard_config = ShardConfig {
             authorize_join,
             subprotocols: subprotocols.into(),
+            replies,
+            retention,
+            history_budget: rooms.memory_budget / shard_count,
             ..ShardConfig::new(&config)
         };
         let admission = Arc::new(Admission::new(&config.websocket));
@@ -201,6 +265,7 @@ impl Server {
                 deflate_counters: deflate_counters.clone(),
             },
             threads: Vec::new(),
+            store: None,
         };
 
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -214,6 +279,7 @@ impl Server {
                 inbox,
                 callbacks: callbacks.clone(),
                 stop: stop.clone(),
+                store: store.as_ref().map(|store| store.sender.clone()),
             };
             let placement = Placement::Fixed(cpus[index % cpus.len()]);
             let thread = executor::start(
@@ -246,6 +312,16 @@ impl Server {
         )?;
         running.threads.push(thread);
         tracing::info!("http listening on {http_addr}");
+        if let Some(store) = store {
+            tracing::info!(
+                dir = %rooms.data_dir.display(),
+                size = rooms.history_size,
+                fsync = ?rooms.fsync,
+                "room history kept"
+            );
+            // The shards hold the only senders now: the store ends once they have.
+            running.store = Some(store.thread);
+        }
         Ok(running)
     }
 }
@@ -257,6 +333,8 @@ pub struct RunningServer {
     handle: ServerHandle,
     /// Every executor's thread: the WebSocket shards', then the HTTP shard's.
     threads: Vec<JoinHandle<()>>,
+    /// The history store's thread, which writes what the shards sent it and syncs once they have ended.
+    store: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -289,7 +367,7 @@ impl RunningServer {
     }
 
     fn join(&mut self) {
-        for thread in self.threads.drain(..) {
+        for thread in self.threads.drain(..).chain(self.store.take()) {
             let _ = thread.join();
         }
     }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::auth::{Identity, RoomDenied};
+use crate::history::{JoinOptions, PublishOptions};
 use crate::session_state::{SessionId, SessionState};
 use crate::shard::Shard;
 use crate::ws::encode::{DataKind, EncodedFrame};
@@ -89,9 +90,35 @@ impl Session {
     }
 
     /// Joins `room`, unless the room authorization hook ([`crate::Server::authorize_join`]) refuses; a
-    /// session is a member at most once, and leaves every room when it ends.
+    /// session is a member at most once, and leaves every room when it ends. Like
+    /// [`Session::join_room_with`] without recovery: the session gets what the room sends from the moment
+    /// the room's home shard takes the join, and [`crate::RoomReplies::joined`] renders its answer.
     pub fn join_room(&self, room: &str) -> Result<(), RoomDenied> {
-        self.shard.join(&self.state, room)
+        self.join_room_with(room, JoinOptions::default())
+    }
+
+    /// Joins `room` and asks its history for `options`: what was published after `options.since` (a
+    /// client coming back), or the newest `options.latest`. The room's home shard answers through
+    /// [`crate::RoomReplies::joined`]; what the room sends after that answer follows it, with no gap and
+    /// no duplicate. Joining a room the session is in asks again without joining twice.
+    pub fn join_room_with(&self, room: &str, options: JoinOptions) -> Result<(), RoomDenied> {
+        self.shard.join(&self.state, room, options)
+    }
+
+    /// Publishes `text` in `room`'s stream: the room's home shard gives it the next offset, keeps it in
+    /// the room's history (when the server keeps history, [`crate::Server::keep_history`]), and sends it
+    /// to every member, this session included if it is one, rendered by
+    /// [`crate::RoomReplies::publication`]; this session then gets [`crate::RoomReplies::ack`]. With
+    /// `options.id`, a retry of an id the room's history still holds is acknowledged with the first offset
+    /// and not published again. Membership is the application's rule: the library does not check it.
+    pub fn publish(&self, room: &str, text: &str, options: PublishOptions) {
+        self.shard.publish(&self.state, room, text, options);
+    }
+
+    /// Asks who is in `room`, on every shard; the answer comes through [`crate::RoomReplies::presence`],
+    /// with `tag`.
+    pub fn request_presence(&self, room: &str, tag: Option<String>) {
+        self.shard.request_presence(&self.state, room, tag);
     }
 
     /// The subprotocol agreed at the upgrade, one of [`crate::Server::subprotocols`]; `None` when the

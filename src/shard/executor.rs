@@ -26,6 +26,7 @@ use super::{Shard, ShardConfig};
 use crate::admission::Admission;
 use crate::error::StartError;
 use crate::handler::Callbacks;
+use crate::history::store::StoreSender;
 use crate::shutdown::{self, Stop};
 use crate::ws::deflate::DeflateCounters;
 use crate::ws::encode;
@@ -60,6 +61,8 @@ pub(crate) struct ShardStart {
     pub(crate) inbox: InboxReceiver,
     pub(crate) callbacks: Arc<Callbacks>,
     pub(crate) stop: Arc<Stop>,
+    /// The history store's channel; `None` without history.
+    pub(crate) store: Option<StoreSender>,
 }
 
 /// Runs a WebSocket shard until shutdown: accept, deliver what other shards post, sweep; then the shutdown
@@ -75,6 +78,7 @@ pub(crate) async fn run(start: ShardStart) {
         inbox,
         callbacks,
         stop,
+        store,
     } = start;
     let shard = Rc::new(Shard::new(
         index,
@@ -83,6 +87,7 @@ pub(crate) async fn run(start: ShardStart) {
         peers,
         inbox,
         deflate_counters,
+        store,
     ));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(sweep_loop(shard.clone()));

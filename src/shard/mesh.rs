@@ -32,25 +32,24 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::home::{JoinRequest, PublishRequest, ReplyTo};
+use crate::history::store::StoreEvent;
 use crate::session_state::SessionId;
-use crate::ws::encode::DataKind;
+use crate::ws::encode::{DataKind, Renditions};
 
-/// What one shard asks of another.
+/// What one shard (or the history store, or a thread outside) asks of a shard.
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
     /// Deliver an already encoded message to the local members of `room`.
     Broadcast {
         /// The room.
         room: Arc<str>,
-        /// The plain frame, read-only and shared by every shard it was posted to; each copies it into
-        /// a [`crate::ws::encode::EncodedFrame`] of its own before delivering, so that the per-delivery
-        /// reference counting stays on one core and non-atomic.
-        plain: Arc<[u8]>,
-        /// The compressed frame, shared and copied the same way, if the message was compressed: it is
-        /// compressed once, on the shard it started from.
-        deflated: Option<Arc<[u8]>>,
+        /// The message's renditions, read-only and shared by every shard it was posted to; each copies
+        /// them into [`crate::ws::encode::EncodedFrame`]s of its own before delivering, so that the
+        /// per-delivery reference counting stays on one core and non-atomic.
+        renditions: Arc<[Option<SharedFrames>]>,
     },
-    /// Fan a data message out to `room`, whose home shard this is (see [`Peers::home_of`]).
+    /// Fan a raw data message out to `room`, whose home shard this is (see [`Peers::home_of`]).
     Publish {
         /// The room.
         room: Arc<str>,
@@ -59,6 +58,47 @@ pub(crate) enum ShardMsg {
         /// The message, not yet encoded: it is encoded (and compressed) once, on the home shard.
         payload: Box<[u8]>,
     },
+    /// Put a publication in `room`'s stream (this is its home shard) and fan it out.
+    Publication {
+        /// The room.
+        room: Arc<str>,
+        /// The publication and who asked.
+        request: PublishRequest,
+    },
+    /// A session of another shard joins `room`, whose home this is.
+    Join {
+        /// The room.
+        room: Arc<str>,
+        /// Who joins and what it asks of the history.
+        request: JoinRequest,
+    },
+    /// A session left `room` (or ended), whose home this is.
+    Leave {
+        /// The room.
+        room: Arc<str>,
+        /// The session.
+        session: SessionId,
+    },
+    /// The home shard of `room` took the join of `session`, of this shard: it is now a member.
+    Joined {
+        /// The room.
+        room: Arc<str>,
+        /// The session.
+        session: SessionId,
+        /// What the application renders for it ([`crate::RoomReplies::joined`]).
+        reply: Option<String>,
+    },
+    /// Who is in `room`, whose home this is, for `to`.
+    Presence {
+        /// The room.
+        room: Arc<str>,
+        /// Who asked.
+        to: ReplyTo,
+        /// The request's tag.
+        tag: Option<String>,
+    },
+    /// The history store answers this shard, a home shard.
+    Store(StoreEvent),
     /// Send a data message to one session of this shard, if it is still open (from
     /// [`crate::ServerHandle::send_text_to_session`]); compressed here if that session negotiated deflate.
     ToSession {
@@ -69,6 +109,14 @@ pub(crate) enum ShardMsg {
         /// The message.
         payload: Box<[u8]>,
     },
+}
+
+/// One rendition's frames as shards share them: the plain frame and, if the message was compressed, the
+/// compressed one (compressed once, on the home shard).
+#[derive(Debug)]
+pub(crate) struct SharedFrames {
+    pub(crate) plain: Arc<[u8]>,
+    pub(crate) deflated: Option<Arc<[u8]>>,
 }
 
 /// Every WebSocket shard's inbox, indexed by shard; `Send + Sync`, shared by every shard and the server
@@ -117,32 +165,38 @@ impl Peers {
         }
     }
 
-    /// Posts an encoded message, its `plain` frame and its `deflated` one if it was compressed, for the
-    /// members of `room` to every shard but `except` (the sender, which delivers to its own members itself).
+    /// Posts `msg` to shard `shard`.
+    pub(crate) fn post(&self, shard: usize, msg: ShardMsg) {
+        self.0[shard].post(msg);
+    }
+
+    /// Posts an encoded message, every rendition's plain frame and compressed one, for the members of
+    /// `room` to every shard but `except` (the home shard, which delivers to its own members itself).
     ///
-    /// The shards share one read-only copy of the bytes and each copies it into a frame of its own (a
+    /// The shards share one read-only copy of the bytes and each copies it into frames of its own (a
     /// memcpy per shard, not a re-encode): every member's queue clones and drops its frame's reference
     /// count, and two cores doing that on one count would bounce its cache line between them on every
     /// delivery, which halved throughput with two shards when the count was shared.
-    pub(crate) fn broadcast(
-        &self,
-        room: &str,
-        plain: &[u8],
-        deflated: Option<&[u8]>,
-        except: Option<usize>,
-    ) {
+    pub(crate) fn broadcast(&self, room: &str, message: &Renditions, except: Option<usize>) {
         if self.0.len() == 1 && except.is_some() {
             return; // No other shard: nothing to copy.
         }
         let room: Arc<str> = Arc::from(room);
-        let plain: Arc<[u8]> = Arc::from(plain);
-        let deflated: Option<Arc<[u8]>> = deflated.map(Arc::from);
+        let renditions: Arc<[Option<SharedFrames>]> = message
+            .0
+            .iter()
+            .map(|r| {
+                r.as_ref().map(|prepared| SharedFrames {
+                    plain: Arc::from(&prepared.plain[..]),
+                    deflated: prepared.deflated.as_deref().map(Arc::from),
+                })
+            })
+            .collect();
         for (index, inbox) in self.0.iter().enumerate() {
             if Some(index) != except {
                 inbox.post(ShardMsg::Broadcast {
                     room: room.clone(),
-                    plain: plain.clone(),
-                    deflated: deflated.clone(),
+                    renditions: renditions.clone(),
                 });
             }
         }
@@ -226,10 +280,9 @@ mod tests {
     use super::*;
 
     fn message() -> ShardMsg {
-        ShardMsg::Broadcast {
+        ShardMsg::Leave {
             room: Arc::from("r"),
-            plain: Arc::from(&b"x"[..]),
-            deflated: None,
+            session: SessionId(0),
         }
     }
 

@@ -20,6 +20,7 @@
 
 pub(crate) mod acceptor;
 pub(crate) mod executor;
+pub(crate) mod home;
 pub(crate) mod mesh;
 
 use std::cell::{Cell, RefCell};
@@ -31,14 +32,18 @@ use std::time::Duration;
 use slab::Slab;
 
 use crate::admission::Admission;
-use crate::auth::{AuthorizeJoinFn, Identity, RoomDenied};
+use crate::auth::{AuthorizeJoinFn, Identity};
 use crate::config::{Config, WebSocketSettings};
+use crate::history::store::StoreSender;
+use crate::history::Retention;
 use crate::lifecycle::{CloseCause, Lifecycle};
+use crate::replies::{RoomReplies, TextOnly};
 use crate::room::Rooms;
 use crate::session_state::{SessionId, SessionState};
 use crate::ws::deflate::{DeflateCounters, Deflater, Inflater};
-use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared};
+use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared, Renditions};
 use crate::ws::handshake::Agreed;
+use home::Homes;
 use mesh::{InboxReceiver, Peers, ShardMsg};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
@@ -60,6 +65,14 @@ pub(crate) struct ShardConfig {
     pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
     /// The subprotocols the application speaks, in its order ([`crate::Server::subprotocols`]).
     pub(crate) subprotocols: Arc<[String]>,
+    /// How the application words publications, acknowledgements, joins and presence.
+    pub(crate) replies: Arc<dyn RoomReplies>,
+    /// `HISTORY_SIZE`, `HISTORY_TTL_SEC`, `HISTORY_RECOVERY_MAX`; size 0 without history.
+    pub(crate) retention: Retention,
+    /// `PRESENCE_EVENTS`.
+    pub(crate) presence_events: bool,
+    /// This shard's share of `HISTORY_MEMORY_MB`, in bytes.
+    pub(crate) history_budget: usize,
 }
 
 impl ShardConfig {
@@ -70,6 +83,14 @@ impl ShardConfig {
             bench_mode: config.server.bench_mode,
             authorize_join: None,
             subprotocols: Arc::new([]),
+            replies: Arc::new(TextOnly),
+            retention: Retention {
+                size: 0,
+                ttl_ms: None,
+                recovery_max: config.rooms.recovery_max,
+            },
+            presence_events: config.rooms.presence_events,
+            history_budget: config.rooms.memory_budget,
         }
     }
 }
@@ -99,6 +120,10 @@ pub(crate) struct Shard {
     inflater: RefCell<Inflater>,
     /// Deflate sessions and work across all shards.
     deflate_counters: Arc<DeflateCounters>,
+    /// The rooms whose home this shard is: their order, history in memory and presence.
+    homes: RefCell<Homes>,
+    /// Where the rooms homed here write their history; `None` without history.
+    store: Option<StoreSender>,
     /// Every shard's inbox; broadcasts are posted to all but ours.
     peers: Peers,
     /// Our own inbox: the shard's inbox task waits on it, sessions take from it before they write.
@@ -108,7 +133,7 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Shard `index`'s state with no sessions yet; `peers` holds every shard's inbox, `inbox` is ours;
-    /// `deflate_counters` is shared by every shard.
+    /// `deflate_counters` is shared by every shard; `store` takes the history of the rooms homed here.
     pub(crate) fn new(
         index: usize,
         config: ShardConfig,
@@ -116,6 +141,7 @@ impl Shard {
         peers: Peers,
         inbox: InboxReceiver,
         deflate_counters: Arc<DeflateCounters>,
+        store: Option<StoreSender>,
     ) -> Shard {
         let compress_from = config.websocket.compress_from();
         Shard {
@@ -130,6 +156,8 @@ impl Shard {
             deflater: RefCell::new(Deflater::new(deflate_counters.clone(), compress_from)),
             inflater: RefCell::new(Inflater::new(deflate_counters.clone())),
             deflate_counters,
+            homes: RefCell::new(Homes::default()),
+            store,
             peers,
             inbox,
             next_session: Cell::new(0),
@@ -188,7 +216,7 @@ impl Shard {
     /// The session has ended: it leaves every room and the shard forgets it.
     pub(crate) fn unregister(&self, session: &SessionState) {
         self.hold_unfinished(session, 0);
-        self.rooms.borrow_mut().leave_all(session);
+        self.leave_all(session);
         self.sessions.borrow_mut().remove(session.id.slot());
         session.transition(Lifecycle::abort);
         if session.deflate().is_some() {
@@ -272,25 +300,6 @@ impl Shard {
         self.send(session, frame);
     }
 
-    /// Adds `session` to `room` here, if it is not a member already and the room authorization hook
-    /// lets it.
-    pub(crate) fn join(&self, session: &Rc<SessionState>, room: &str) -> Result<(), RoomDenied> {
-        if let Some(authorize) = &self.config.authorize_join {
-            if !authorize(session.identity(), room) {
-                return Err(RoomDenied {
-                    room: room.to_owned(),
-                });
-            }
-        }
-        self.rooms.borrow_mut().join(session, room);
-        Ok(())
-    }
-
-    /// Removes `session` from `room`; nothing happens if it was not a member.
-    pub(crate) fn leave(&self, session: &SessionState, room: &str) {
-        self.rooms.borrow_mut().leave(session, room);
-    }
-
     /// Queues `frame` for `session` under the backpressure limit (see [`SessionState::send`]).
     pub(crate) fn send(&self, session: &SessionState, frame: EncodedFrame) {
         session.send(frame, self.settings().max_backpressure, self.now());
@@ -315,15 +324,13 @@ impl Shard {
     /// Every broadcast of a room passes here, and each shard's inbox keeps the order of what one shard
     /// posts to it, so every member sees the room's messages in the order they are fanned out here.
     fn fan_out(&self, room: &str, kind: DataKind, payload: &[u8]) {
-        let message = self.deflater.borrow_mut().prepare(kind, payload);
-        let deflated = message.deflated.as_deref();
-        self.peers
-            .broadcast(room, &message.plain, deflated, Some(self.index));
+        let message = Renditions::one(self.deflater.borrow_mut().prepare(kind, payload));
+        self.peers.broadcast(room, &message, Some(self.index));
         self.deliver(room, &message);
     }
 
     /// Queues `message` for every local member of `room`.
-    fn deliver(&self, room: &str, message: &Prepared) {
+    fn deliver(&self, room: &str, message: &Renditions) {
         self.rooms
             .borrow()
             .deliver(room, message, self.settings().max_backpressure, self.now());
@@ -341,15 +348,18 @@ impl Shard {
         while let Some(msg) = self.inbox.try_take() {
             match msg {
                 // Copied into frames of this shard's own first (see `mesh::Peers::broadcast`).
-                ShardMsg::Broadcast {
-                    room,
-                    plain,
-                    deflated,
-                } => {
-                    let message = Prepared {
-                        plain: EncodedFrame::from(&plain[..]),
-                        deflated: deflated.map(|d| EncodedFrame::from(&d[..])),
-                    };
+                ShardMsg::Broadcast { room, renditions } => {
+                    let message = Renditions(
+                        renditions
+                            .iter()
+                            .map(|r| {
+                                r.as_ref().map(|frames| Prepared {
+                                    plain: EncodedFrame::from(&frames.plain[..]),
+                                    deflated: frames.deflated.as_deref().map(EncodedFrame::from),
+                                })
+                            })
+                            .collect(),
+                    );
                     self.deliver(&room, &message);
                 }
                 ShardMsg::Publish {
@@ -362,6 +372,12 @@ impl Shard {
                         self.send_data(&session, kind, &payload);
                     }
                 }
+                ShardMsg::Joined {
+                    room,
+                    session,
+                    reply,
+                } => self.joined(&room, session, reply),
+                home => self.as_home(home),
             }
         }
     }
@@ -418,7 +434,7 @@ mod tests {
         let admission = Arc::new(Admission::new(&config.websocket));
         let counters = Arc::default();
         (
-            Shard::new(0, config, admission, peers.clone(), rx, counters),
+            Shard::new(0, config, admission, peers.clone(), rx, counters, None),
             peers,
         )
     }
@@ -429,12 +445,17 @@ mod tests {
         let peer = "127.0.0.1:1".parse().unwrap();
         let member = shard.register(peer, None, Agreed::default()).unwrap();
         let outsider = shard.register(peer, None, Agreed::default()).unwrap();
-        shard.join(&member, "r").unwrap();
+        shard.join(&member, "r", Default::default()).unwrap();
         for text in ["a", "b"] {
-            peers.broadcast("r", text.as_bytes(), None, None);
+            let message = Renditions::one(Prepared {
+                plain: encode::data_frame(DataKind::Text, text.as_bytes()),
+                deflated: None,
+            });
+            peers.broadcast("r", &message, None);
         }
         shard.deliver_posted();
-        assert_eq!(member.outbound.queued(), 2);
+        // Two frames of a 2-byte header and 1 byte of text.
+        assert_eq!(member.outbound.queued(), 6);
         assert_eq!(outsider.outbound.queued(), 0);
         assert!(shard.inbox.try_take().is_none());
     }
@@ -459,7 +480,7 @@ mod tests {
             .unwrap();
         let plain = shard.register(peer, None, Agreed::default()).unwrap();
         for member in [&deflate, &small_window, &plain] {
-            shard.join(member, "r").unwrap();
+            shard.join(member, "r", Default::default()).unwrap();
         }
         let text = "{\"type\":\"chat.message\",\"text\":\"hello hello hello hello hello hello\"}";
         shard.broadcast("r", DataKind::Text, text.as_bytes());
@@ -483,7 +504,7 @@ mod tests {
         let member = shard
             .register("127.0.0.1:1".parse().unwrap(), None, Agreed::default())
             .unwrap();
-        shard.join(&member, "r").unwrap();
+        shard.join(&member, "r", Default::default()).unwrap();
         shard.unregister(&member);
         assert!(shard.open_sessions().is_empty());
         assert!(member.lifecycle().is_over());

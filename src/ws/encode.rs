@@ -56,6 +56,29 @@ impl Prepared {
     }
 }
 
+/// One message as each kind of recipient reads it: at 0 for clients that agreed no subprotocol, at `i + 1`
+/// for those that agreed the application's subprotocol `i`; a lone rendition goes to everyone. `None`:
+/// that kind of client gets nothing. A raw broadcast has one rendition, a publication one per subprotocol
+/// (see [`crate::RoomReplies`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Renditions(pub(crate) Vec<Option<Prepared>>);
+
+impl Renditions {
+    /// The same message for everyone.
+    pub(crate) fn one(message: Prepared) -> Renditions {
+        Renditions(vec![Some(message)])
+    }
+
+    /// What a recipient that agreed `subprotocol` gets, if anything.
+    pub(crate) fn for_subprotocol(&self, subprotocol: Option<u8>) -> Option<&Prepared> {
+        let at = match self.0.len() {
+            1 => 0,
+            _ => subprotocol.map_or(0, |s| usize::from(s) + 1),
+        };
+        self.0.get(at).and_then(Option::as_ref)
+    }
+}
+
 /// A control frame; never compressed (RFC 7692 §6.1).
 fn control_frame(control: Control, payload: &[u8]) -> EncodedFrame {
     encode(OpCode::Control(control), false, payload)

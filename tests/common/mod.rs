@@ -34,7 +34,15 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The key prefixes the binary reads; scrubbed from every child's inherited environment.
-const CONFIG_PREFIXES: [&str; 4] = ["APP_", "SERVER_", "WEBSOCKET_", "PUBLIC_"];
+const CONFIG_PREFIXES: [&str; 7] = [
+    "APP_",
+    "SERVER_",
+    "WEBSOCKET_",
+    "PUBLIC_",
+    "HISTORY_",
+    "DATA_DIR",
+    "PRESENCE_",
+];
 
 /// The repository's `public/` directory, as an absolute path (the binary may run in any directory).
 pub fn public_dir() -> PathBuf {
@@ -124,6 +132,14 @@ impl Launch {
         self.description
             .push_str(&format!(" {}", arg.as_ref().to_string_lossy()));
         self.cmd.arg(arg);
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn args<S: AsRef<std::ffi::OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        for arg in args {
+            self = self.arg(arg);
+        }
         self
     }
 

@@ -1,0 +1,640 @@
+//! A shard as the home of rooms: every room has one home shard (a hash of its name, [`Peers::home_of`]),
+//! and everything that needs one view of a room happens there: publications get their offsets and go
+//! into the room's history, joins get their recovery, presence is counted.
+//!
+//! The path of a publication: the publisher's shard posts it to the home ([`ShardMsg::Publication`]); the
+//! home appends it to the room's [`RoomLog`] and, with history on, sends it to the store's thread and waits;
+//! once the store has written it ([`StoreEvent::Stored`]) the home renders it once per subprotocol
+//! ([`crate::RoomReplies`]), delivers it to its own members, posts it to every other shard, and
+//! acknowledges it to the publisher. So a member never sees what a crash of the process could lose, and all
+//! members see one order: the home's.
+//!
+//! The path of a join: the member's shard adds it as joining ([`crate::room::Rooms`]) and posts the join
+//! home; the home adds it to the room's presence, reads its recovery from the log (loading the log from the
+//! store first if it is not in memory) and answers ([`ShardMsg::Joined`]); the member's shard then makes it
+//! a member and queues the answer. Anything the home fans out after it answered reaches the member's shard
+//! after the answer (one shard's posts to another keep their order), anything before is in the recovery:
+//! no gap, no duplicate.
+//!
+//! Memory: a room's log stays in memory while it is used; past `HISTORY_MEMORY_MB` (this shard's share)
+//! the least recently used logs are dropped and read back from the store when next needed. Presence is a
+//! member list per room, as long as its members.
+//!
+//! It must not run callbacks (renderers are pure functions) or touch sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::mesh::ShardMsg;
+use super::Shard;
+use crate::auth::RoomDenied;
+use crate::history::store::{StoreEvent, StoreOp};
+use crate::history::{now_ms, Duplicate, JoinOptions, Publication, PublishOptions, RoomLog};
+use crate::replies::{Ack, Joined, Member, MemberChange, Presence};
+use crate::session_state::{SessionId, SessionState};
+use crate::ws::encode::{DataKind, Renditions};
+
+/// Where a home shard sends its answer: a session and the subprotocol it reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplyTo {
+    pub(crate) session: SessionId,
+    pub(crate) subprotocol: Option<u8>,
+}
+
+/// A publication on its way to its room's home.
+#[derive(Debug)]
+pub(crate) struct PublishRequest {
+    pub(crate) text: String,
+    pub(crate) from: String,
+    pub(crate) options: PublishOptions,
+    /// Who gets the acknowledgement.
+    pub(crate) to: Option<ReplyTo>,
+}
+
+/// A join on its way to its room's home.
+#[derive(Debug)]
+pub(crate) struct JoinRequest {
+    pub(crate) to: ReplyTo,
+    pub(crate) user: String,
+    pub(crate) options: JoinOptions,
+}
+
+/// The rooms whose home this shard is.
+#[derive(Default)]
+pub(crate) struct Homes {
+    rooms: HashMap<Arc<str>, HomeRoom>,
+    /// Publications sent to the store and not yet written, in the order sent.
+    awaiting: VecDeque<Awaiting>,
+    /// Appends sent to the store so far (the last one's `seq`).
+    sent: u64,
+    /// What the logs in memory take, roughly.
+    log_bytes: usize,
+    /// Counts uses of rooms, to find the least recently used.
+    uses: u64,
+}
+
+struct HomeRoom {
+    log: Log,
+    /// Presence: every member on every shard, in the order they joined.
+    members: Vec<Member>,
+    /// Its publications the store has not written yet.
+    in_flight: usize,
+    last_used: u64,
+}
+
+enum Log {
+    /// Not in memory; the store has it.
+    Cold,
+    /// Being read from the store; what arrives meanwhile waits, in order.
+    Loading(Vec<Deferred>),
+    Ready(RoomLog),
+}
+
+enum Deferred {
+    Publish(PublishRequest),
+    Join(JoinRequest),
+}
+
+struct Awaiting {
+    seq: u64,
+    room: Arc<str>,
+    publication: Arc<Publication>,
+    to: Option<ReplyTo>,
+    tag: Option<String>,
+}
+
+/// Who a session is in presence and as a publisher: its authenticated user, or its id.
+pub(crate) fn user_of(session: &SessionState) -> String {
+    match session.identity() {
+        Some(identity) => identity.user.clone(),
+        None => session.id.to_string(),
+    }
+}
+
+impl Shard {
+    // ---- The member's side: a session of this shard asks, the room's home answers. ----
+
+    /// Adds `session` to `room` (joining until the home answers) and asks the home for its recovery,
+    /// unless the room authorization hook refuses. A session already in the room asks again (its answer
+    /// is a fresh recovery) without joining twice.
+    pub(crate) fn join(
+        &self,
+        session: &Rc<SessionState>,
+        room: &str,
+        options: JoinOptions,
+    ) -> Result<(), RoomDenied> {
+        if let Some(authorize) = &self.config.authorize_join {
+            if !authorize(session.identity(), room) {
+                return Err(RoomDenied {
+                    room: room.to_owned(),
+                });
+            }
+        }
+        self.rooms.borrow_mut().join(session, room);
+        let request = JoinRequest {
+            to: reply_to(session),
+            user: user_of(session),
+            options,
+        };
+        self.to_home(room, |room| ShardMsg::Join { room, request });
+        Ok(())
+    }
+
+    /// Removes `session` from `room` and tells the home; nothing happens if it was not in it.
+    pub(crate) fn leave(&self, session: &SessionState, room: &str) {
+        if self.rooms.borrow_mut().leave(session, room) {
+            let id = session.id;
+            self.to_home(room, |room| ShardMsg::Leave { room, session: id });
+        }
+    }
+
+    /// Removes `session` from every room (its end) and tells their homes.
+    pub(crate) fn leave_all(&self, session: &SessionState) {
+        let rooms = self.rooms.borrow_mut().leave_all(session);
+        for room in rooms {
+            let id = session.id;
+            self.to_home(&room, |room| ShardMsg::Leave { room, session: id });
+        }
+    }
+
+    /// Publishes `text` in `room`'s stream from `session`, which gets the acknowledgement.
+    pub(crate) fn publish(
+        &self,
+        session: &SessionState,
+        room: &str,
+        text: &str,
+        options: PublishOptions,
+    ) {
+        let request = PublishRequest {
+            text: text.to_owned(),
+            from: user_of(session),
+            options,
+            to: Some(reply_to(session)),
+        };
+        self.to_home(room, |room| ShardMsg::Publication { room, request });
+    }
+
+    /// Asks `room`'s home who is in it; `session` gets the answer.
+    pub(crate) fn request_presence(&self, session: &SessionState, room: &str, tag: Option<String>) {
+        let to = reply_to(session);
+        self.to_home(room, |room| ShardMsg::Presence { room, to, tag });
+    }
+
+    /// The home answered `session`'s join of `room`: it becomes a member and gets `reply`.
+    pub(crate) fn joined(&self, room: &str, session: SessionId, reply: Option<String>) {
+        let member = self.rooms.borrow_mut().activate(room, session);
+        if let (Some(member), Some(reply)) = (member, reply) {
+            self.send_data(&member, DataKind::Text, reply.as_bytes());
+        }
+    }
+
+    /// Runs `msg(room)` here if this is `room`'s home, else posts it there.
+    fn to_home(&self, room: &str, msg: impl FnOnce(Arc<str>) -> ShardMsg) {
+        let home = self.peers.home_of(room);
+        let msg = msg(Arc::from(room));
+        if home == self.index {
+            self.as_home(msg);
+        } else {
+            self.peers.post(home, msg);
+        }
+    }
+
+    // ---- The home's side. ----
+
+    /// Handles what is asked of this shard as a room's home.
+    pub(crate) fn as_home(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publication { room, request } => self.home_publish(room, request),
+            ShardMsg::Join { room, request } => self.home_join(room, request),
+            ShardMsg::Leave { room, session } => self.home_leave(&room, session),
+            ShardMsg::Presence { room, to, tag } => self.home_presence(room, to, tag),
+            ShardMsg::Store(event) => self.store_event(event),
+            other => debug_assert!(false, "not a home's message: {other:?}"),
+        }
+    }
+
+    fn home_join(&self, room: Arc<str>, request: JoinRequest) {
+        let member = Member {
+            session: request.to.session,
+            user: request.user.clone(),
+        };
+        let first_time = {
+            let mut homes = self.homes.borrow_mut();
+            let entry = homes.room(&room, self.store.is_some());
+            let first_time = !entry.members.iter().any(|m| m.session == member.session);
+            if first_time {
+                entry.members.push(member.clone());
+            }
+            first_time
+        };
+        if first_time && self.config.presence_events {
+            self.fan_out_change(&room, member, true);
+        }
+        self.with_log(room, Deferred::Join(request));
+    }
+
+    fn home_leave(&self, room: &Arc<str>, session: SessionId) {
+        let left = {
+            let mut homes = self.homes.borrow_mut();
+            let Some(entry) = homes.rooms.get_mut(room) else {
+                return;
+            };
+            let left = entry
+                .members
+                .iter()
+                .position(|m| m.session == session)
+                .map(|at| entry.members.remove(at));
+            homes.forget_if_unused(room, self.store.is_some());
+            left
+        };
+        if let Some(member) = left.filter(|_| self.config.presence_events) {
+            self.fan_out_change(room, member, false);
+        }
+    }
+
+    fn home_presence(&self, room: Arc<str>, to: ReplyTo, tag: Option<String>) {
+        let members = self
+            .homes
+            .borrow()
+            .rooms
+            .get(&room)
+            .map(|entry| entry.members.clone())
+            .unwrap_or_default();
+        let presence = Presence {
+            room: room.to_string(),
+            members,
+            tag,
+        };
+        let reply = self
+            .config
+            .replies
+            .presence(self.subprotocol_name(to.subprotocol), &presence);
+        self.reply(to, reply);
+    }
+
+    fn home_publish(&self, room: Arc<str>, request: PublishRequest) {
+        self.with_log(room, Deferred::Publish(request));
+    }
+
+    /// Runs `op` on `room`'s log now if it is in memory, else once the store has read it back.
+    fn with_log(&self, room: Arc<str>, op: Deferred) {
+        let op = {
+            let mut homes = self.homes.borrow_mut();
+            let history = self.store.is_some();
+            let entry = homes.room(&room, history);
+            match &mut entry.log {
+                Log::Ready(_) => Some(op),
+                Log::Loading(waiting) => {
+                    waiting.push(op);
+                    None
+                }
+                Log::Cold => {
+                    entry.log = Log::Loading(vec![op]);
+                    if let Some(store) = &self.store {
+                        let _ = store.send(StoreOp::Load {
+                            home: self.index,
+                            room: room.clone(),
+                        });
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(op) = op {
+            self.on_log(&room, op);
+        }
+    }
+
+    /// Runs `op` on `room`'s log, which is in memory.
+    fn on_log(&self, room: &Arc<str>, op: Deferred) {
+        match op {
+            Deferred::Join(request) => self.answer_join(room, request),
+            Deferred::Publish(request) => self.append(room, request),
+        }
+    }
+
+    fn answer_join(&self, room: &Arc<str>, request: JoinRequest) {
+        let retention = self.config.retention;
+        let recovery = {
+            let mut homes = self.homes.borrow_mut();
+            homes.update_log(room, |log| {
+                log.trim(&retention, now_ms());
+                log.recover(&request.options, &retention)
+            })
+        };
+        let Some(recovery) = recovery else { return };
+        let joined = Joined {
+            room: room.to_string(),
+            position: recovery.position,
+            recovered: recovery.recovered,
+            publications: recovery.publications,
+            tag: request.options.tag,
+        };
+        let to = request.to;
+        let reply = self
+            .config
+            .replies
+            .joined(self.subprotocol_name(to.subprotocol), &joined);
+        if to.session.shard() == self.index {
+            self.joined(room, to.session, reply);
+        } else {
+            self.peers.post(
+                to.session.shard(),
+                ShardMsg::Joined {
+                    room: room.clone(),
+                    session: to.session,
+                    reply,
+                },
+            );
+        }
+    }
+
+    fn append(&self, room: &Arc<str>, request: PublishRequest) {
+        let retention = self.config.retention;
+        let PublishRequest {
+            text,
+            from,
+            options,
+            to,
+        } = request;
+        let appended = {
+            let mut homes = self.homes.borrow_mut();
+            homes.update_log(room, |log| {
+                let appended = log.append(text, from, options.id, now_ms(), &retention);
+                (appended, log.epoch().clone())
+            })
+        };
+        let Some((appended, epoch)) = appended else {
+            return;
+        };
+        match appended {
+            Err(Duplicate(offset)) => {
+                let ack = Ack {
+                    room: room.to_string(),
+                    offset,
+                    epoch: epoch.to_string(),
+                    duplicate: true,
+                    tag: options.tag,
+                };
+                self.acknowledge(to, &ack);
+            }
+            Ok(publication) => match &self.store {
+                Some(store) => {
+                    let mut homes = self.homes.borrow_mut();
+                    homes.sent += 1;
+                    let seq = homes.sent;
+                    homes.awaiting.push_back(Awaiting {
+                        seq,
+                        room: room.clone(),
+                        publication: publication.clone(),
+                        to,
+                        tag: options.tag,
+                    });
+                    if let Some(entry) = homes.rooms.get_mut(room) {
+                        entry.in_flight += 1;
+                    }
+                    drop(homes);
+                    let _ = store.send(StoreOp::Append {
+                        home: self.index,
+                        seq,
+                        room: room.clone(),
+                        epoch,
+                        publication,
+                    });
+                }
+                None => {
+                    self.homes.borrow_mut().update_log(room, |log| {
+                        log.mark_delivered(publication.offset);
+                    });
+                    self.deliver_publication(room, &epoch, &publication, to, options.tag);
+                }
+            },
+        }
+        self.evict_over_budget();
+    }
+
+    /// The store answered: publications it wrote go out, a log it read back takes what waited for it.
+    fn store_event(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Stored { seq } => loop {
+                let (done, epoch) = {
+                    let mut homes = self.homes.borrow_mut();
+                    if homes.awaiting.front().is_none_or(|a| a.seq > seq) {
+                        break;
+                    }
+                    let done = homes.awaiting.pop_front().expect("a front");
+                    let epoch = homes.update_log(&done.room, |log| {
+                        log.mark_delivered(done.publication.offset);
+                        log.epoch().clone()
+                    });
+                    if let Some(entry) = homes.rooms.get_mut(&done.room) {
+                        entry.in_flight -= 1;
+                    }
+                    homes.forget_if_unused(&done.room, true);
+                    (done, epoch)
+                };
+                if let Some(epoch) = epoch {
+                    self.deliver_publication(
+                        &done.room,
+                        &epoch,
+                        &done.publication,
+                        done.to,
+                        done.tag,
+                    );
+                }
+            },
+            StoreEvent::Loaded { room, log } => {
+                let waiting = {
+                    let mut homes = self.homes.borrow_mut();
+                    homes.log_bytes += log.bytes();
+                    let Some(entry) = homes.rooms.get_mut(&room) else {
+                        return;
+                    };
+                    match std::mem::replace(&mut entry.log, Log::Ready(log)) {
+                        Log::Loading(waiting) => waiting,
+                        _ => Vec::new(),
+                    }
+                };
+                for op in waiting {
+                    self.on_log(&room, op);
+                }
+                self.evict_over_budget();
+            }
+        }
+    }
+
+    /// Renders `publication` once per subprotocol, fans it out and acknowledges it to its publisher.
+    fn deliver_publication(
+        &self,
+        room: &Arc<str>,
+        epoch: &str,
+        publication: &Publication,
+        to: Option<ReplyTo>,
+        tag: Option<String>,
+    ) {
+        let message = self.render(|subprotocol| {
+            self.config
+                .replies
+                .publication(subprotocol, room, epoch, publication)
+        });
+        self.peers.broadcast(room, &message, Some(self.index));
+        self.deliver(room, &message);
+        let ack = Ack {
+            room: room.to_string(),
+            offset: publication.offset,
+            epoch: epoch.to_owned(),
+            duplicate: false,
+            tag,
+        };
+        self.acknowledge(to, &ack);
+    }
+
+    fn acknowledge(&self, to: Option<ReplyTo>, ack: &Ack) {
+        if let Some(to) = to {
+            let reply = self
+                .config
+                .replies
+                .ack(self.subprotocol_name(to.subprotocol), ack);
+            self.reply(to, reply);
+        }
+    }
+
+    /// Tells every member of `room` that `member` joined or left (`PRESENCE_EVENTS`).
+    fn fan_out_change(&self, room: &Arc<str>, member: Member, joined: bool) {
+        let change = MemberChange {
+            room: room.to_string(),
+            member,
+            joined,
+        };
+        let message =
+            self.render(|subprotocol| self.config.replies.member_change(subprotocol, &change));
+        self.peers.broadcast(room, &message, Some(self.index));
+        self.deliver(room, &message);
+    }
+
+    /// One rendition per kind of client: those with no subprotocol, then each subprotocol in order;
+    /// each encoded and compressed once.
+    fn render(&self, render: impl Fn(Option<&str>) -> Option<String>) -> Renditions {
+        let names =
+            std::iter::once(None).chain(self.config.subprotocols.iter().map(|s| Some(&**s)));
+        let mut deflater = self.deflater.borrow_mut();
+        Renditions(
+            names
+                .map(|name| {
+                    render(name).map(|text| deflater.prepare(DataKind::Text, text.as_bytes()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Sends `reply`, if any, to one session of any shard.
+    fn reply(&self, to: ReplyTo, reply: Option<String>) {
+        let Some(reply) = reply else { return };
+        if to.session.shard() == self.index {
+            if let Some(session) = self.session(to.session) {
+                self.send_data(&session, DataKind::Text, reply.as_bytes());
+            }
+        } else {
+            self.peers
+                .send_to_session(to.session, DataKind::Text, reply.as_bytes());
+        }
+    }
+
+    fn subprotocol_name(&self, index: Option<u8>) -> Option<&str> {
+        index.and_then(|i| self.config.subprotocols.get(usize::from(i)).map(|s| &**s))
+    }
+
+    /// Past this shard's share of `HISTORY_MEMORY_MB`, drops the least recently used logs from memory
+    /// (the store keeps them) until a quarter of the share is free.
+    fn evict_over_budget(&self) {
+        let budget = self.config.history_budget;
+        let mut homes = self.homes.borrow_mut();
+        if homes.log_bytes <= budget {
+            return;
+        }
+        let mut idle: Vec<(u64, Arc<str>)> = homes
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.in_flight == 0 && matches!(r.log, Log::Ready(_)))
+            .map(|(name, r)| (r.last_used, name.clone()))
+            .collect();
+        idle.sort_unstable();
+        for (_, name) in idle {
+            if homes.log_bytes <= budget / 4 * 3 {
+                break;
+            }
+            let Some(entry) = homes.rooms.get_mut(&name) else {
+                continue;
+            };
+            if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
+                homes.log_bytes -= log.bytes();
+            }
+            homes.forget_if_unused(&name, true);
+        }
+    }
+}
+
+fn reply_to(session: &SessionState) -> ReplyTo {
+    ReplyTo {
+        session: session.id,
+        subprotocol: session.subprotocol(),
+    }
+}
+
+impl Homes {
+    /// `room`'s entry, created on first use: its log is read from the store with `history` on, fresh
+    /// without.
+    fn room(&mut self, room: &Arc<str>, history: bool) -> &mut HomeRoom {
+        self.uses += 1;
+        let uses = self.uses;
+        let entry = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
+            log: if history {
+                Log::Cold
+            } else {
+                Log::Ready(RoomLog::fresh(room))
+            },
+            members: Vec::new(),
+            in_flight: 0,
+            last_used: uses,
+        });
+        entry.last_used = uses;
+        entry
+    }
+
+    /// Runs `f` on `room`'s log if it is in memory, keeping the memory count right.
+    fn update_log<R>(&mut self, room: &str, f: impl FnOnce(&mut RoomLog) -> R) -> Option<R> {
+        let Log::Ready(log) = &mut self.rooms.get_mut(room)?.log else {
+            return None;
+        };
+        let before = log.bytes();
+        let result = f(log);
+        self.log_bytes = self.log_bytes - before + log.bytes();
+        Some(result)
+    }
+
+    /// Forgets `room` when nothing of it is left to keep here: no member, nothing on its way to the store,
+    /// and no history in memory that the store does not also have (`history`) or none at all.
+    fn forget_if_unused(&mut self, room: &str, history: bool) {
+        let Some(entry) = self.rooms.get(room) else {
+            return;
+        };
+        let unused = entry.members.is_empty()
+            && entry.in_flight == 0
+            && match &entry.log {
+                Log::Cold => true,
+                Log::Loading(_) => false,
+                // Without history a log is only offsets: nobody can recover from them.
+                Log::Ready(log) => !history && log.bytes() == 0,
+            };
+        if unused {
+            if let Some(HomeRoom {
+                log: Log::Ready(log),
+                ..
+            }) = self.rooms.remove(room)
+            {
+                self.log_bytes -= log.bytes();
+            }
+        }
+    }
+}
