@@ -436,12 +436,12 @@ fn handle(
     let open = session.is_open();
     match message {
         Inbound::Text(text) if open => {
-            if admitted(session, callbacks, limiter, text.len(), true) {
+            if admitted(session, callbacks, limiter, text.len(), Some(Some(text))) {
                 dispatch_text(callbacks, session, text);
             }
         }
         Inbound::Binary(data) if open => {
-            if admitted(session, callbacks, limiter, data.len(), true) {
+            if admitted(session, callbacks, limiter, data.len(), Some(None)) {
                 if let Some(on_binary) = &callbacks.on_binary {
                     guarded(session, "on_binary", || on_binary(session, data));
                 }
@@ -449,7 +449,7 @@ fn handle(
         }
         Inbound::Ping(payload) if open && session.owner().settings().auto_ping_pong => {
             // A ping costs us a pong: it counts like a message, and one over the limit goes unanswered.
-            if admitted(session, callbacks, limiter, payload.len(), false) {
+            if admitted(session, callbacks, limiter, payload.len(), None) {
                 session.send_frame(encode::pong_frame(payload));
             }
         }
@@ -473,23 +473,24 @@ fn handle(
 }
 
 /// Applies the rate limits to a message of `len` bytes: whether to act on it. A refused message is
-/// answered, when `reply` is set, by `on_rate_limited` or else with `message rejected: rate limit`; a sender that kept sending while
+/// answered, when `reply` is set (with the text, for a text message), by `on_rate_limited` or else with
+/// `message rejected: rate limit`; a sender that kept sending while
 /// refused is reported and closed with 1008 "rate limit" (see [`crate::rate_limit`]).
 fn admitted(
     session: &Session,
     callbacks: &Callbacks,
     limiter: &mut RateLimiter,
     len: usize,
-    reply: bool,
+    reply: Option<Option<&str>>,
 ) -> bool {
     match limiter.check(&session.owner().settings().rate_limits, len) {
         Verdict::Admit => true,
         Verdict::Refuse => {
-            if reply {
+            if let Some(text) = reply {
                 match &callbacks.on_rate_limited {
-                    Some(on_rate_limited) => {
-                        guarded(session, "on_rate_limited", || on_rate_limited(session))
-                    }
+                    Some(on_rate_limited) => guarded(session, "on_rate_limited", || {
+                        on_rate_limited(session, text)
+                    }),
                     None => session.send_text(RATE_LIMIT_REPLY),
                 }
             }

@@ -28,6 +28,8 @@ pub(crate) type TextFn = Box<dyn Fn(&Session, &str) + Send + Sync>;
 pub(crate) type TypedFn = Box<dyn Fn(&Session, &str, &Map<String, Value>) + Send + Sync>;
 /// `on_event`: a typed event whole (type, ref, payload).
 pub(crate) type EventFn = Box<dyn Fn(&Session, &TypedMessage) + Send + Sync>;
+/// `on_rate_limited`: a message refused by the rate limits, with its text if it was a text message.
+pub(crate) type RefusedFn = Box<dyn Fn(&Session, Option<&str>) + Send + Sync>;
 /// `on_binary`: a binary message.
 pub(crate) type BinaryFn = Box<dyn Fn(&Session, &[u8]) + Send + Sync>;
 
@@ -42,7 +44,7 @@ pub(crate) struct Callbacks {
     /// Replaces `on_typed_message` when registered.
     pub(crate) on_event: Option<EventFn>,
     /// Answers a message refused by the rate limits, instead of the default reply.
-    pub(crate) on_rate_limited: Option<SessionFn>,
+    pub(crate) on_rate_limited: Option<RefusedFn>,
     pub(crate) on_binary: Option<BinaryFn>,
     /// Sees each valid upgrade request before the `101`; see [`crate::auth`].
     pub(crate) authenticate: Option<AuthenticateFn>,

@@ -72,21 +72,36 @@
 //!   inflater per shard. `ws::encode`: server frames, encoded once per message.
 //! - `rate_limit`: per-session token buckets (messages and bytes a second) that the connection applies
 //!   before dispatch.
-//! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks.
+//! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks. `envelope`: what a
+//!   typed event is (`type`, `ref`, `payload`) and how text is read as one.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
 //! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its
 //!   deflater and inflater, its clock and the sweep. `shard::mesh`: crossbeam inboxes between shards; a post wakes a sleeping shard through
 //!   glommio, without polling.
-//! - `room`: a shard's local room membership and fan-out.
+//! - `shard::home`: the shard as the home of rooms: each room's one order, its offsets, its history in
+//!   memory and presence; publications wait there for the store before they go out.
+//! - `history`: a room's log (offsets, epoch, newest publications, ids for idempotent publishing,
+//!   recovery). `history::store`: the fjall store under `DATA_DIR`, written by a thread of its own.
+//! - `replies`: [`RoomReplies`], how the application words publications, acks, join answers and
+//!   presence for each subprotocol, rendered on the home shard.
+//! - `room`: a shard's local room membership (joining, then member) and fan-out.
 //! - `session_state`: one session as its shard sees it (queue, lifecycle, liveness, rooms joined).
 //! - `lifecycle`: the session's lifecycle enum: the close handshake's states and transitions.
 //! - `outbound`: a session's bounded queue of shared frames, written many per syscall.
 //! - [`config`]: every `.env` key, its default and its validation. [`error`]: start-up, configuration,
 //!   protocol and session errors.
 //!
-//! Sessions never move between shards, and shard state is never shared: a broadcast is delivered to local
-//! members and posted once to each other shard as its encoded frames (the plain one and, compressed once,
-//! the permessage-deflate one), shared read-only.
+//! Sessions never move between shards, and shard state is never shared: a broadcast is fanned out by its
+//! room's home shard, delivered to local members and posted once to each other shard as its encoded frames
+//! (per subprotocol, the plain one and, compressed once, the permessage-deflate one), shared read-only.
+//!
+//! # Room streams
+//!
+//! [`Session::publish`] puts a message in a room's stream: the room's home shard gives it the next offset
+//! and, with [`Server::keep_history`], keeps it (in memory and in the store) before every member gets it,
+//! rendered by the application's [`RoomReplies`]. [`Session::join_room_with`] with a
+//! [`StreamPosition`] recovers what a returning client missed, with no gap and no duplicate against the
+//! live stream that follows.
 #![deny(missing_docs)]
 
 mod admission;

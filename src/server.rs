@@ -105,9 +105,13 @@ impl Server {
         self
     }
 
-    /// Runs for each message refused by the rate limits (`WEBSOCKET_RATE_LIMIT_*`), to answer it in the
-    /// application's words; without it the answer is the text `message rejected: rate limit`.
-    pub fn on_rate_limited(mut self, f: impl Fn(&Session) + Send + Sync + 'static) -> Self {
+    /// Runs for each message refused by the rate limits (`WEBSOCKET_RATE_LIMIT_*`), with its text when it
+    /// was a text message (so the answer can name the request), to answer it in the application's words;
+    /// without it the answer is the text `message rejected: rate limit`.
+    pub fn on_rate_limited(
+        mut self,
+        f: impl Fn(&Session, Option<&str>) + Send + Sync + 'static,
+    ) -> Self {
         self.callbacks.on_rate_limited = Some(Box::new(f));
         self
     }

@@ -278,12 +278,14 @@ fn a_message_over_the_rate_limit_has_its_code() {
     );
     let mut c = Client::connect(app.ws_addr);
     c.request("room.presence", json!({ "room": "r" }));
-    c.request("room.presence", json!({ "room": "r" }));
-    // The first is answered (not a member), the second refused before it is read.
+    let second = c.request("room.presence", json!({ "room": "r" }));
+    // The first is answered (not a member), the second refused before it is acted on; its ref says
+    // which request to send again.
     assert_eq!(c.next()["payload"]["code"], "not_member");
     let refused = c.next();
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["payload"]["code"], "rate_limited");
+    assert_eq!(refused["ref"], second.as_str());
 }
 
 #[test]

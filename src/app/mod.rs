@@ -92,7 +92,12 @@ pub fn chat_server(config: Config) -> Server {
             |session, error| tracing::debug!(session = %session.id(), %error, "chat session error"),
         )
         .on_message(on_raw_text)
-        .on_rate_limited(|session| refuse(session, None, &Refusal::RateLimited))
+        .on_rate_limited(|session, text| {
+            // The refused request's ref, so the client knows which one to send again.
+            let event = text.and_then(|text| TypedMessage::parse(text).ok());
+            let reference = event.as_ref().and_then(|e| e.reference.as_deref());
+            refuse(session, reference, &Refusal::RateLimited)
+        })
         .on_event(move |session, event| {
             if let Err(refusal) = on_event(session, event, recovery_max) {
                 refuse(session, event.reference.as_deref(), &refusal);

@@ -32,16 +32,31 @@ pub struct Publication {
     /// The client's id for it, unique per sender, if it gave one (a retry with the same id is not
     /// published twice).
     pub id: Option<String>,
+    /// `from` is an authenticated user: its ids are its own. An anonymous publisher's session id changes
+    /// when it reconnects, so its ids are the room's (a client must make them unique, e.g. random UUIDs).
+    pub(crate) by_user: bool,
 }
 
 impl Publication {
     /// What it costs in memory, roughly: its strings and the ring's pointer to it.
+    /// The key its id is remembered by: per user for an authenticated publisher, per room otherwise.
+    fn id_key(&self) -> Option<String> {
+        let id = self.id.as_ref()?;
+        Some(match self.by_user {
+            true => format!("{}\u{1f}{id}", self.from),
+            false => id.clone(),
+        })
+    }
+
     fn footprint(&self) -> usize {
         std::mem::size_of::<Publication>()
             + 16
             + self.text.len()
             + self.from.len()
-            + self.id.as_ref().map_or(0, |id| id.len() + 48)
+            + self
+                .id
+                .as_ref()
+                .map_or(0, |id| 2 * id.len() + self.from.len() + 48)
     }
 }
 
@@ -85,6 +100,13 @@ pub(crate) struct Retention {
     pub(crate) ttl_ms: Option<u64>,
     /// The most a recovery returns.
     pub(crate) recovery_max: usize,
+}
+
+/// Who publishes: the name members see, and whether it is an authenticated user.
+#[derive(Debug, Clone)]
+pub(crate) struct Author {
+    pub(crate) name: String,
+    pub(crate) is_user: bool,
 }
 
 /// A publish the log refused to repeat: the id was published already, at this offset.
@@ -146,27 +168,30 @@ impl RoomLog {
         self.bytes
     }
 
-    /// Gives `text` the room's next offset and keeps it (with history on), unless `options.id` was
-    /// published already; `now_ms` stamps it.
+    /// Gives `text` from `from` (an authenticated user when `by_user`) the room's next offset and keeps it
+    /// (with history on), unless its `id` was published already; `now_ms` stamps it.
     pub(crate) fn append(
         &mut self,
         text: String,
-        from: String,
+        from: Author,
         id: Option<String>,
         now_ms: u64,
         retention: &Retention,
     ) -> Result<Arc<Publication>, Duplicate> {
-        if let Some(offset) = id.as_ref().and_then(|id| self.ids.get(id)) {
+        let mut publication = Publication {
+            offset: self.top + 1,
+            text,
+            from: from.name,
+            ts: now_ms,
+            id,
+            by_user: from.is_user,
+        };
+        if let Some(offset) = publication.id_key().and_then(|key| self.ids.get(&key)) {
             return Err(Duplicate(*offset));
         }
         self.top += 1;
-        let publication = Arc::new(Publication {
-            offset: self.top,
-            text,
-            from,
-            ts: now_ms,
-            id,
-        });
+        publication.offset = self.top;
+        let publication = Arc::new(publication);
         if retention.size > 0 {
             self.keep(publication.clone());
             self.trim(retention, now_ms);
@@ -176,8 +201,8 @@ impl RoomLog {
 
     fn keep(&mut self, publication: Arc<Publication>) {
         self.bytes += publication.footprint();
-        if let Some(id) = &publication.id {
-            self.ids.insert(id.clone(), publication.offset);
+        if let Some(key) = publication.id_key() {
+            self.ids.insert(key, publication.offset);
         }
         self.ring.push_back(publication);
     }
@@ -196,8 +221,8 @@ impl RoomLog {
             }
             let oldest = self.ring.pop_front().expect("the ring has a front");
             self.bytes -= oldest.footprint();
-            if let Some(id) = &oldest.id {
-                self.ids.remove(id);
+            if let Some(key) = oldest.id_key() {
+                self.ids.remove(&key);
             }
         }
     }
@@ -280,10 +305,24 @@ mod tests {
 
     fn publish(log: &mut RoomLog, text: &str, id: Option<&str>, now: u64) -> u64 {
         let p = log
-            .append(text.into(), "u".into(), id.map(Into::into), now, &KEEP_3)
+            .append(text.into(), anonymous(), id.map(Into::into), now, &KEEP_3)
             .unwrap();
         log.mark_delivered(p.offset);
         p.offset
+    }
+
+    fn anonymous() -> Author {
+        Author {
+            name: "0-1".into(),
+            is_user: false,
+        }
+    }
+
+    fn user(name: &str) -> Author {
+        Author {
+            name: name.into(),
+            is_user: true,
+        }
     }
 
     fn since(log: &RoomLog, offset: u64) -> JoinOptions {
@@ -302,9 +341,19 @@ mod tests {
         let mut log = RoomLog::fresh("r");
         assert_eq!(publish(&mut log, "a", Some("m1"), 0), 1);
         assert_eq!(publish(&mut log, "b", None, 0), 2);
-        let retry = log.append("a".into(), "u".into(), Some("m1".into()), 0, &KEEP_3);
+        let retry = log.append("a".into(), anonymous(), Some("m1".into()), 0, &KEEP_3);
         assert_eq!(retry.unwrap_err(), Duplicate(1));
         assert_eq!(publish(&mut log, "c", Some("m2"), 0), 3);
+    }
+
+    #[test]
+    fn an_authenticated_users_ids_are_its_own() {
+        let mut log = RoomLog::fresh("r");
+        let ann = log.append("a".into(), user("ann"), Some("1".into()), 0, &KEEP_3);
+        let bob = log.append("b".into(), user("bob"), Some("1".into()), 0, &KEEP_3);
+        assert_eq!((ann.unwrap().offset, bob.unwrap().offset), (1, 2));
+        let again = log.append("a".into(), user("ann"), Some("1".into()), 0, &KEEP_3);
+        assert_eq!(again.unwrap_err(), Duplicate(1));
     }
 
     #[test]
@@ -347,7 +396,7 @@ mod tests {
         publish(&mut log, "new", None, 5_000);
         assert_eq!(log.ring.len(), 1, "older than the TTL at 5 s");
         let waiting = log
-            .append("pending".into(), "u".into(), None, 5_000, &KEEP_3)
+            .append("pending".into(), anonymous(), None, 5_000, &KEEP_3)
             .unwrap();
         let r = log.recover(&since(&log, 2), &KEEP_3);
         assert!(r.recovered && r.publications.is_empty());

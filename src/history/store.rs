@@ -68,6 +68,9 @@ struct Record<'a> {
     from: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    /// `from` is an authenticated user ([`Publication`]'s `by_user`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    user: bool,
     text: &'a str,
 }
 
@@ -234,6 +237,7 @@ impl Writer {
                 ts: publication.ts,
                 from: &publication.from,
                 id: publication.id.as_deref(),
+                user: publication.by_user,
                 text: &publication.text,
             };
             let value = serde_json::to_vec(&record).expect("a record serializes");
@@ -363,6 +367,7 @@ fn decode(key: &[u8], value: &[u8]) -> Option<Publication> {
         from: record.from.to_owned(),
         ts: record.ts,
         id: record.id.map(str::to_owned),
+        by_user: record.user,
     })
 }
 
@@ -395,6 +400,7 @@ mod tests {
             from: "u".into(),
             ts: now_ms(),
             id: Some(format!("id{offset}")),
+            by_user: false,
         })
     }
 

@@ -30,7 +30,9 @@ use super::mesh::ShardMsg;
 use super::Shard;
 use crate::auth::RoomDenied;
 use crate::history::store::{StoreEvent, StoreOp};
-use crate::history::{now_ms, Duplicate, JoinOptions, Publication, PublishOptions, RoomLog};
+use crate::history::{
+    now_ms, Author, Duplicate, JoinOptions, Publication, PublishOptions, RoomLog,
+};
 use crate::replies::{Ack, Joined, Member, MemberChange, Presence};
 use crate::session_state::{SessionId, SessionState};
 use crate::ws::encode::{DataKind, Renditions};
@@ -46,7 +48,7 @@ pub(crate) struct ReplyTo {
 #[derive(Debug)]
 pub(crate) struct PublishRequest {
     pub(crate) text: String,
-    pub(crate) from: String,
+    pub(crate) from: Author,
     pub(crate) options: PublishOptions,
     /// Who gets the acknowledgement.
     pub(crate) to: Option<ReplyTo>,
@@ -168,7 +170,10 @@ impl Shard {
     ) {
         let request = PublishRequest {
             text: text.to_owned(),
-            from: user_of(session),
+            from: Author {
+                name: user_of(session),
+                is_user: session.identity().is_some(),
+            },
             options,
             to: Some(reply_to(session)),
         };
