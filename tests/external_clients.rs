@@ -177,3 +177,57 @@ fn chromium_negotiates_permessage_deflate() {
         Duration::from_secs(120),
     );
 }
+
+#[test]
+fn python_websockets_speaks_roomcast_v1() {
+    client_passes(
+        "python3",
+        "v1_flow.py",
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+#[test]
+fn node_ws_speaks_roomcast_v1() {
+    client_passes(
+        "node",
+        "v1_flow.mjs",
+        |app| app.ws_url(),
+        Duration::from_secs(60),
+    );
+}
+
+/// Runs `node tests/clients/<script> <args>...` without a server of ours (the script starts what it
+/// needs) and fails the test with its output unless it exits 0.
+fn script_passes(script: &str, args: &[&str], limit: Duration) {
+    let path = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut all_args = vec![path.as_str()];
+    all_args.extend_from_slice(args);
+    let (status, output) = run_client("node", &all_args, limit);
+    match status {
+        Some(status) if status.success() => println!("{output}"),
+        Some(status) => panic!("{script} exited with {status}:\n{output}"),
+        None => panic!("{script} still running after {limit:?}, killed:\n{output}"),
+    }
+}
+
+#[test]
+fn chromium_pages_survive_server_restarts_without_losing_or_repeating_a_line() {
+    // The script starts the binary itself, on fixed free ports, so that the pages reconnect to the same
+    // address after it stops it (SIGTERM, then kill -9) and starts it again on the same DATA_DIR.
+    let data = common::scratch_dir("restart-chat");
+    script_passes(
+        "restart_chat.mjs",
+        &[
+            env!("CARGO_BIN_EXE_roomcast"),
+            data.join("data").to_str().unwrap(),
+        ],
+        Duration::from_secs(180),
+    );
+}
+
+#[test]
+fn the_browser_client_recovers_from_gaps_lost_acks_and_silent_peers() {
+    script_passes("roomcast_client.mjs", &[], Duration::from_secs(60));
+}
