@@ -102,6 +102,21 @@ pub(crate) struct Retention {
     pub(crate) recovery_max: usize,
 }
 
+impl Retention {
+    /// No history: offsets and epochs only.
+    pub(crate) const OFFSETS_ONLY: Retention = Retention {
+        size: 0,
+        ttl_ms: None,
+        recovery_max: 0,
+    };
+
+    /// How many of a room's newest publications memory keeps: what a join can be given, no more (the
+    /// store keeps the rest of `HISTORY_SIZE`).
+    pub(crate) fn resident(&self) -> usize {
+        self.size.min(self.recovery_max)
+    }
+}
+
 /// Who publishes: the name members see, and whether it is an authenticated user.
 #[derive(Debug, Clone)]
 pub(crate) struct Author {
@@ -114,6 +129,13 @@ pub(crate) struct Author {
 pub(crate) struct Duplicate(pub(crate) u64);
 
 /// One room's stream on its home shard.
+///
+/// In memory it keeps what recovery can return: the newest `min(HISTORY_SIZE, HISTORY_RECOVERY_MAX)`
+/// publications (a join never gets more), and the client ids of the whole `HISTORY_SIZE` window, which
+/// idempotent publishing needs. Under memory pressure its home drops the publications
+/// ([`RoomLog::drop_publications`]) and keeps the rest, a few hundred bytes: the room goes on numbering
+/// and taking publications without the store, and a join that needs what was dropped has it read back
+/// ([`RoomLog::needs_store`], [`RoomLog::merge`]).
 #[derive(Debug)]
 pub(crate) struct RoomLog {
     epoch: Arc<str>,
@@ -124,32 +146,55 @@ pub(crate) struct RoomLog {
     delivered: u64,
     /// The newest publications, oldest first, their offsets contiguous and ending at `top`.
     ring: VecDeque<Arc<Publication>>,
-    /// Client ids of the publications in `ring`, to their offsets.
+    /// Every kept publication from this offset on is in `ring` (`top + 1`: none is).
+    resident_from: u64,
+    /// Publications before this offset may be in the store and not in memory (1: memory has all the
+    /// store has; `top + 1` after [`RoomLog::drop_publications`]).
+    known_from: u64,
+    /// Client ids of the window's publications, to their offsets ...
     ids: HashMap<String, u64>,
-    /// What `ring` and `ids` take, roughly ([`Publication::footprint`]).
+    /// ... and in the order published, with their offsets and times, to forget them with the window.
+    id_order: VecDeque<(u64, u64, String)>,
+    /// What the ring and the ids take, roughly ([`Publication::footprint`]).
     bytes: usize,
 }
 
 impl RoomLog {
     /// A room with no history: a new epoch, offset 0.
     pub(crate) fn fresh(room: &str) -> RoomLog {
-        RoomLog::restored(new_epoch(room), Vec::new())
+        RoomLog::restored(new_epoch(room), Vec::new(), &Retention::OFFSETS_ONLY)
     }
 
-    /// A room read back from the store: its epoch and its kept publications, oldest first.
-    pub(crate) fn restored(epoch: Arc<str>, publications: Vec<Arc<Publication>>) -> RoomLog {
+    /// A room read back from the store: its epoch and its kept publications, oldest first, of which it
+    /// keeps what `retention` keeps in memory.
+    pub(crate) fn restored(
+        epoch: Arc<str>,
+        publications: Vec<Arc<Publication>>,
+        retention: &Retention,
+    ) -> RoomLog {
         let top = publications.last().map_or(0, |p| p.offset);
+        let first = publications.first().map_or(top + 1, |p| p.offset);
         let mut log = RoomLog {
             epoch,
             top,
             delivered: top,
-            ring: VecDeque::with_capacity(publications.len()),
+            ring: VecDeque::new(),
+            resident_from: first,
+            known_from: 1,
             ids: HashMap::new(),
+            id_order: VecDeque::new(),
             bytes: 0,
         };
-        for publication in publications {
-            log.keep(publication);
+        let resident = retention.resident();
+        let skip = publications.len().saturating_sub(resident);
+        for (i, publication) in publications.into_iter().enumerate() {
+            log.remember_id(&publication);
+            if i >= skip {
+                log.bytes += publication.footprint();
+                log.ring.push_back(publication);
+            }
         }
+        log.resident_from = log.ring.front().map_or(top + 1, |p| p.offset);
         log
     }
 
@@ -163,13 +208,13 @@ impl RoomLog {
         self.delivered
     }
 
-    /// What the kept publications take in memory, roughly.
+    /// What the kept publications and ids take in memory, roughly.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Gives `text` from `from` (an authenticated user when `by_user`) the room's next offset and keeps it
-    /// (with history on), unless its `id` was published already; `now_ms` stamps it.
+    /// Gives `text` from `from` the room's next offset and keeps it (with history on), unless its `id`
+    /// was published already; `now_ms` stamps it.
     pub(crate) fn append(
         &mut self,
         text: String,
@@ -193,18 +238,23 @@ impl RoomLog {
         publication.offset = self.top;
         let publication = Arc::new(publication);
         if retention.size > 0 {
-            self.keep(publication.clone());
+            self.remember_id(&publication);
+            self.bytes += publication.footprint();
+            self.ring.push_back(publication.clone());
             self.trim(retention, now_ms);
+        } else {
+            self.resident_from = self.top + 1;
         }
         Ok(publication)
     }
 
-    fn keep(&mut self, publication: Arc<Publication>) {
-        self.bytes += publication.footprint();
+    fn remember_id(&mut self, publication: &Publication) {
         if let Some(key) = publication.id_key() {
-            self.ids.insert(key, publication.offset);
+            self.bytes += 2 * key.len() + ID_OVERHEAD;
+            self.ids.insert(key.clone(), publication.offset);
+            self.id_order
+                .push_back((publication.offset, publication.ts, key));
         }
-        self.ring.push_back(publication);
     }
 
     /// Members were sent everything up to `offset`.
@@ -212,18 +262,87 @@ impl RoomLog {
         self.delivered = self.delivered.max(offset);
     }
 
-    /// Drops what `retention` no longer keeps: past `HISTORY_SIZE`, and older than the TTL at `now_ms`.
+    /// Forgets what `retention` no longer keeps at `now_ms`: publications past what memory keeps or
+    /// older than the TTL, and ids past `HISTORY_SIZE` or older than the TTL.
     pub(crate) fn trim(&mut self, retention: &Retention, now_ms: u64) {
         let cutoff = retention.ttl_ms.map_or(0, |ttl| now_ms.saturating_sub(ttl));
+        let resident = retention.resident();
         while let Some(oldest) = self.ring.front() {
-            if self.ring.len() <= retention.size && oldest.ts >= cutoff {
+            if self.ring.len() <= resident && oldest.ts >= cutoff {
                 break;
             }
             let oldest = self.ring.pop_front().expect("the ring has a front");
             self.bytes -= oldest.footprint();
-            if let Some(key) = oldest.id_key() {
+            self.resident_from = self.resident_from.max(oldest.offset + 1);
+        }
+        let window_start = self.top.saturating_sub(retention.size as u64);
+        while let Some((offset, ts, _)) = self.id_order.front() {
+            if *offset > window_start && *ts >= cutoff {
+                break;
+            }
+            let (offset, _, key) = self.id_order.pop_front().expect("a front");
+            self.bytes -= 2 * key.len() + ID_OVERHEAD;
+            if self.ids.get(&key) == Some(&offset) {
                 self.ids.remove(&key);
             }
+        }
+    }
+
+    /// Drops the publications from memory (the store has them), keeping the epoch, the offsets and the
+    /// ids; returns the bytes freed.
+    pub(crate) fn drop_publications(&mut self) -> usize {
+        let freed: usize = self.ring.iter().map(|p| p.footprint()).sum();
+        self.ring.clear();
+        self.bytes -= freed;
+        self.resident_from = self.top + 1;
+        self.known_from = self.top + 1;
+        freed
+    }
+
+    /// Whether a join with `options` needs publications that memory dropped and the store has.
+    pub(crate) fn needs_store(&self, options: &JoinOptions, retention: &Retention) -> bool {
+        if self.known_from <= 1 || retention.size == 0 {
+            return false;
+        }
+        // The oldest publication a join could be given.
+        let oldest_useful = (self.top + 1)
+            .saturating_sub(retention.resident() as u64)
+            .max(1);
+        let wanted_from = match &options.since {
+            Some(since) if *since.epoch == *self.epoch && since.offset < self.top => {
+                since.offset + 1
+            }
+            _ => (self.delivered + 1)
+                .saturating_sub(options.latest.min(retention.recovery_max) as u64)
+                .max(1),
+        };
+        wanted_from.max(oldest_useful) < self.resident_from.min(self.known_from)
+    }
+
+    /// Takes back what the store read (`stored`: this room's log as written before the read was asked
+    /// for) under what was published since: the publications memory dropped return.
+    pub(crate) fn merge(&mut self, stored: RoomLog, retention: &Retention) {
+        // Everything up to `top` at the time of the read is in the store (it is written before members
+        // see it), and everything after it is in memory: the two meet without a gap.
+        let resident_from = self.resident_from;
+        let older = stored
+            .ring
+            .into_iter()
+            .rev()
+            .skip_while(|p| p.offset >= resident_from);
+        for publication in older {
+            if publication.offset + 1 != self.resident_from {
+                break;
+            }
+            self.bytes += publication.footprint();
+            self.resident_from = publication.offset;
+            self.ring.push_front(publication);
+        }
+        self.known_from = 1;
+        while self.ring.len() > retention.resident() {
+            let p = self.ring.pop_front().expect("a front");
+            self.bytes -= p.footprint();
+            self.resident_from = p.offset + 1;
         }
     }
 
@@ -236,13 +355,12 @@ impl RoomLog {
         };
         let delivered = self.ring.iter().take_while(|p| p.offset <= self.delivered);
         if let Some(since) = &options.since {
-            let oldest_kept = self.ring.front().map_or(self.top + 1, |p| p.offset);
             let missed = self.delivered.saturating_sub(since.offset);
             let recoverable = retention.size > 0
                 && *since.epoch == *self.epoch
                 && since.offset <= self.delivered
                 && missed as usize <= retention.recovery_max
-                && (missed == 0 || oldest_kept <= since.offset + 1);
+                && (missed == 0 || self.resident_from <= since.offset + 1);
             if recoverable {
                 let publications = delivered
                     .skip_while(|p| p.offset <= since.offset)
@@ -265,6 +383,9 @@ impl RoomLog {
         }
     }
 }
+
+/// What an id costs besides its key (twice: the map's and the queue's): the map entry, the queue entry.
+const ID_OVERHEAD: usize = 64;
 
 /// What a join gets from the room's log.
 pub(crate) struct Recovery {
@@ -405,6 +526,78 @@ mod tests {
         assert_eq!(log.recover(&since(&log, 2), &KEEP_3).publications.len(), 1);
         let bytes: usize = log.ring.iter().map(|p| p.footprint()).sum();
         assert_eq!(log.bytes(), bytes);
+    }
+
+    #[test]
+    fn dropped_publications_come_back_from_the_store_under_newer_ones() {
+        let keep = Retention {
+            size: 10,
+            ttl_ms: None,
+            recovery_max: 4,
+        };
+        let mut log = RoomLog::fresh("r");
+        let mut stored = Vec::new();
+        for i in 1..=6 {
+            let p = log
+                .append(format!("m{i}"), anonymous(), None, 0, &keep)
+                .unwrap();
+            log.mark_delivered(p.offset);
+            stored.push(p);
+        }
+        assert_eq!(log.ring.len(), 4, "memory keeps what a join can be given");
+        let all = |latest| JoinOptions {
+            latest,
+            ..Default::default()
+        };
+        assert!(!log.needs_store(&all(4), &keep));
+        log.drop_publications();
+        // Publishing goes on without the store.
+        let p = log
+            .append("m7".into(), anonymous(), None, 0, &keep)
+            .unwrap();
+        log.mark_delivered(p.offset);
+        stored.push(p);
+        assert!(!log.needs_store(&all(1), &keep), "the newest is in memory");
+        assert!(log.needs_store(&all(3), &keep));
+        assert!(log.needs_store(&since(&log, 5), &keep));
+        // The store read back the room as written before the read (m1..m7, of which it keeps 4).
+        let from_store = RoomLog::restored(log.epoch().clone(), stored, &keep);
+        log.merge(from_store, &keep);
+        assert!(!log.needs_store(&since(&log, 5), &keep));
+        let r = log.recover(&since(&log, 4), &keep);
+        assert!(r.recovered);
+        let offsets: Vec<u64> = r.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, [5, 6, 7]);
+        let bytes: usize = log.ring.iter().map(|p| p.footprint()).sum();
+        assert_eq!(log.bytes(), bytes);
+    }
+
+    #[test]
+    fn ids_outlive_the_publications_in_memory_for_the_whole_window() {
+        let keep = Retention {
+            size: 5,
+            ttl_ms: None,
+            recovery_max: 2,
+        };
+        let mut log = RoomLog::fresh("r");
+        for i in 1..=5 {
+            log.append(
+                format!("m{i}"),
+                anonymous(),
+                Some(format!("id{i}")),
+                0,
+                &keep,
+            )
+            .unwrap();
+        }
+        log.drop_publications();
+        let retry = log.append("m1".into(), anonymous(), Some("id1".into()), 0, &keep);
+        assert_eq!(retry.unwrap_err(), Duplicate(1));
+        log.append("m6".into(), anonymous(), None, 0, &keep)
+            .unwrap();
+        // Offset 1 has left the window of 5: its id may be used again.
+        let reused = log.append("again".into(), anonymous(), Some("id1".into()), 0, &keep);
+        assert_eq!(reused.unwrap().offset, 7);
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Writer {
             Ok(None) => return RoomLog::fresh(room),
             Err(e) => {
                 tracing::error!(room, error = %e, "history store: cannot read a room; it starts afresh");
-                return RoomLog::restored(new_epoch(room), Vec::new());
+                return RoomLog::restored(new_epoch(room), Vec::new(), &self.retention);
             }
         };
         let cutoff = self.cutoff();
@@ -295,7 +295,7 @@ impl Writer {
             newest_first.push(Arc::new(publication));
         }
         newest_first.reverse();
-        RoomLog::restored(epoch, newest_first)
+        RoomLog::restored(epoch, newest_first, &self.retention)
     }
 
     /// Drops every publication older than the TTL, and the epoch of every room left with none.

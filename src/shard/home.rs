@@ -16,9 +16,11 @@
 //! after the answer (one shard's posts to another keep their order), anything before is in the recovery:
 //! no gap, no duplicate.
 //!
-//! Memory: a room's log stays in memory while it is used; past `HISTORY_MEMORY_MB` (this shard's share)
-//! the least recently used logs are dropped and read back from the store when next needed. Presence is a
-//! member list per room, as long as its members.
+//! Memory: a room's log keeps in memory what a join can be given (see [`RoomLog`]); past
+//! `HISTORY_MEMORY_MB` (this shard's share) the least recently used rooms drop their publications (a join
+//! that needs them waits for the store to read them back; publishing goes on without it), then, if need
+//! be, rooms without members are forgotten until next used. Presence is a member list per room, as long as
+//! its members.
 //!
 //! It must not run callbacks (renderers are pure functions) or touch sockets.
 
@@ -78,6 +80,8 @@ pub(crate) struct Homes {
 
 struct HomeRoom {
     log: Log,
+    /// Joins waiting for publications memory dropped to be read back from the store.
+    reloading: Option<Vec<JoinRequest>>,
     /// Presence: every member on every shard, in the order they joined.
     members: Vec<Member>,
     /// Its publications the store has not written yet.
@@ -282,30 +286,48 @@ impl Shard {
         self.with_log(room, Deferred::Publish(request));
     }
 
-    /// Runs `op` on `room`'s log now if it is in memory, else once the store has read it back.
+    /// Runs `op` on `room`'s log now if it is in memory, else once the store has read it back (a join
+    /// also waits when it needs publications that memory dropped).
     fn with_log(&self, room: Arc<str>, op: Deferred) {
-        let op = {
+        let retention = self.config.retention;
+        let (op, load) = {
             let mut homes = self.homes.borrow_mut();
             let history = self.store.is_some();
             let entry = homes.room(&room, history);
-            match &mut entry.log {
-                Log::Ready(_) => Some(op),
-                Log::Loading(waiting) => {
-                    waiting.push(op);
-                    None
-                }
-                Log::Cold => {
-                    entry.log = Log::Loading(vec![op]);
-                    if let Some(store) = &self.store {
-                        let _ = store.send(StoreOp::Load {
-                            home: self.index,
-                            room: room.clone(),
-                        });
+            match (&mut entry.log, op) {
+                (Log::Ready(log), Deferred::Join(join))
+                    if log.needs_store(&join.options, &retention) =>
+                {
+                    match &mut entry.reloading {
+                        Some(waiting) => {
+                            waiting.push(join);
+                            (None, false)
+                        }
+                        None => {
+                            entry.reloading = Some(vec![join]);
+                            (None, true)
+                        }
                     }
-                    None
+                }
+                (Log::Ready(_), op) => (Some(op), false),
+                (Log::Loading(waiting), op) => {
+                    waiting.push(op);
+                    (None, false)
+                }
+                (Log::Cold, op) => {
+                    entry.log = Log::Loading(vec![op]);
+                    (None, true)
                 }
             }
         };
+        if load {
+            if let Some(store) = &self.store {
+                let _ = store.send(StoreOp::Load {
+                    home: self.index,
+                    room: room.clone(),
+                });
+            }
+        }
         if let Some(op) = op {
             self.on_log(&room, op);
         }
@@ -450,16 +472,31 @@ impl Shard {
                 }
             },
             StoreEvent::Loaded { room, log } => {
+                let retention = self.config.retention;
                 let waiting = {
                     let mut homes = self.homes.borrow_mut();
-                    homes.log_bytes += log.bytes();
                     let Some(entry) = homes.rooms.get_mut(&room) else {
                         return;
                     };
-                    match std::mem::replace(&mut entry.log, Log::Ready(log)) {
-                        Log::Loading(waiting) => waiting,
-                        _ => Vec::new(),
-                    }
+                    let (before, after, waiting) = match &mut entry.log {
+                        // Publications memory dropped are back, under what came since.
+                        Log::Ready(current) => {
+                            let before = current.bytes();
+                            current.merge(log, &retention);
+                            let waiting = entry.reloading.take().unwrap_or_default();
+                            let joins = waiting.into_iter().map(Deferred::Join).collect();
+                            (before, current.bytes(), joins)
+                        }
+                        _ => {
+                            let after = log.bytes();
+                            match std::mem::replace(&mut entry.log, Log::Ready(log)) {
+                                Log::Loading(waiting) => (0, after, waiting),
+                                _ => (0, after, Vec::new()),
+                            }
+                        }
+                    };
+                    homes.log_bytes = homes.log_bytes - before + after;
+                    waiting
                 };
                 for op in waiting {
                     self.on_log(&room, op);
@@ -550,8 +587,10 @@ impl Shard {
         index.and_then(|i| self.config.subprotocols.get(usize::from(i)).map(|s| &**s))
     }
 
-    /// Past this shard's share of `HISTORY_MEMORY_MB`, drops the least recently used logs from memory
-    /// (the store keeps them) until a quarter of the share is free.
+    /// Past this shard's share of `HISTORY_MEMORY_MB`, drops the publications of the least recently
+    /// used rooms from memory (the store has them) until a quarter of the share is free; if that is not
+    /// enough, forgets the rest of the least recently used rooms without members too (their epoch,
+    /// offsets and ids are read back from the store when next needed).
     fn evict_over_budget(&self) {
         let budget = self.config.history_budget;
         let mut homes = self.homes.borrow_mut();
@@ -561,21 +600,36 @@ impl Shard {
         let mut idle: Vec<(u64, Arc<str>)> = homes
             .rooms
             .iter()
-            .filter(|(_, r)| r.in_flight == 0 && matches!(r.log, Log::Ready(_)))
+            .filter(|(_, r)| {
+                r.in_flight == 0 && r.reloading.is_none() && matches!(r.log, Log::Ready(_))
+            })
             .map(|(name, r)| (r.last_used, name.clone()))
             .collect();
         idle.sort_unstable();
-        for (_, name) in idle {
-            if homes.log_bytes <= budget / 4 * 3 {
-                break;
+        let target = budget / 4 * 3;
+        for (_, name) in &idle {
+            if homes.log_bytes <= target {
+                return;
             }
-            let Some(entry) = homes.rooms.get_mut(&name) else {
+            let freed = match homes.rooms.get_mut(name).map(|r| &mut r.log) {
+                Some(Log::Ready(log)) => log.drop_publications(),
+                _ => 0,
+            };
+            homes.log_bytes -= freed;
+        }
+        for (_, name) in &idle {
+            if homes.log_bytes <= target {
+                return;
+            }
+            let Some(entry) = homes.rooms.get_mut(name) else {
                 continue;
             };
-            if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
-                homes.log_bytes -= log.bytes();
+            if entry.members.is_empty() {
+                if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
+                    homes.log_bytes -= log.bytes();
+                }
+                homes.forget_if_unused(name, true);
             }
-            homes.forget_if_unused(&name, true);
         }
     }
 }
@@ -599,6 +653,7 @@ impl Homes {
             } else {
                 Log::Ready(RoomLog::fresh(room))
             },
+            reloading: None,
             members: Vec::new(),
             in_flight: 0,
             last_used: uses,
@@ -626,6 +681,7 @@ impl Homes {
         };
         let unused = entry.members.is_empty()
             && entry.in_flight == 0
+            && entry.reloading.is_none()
             && match &entry.log {
                 Log::Cold => true,
                 Log::Loading(_) => false,
