@@ -74,6 +74,10 @@ pub(crate) struct Homes {
     sent: u64,
     /// What the logs in memory take, roughly.
     log_bytes: usize,
+    /// When an eviction pass could not get under the budget (everything left is in use), the next one
+    /// waits until memory has grown by an eighth of the budget, rather than sorting every room again on
+    /// each publication.
+    next_eviction_at: usize,
     /// Counts uses of rooms, to find the least recently used.
     uses: u64,
 }
@@ -594,43 +598,14 @@ impl Shard {
     fn evict_over_budget(&self) {
         let budget = self.config.history_budget;
         let mut homes = self.homes.borrow_mut();
-        if homes.log_bytes <= budget {
+        if homes.log_bytes <= budget.max(homes.next_eviction_at) {
             return;
         }
-        let mut idle: Vec<(u64, Arc<str>)> = homes
-            .rooms
-            .iter()
-            .filter(|(_, r)| {
-                r.in_flight == 0 && r.reloading.is_none() && matches!(r.log, Log::Ready(_))
-            })
-            .map(|(name, r)| (r.last_used, name.clone()))
-            .collect();
-        idle.sort_unstable();
-        let target = budget / 4 * 3;
-        for (_, name) in &idle {
-            if homes.log_bytes <= target {
-                return;
-            }
-            let freed = match homes.rooms.get_mut(name).map(|r| &mut r.log) {
-                Some(Log::Ready(log)) => log.drop_publications(),
-                _ => 0,
-            };
-            homes.log_bytes -= freed;
-        }
-        for (_, name) in &idle {
-            if homes.log_bytes <= target {
-                return;
-            }
-            let Some(entry) = homes.rooms.get_mut(name) else {
-                continue;
-            };
-            if entry.members.is_empty() {
-                if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
-                    homes.log_bytes -= log.bytes();
-                }
-                homes.forget_if_unused(name, true);
-            }
-        }
+        homes.evict_to(budget / 4 * 3);
+        homes.next_eviction_at = match homes.log_bytes > budget {
+            true => homes.log_bytes + budget / 8,
+            false => 0,
+        };
     }
 }
 
@@ -642,6 +617,44 @@ fn reply_to(session: &SessionState) -> ReplyTo {
 }
 
 impl Homes {
+    /// Drops publications, then rooms without members, least recently used first, until memory is
+    /// under `target` or nothing idle is left.
+    fn evict_to(&mut self, target: usize) {
+        let mut idle: Vec<(u64, Arc<str>)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.in_flight == 0 && r.reloading.is_none() && matches!(r.log, Log::Ready(_))
+            })
+            .map(|(name, r)| (r.last_used, name.clone()))
+            .collect();
+        idle.sort_unstable();
+        for (_, name) in &idle {
+            if self.log_bytes <= target {
+                return;
+            }
+            let freed = match self.rooms.get_mut(name).map(|r| &mut r.log) {
+                Some(Log::Ready(log)) => log.drop_publications(),
+                _ => 0,
+            };
+            self.log_bytes -= freed;
+        }
+        for (_, name) in &idle {
+            if self.log_bytes <= target {
+                return;
+            }
+            let Some(entry) = self.rooms.get_mut(name) else {
+                continue;
+            };
+            if entry.members.is_empty() {
+                if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
+                    self.log_bytes -= log.bytes();
+                }
+                self.forget_if_unused(name, true);
+            }
+        }
+    }
+
     /// `room`'s entry, created on first use: its log is read from the store with `history` on, fresh
     /// without.
     fn room(&mut self, room: &Arc<str>, history: bool) -> &mut HomeRoom {
