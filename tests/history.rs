@@ -553,7 +553,10 @@ fn history_is_trimmed_by_size_and_recovery_is_capped() {
 fn a_room_pushed_out_of_memory_is_read_back_for_a_join() {
     let data = scratch_dir("history");
     // One shard with 1 MB for history in memory; 40 rooms of 40 messages of 1 KB push the first out.
-    let app = chat(&data, &[("HISTORY_MEMORY_MB", "1"), ("SERVER_IO_THREADS", "1")]);
+    let app = chat(
+        &data,
+        &[("HISTORY_MEMORY_MB", "1"), ("SERVER_IO_THREADS", "1")],
+    );
     let mut c = Client::connect(app.ws_addr);
     let epoch = c.join("first", None)["epoch"].clone();
     for i in 1..=5 {
@@ -573,7 +576,10 @@ fn a_room_pushed_out_of_memory_is_read_back_for_a_join() {
     assert_eq!(texts(&recovered["publications"]), ["m3", "m4", "m5"]);
     let mut fresh = Client::connect(app.ws_addr);
     let shown = fresh.join("first", None);
-    assert_eq!(texts(&shown["publications"]), ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(
+        texts(&shown["publications"]),
+        ["m1", "m2", "m3", "m4", "m5"]
+    );
     // Publishing to a room whose publications left memory goes on from its offset.
     let (message, _) = c.say("first", "m6", None);
     assert_eq!(message["offset"], 6);
