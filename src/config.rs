@@ -47,7 +47,7 @@ pub struct RoomSettings {
     /// `HISTORY_RECOVERY_MAX` (default 300, at least 1): the most publications a join with `since`
     /// returns; a client that missed more gets `recovered: false`.
     pub recovery_max: usize,
-    /// `HISTORY_MEMORY_MB` (default 256, at least 1): what the newest publications of the rooms kept in
+    /// `HISTORY_MEMORY_MB` (default 256, at least 1), held here in bytes: what the rooms' history kept in
     /// memory may take, over all shards; past it the least recently used rooms are read back from the store
     /// when next needed.
     pub memory_budget: usize,

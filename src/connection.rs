@@ -436,12 +436,24 @@ fn handle(
     let open = session.is_open();
     match message {
         Inbound::Text(text) if open => {
-            if admitted(session, callbacks, limiter, text.len(), Some(Some(text))) {
+            if admitted(
+                session,
+                callbacks,
+                limiter,
+                text.len(),
+                OverLimit::Answer(Some(text)),
+            ) {
                 dispatch_text(callbacks, session, text);
             }
         }
         Inbound::Binary(data) if open => {
-            if admitted(session, callbacks, limiter, data.len(), Some(None)) {
+            if admitted(
+                session,
+                callbacks,
+                limiter,
+                data.len(),
+                OverLimit::Answer(None),
+            ) {
                 if let Some(on_binary) = &callbacks.on_binary {
                     guarded(session, "on_binary", || on_binary(session, data));
                 }
@@ -449,7 +461,13 @@ fn handle(
         }
         Inbound::Ping(payload) if open && session.owner().settings().auto_ping_pong => {
             // A ping costs us a pong: it counts like a message, and one over the limit goes unanswered.
-            if admitted(session, callbacks, limiter, payload.len(), None) {
+            if admitted(
+                session,
+                callbacks,
+                limiter,
+                payload.len(),
+                OverLimit::Unanswered,
+            ) {
                 session.send_frame(encode::pong_frame(payload));
             }
         }
@@ -472,8 +490,16 @@ fn handle(
     Flow::Continue
 }
 
+/// What a message refused by the rate limits gets.
+enum OverLimit<'a> {
+    /// An answer (a data message; its text, when it was text).
+    Answer(Option<&'a str>),
+    /// Nothing (a ping: answering it is what it costs).
+    Unanswered,
+}
+
 /// Applies the rate limits to a message of `len` bytes: whether to act on it. A refused message is
-/// answered, when `reply` is set (with the text, for a text message), by `on_rate_limited` or else with
+/// answered, unless it is [`OverLimit::Unanswered`], by `on_rate_limited` or else with
 /// `message rejected: rate limit`; a sender that kept sending while
 /// refused is reported and closed with 1008 "rate limit" (see [`crate::rate_limit`]).
 fn admitted(
@@ -481,12 +507,12 @@ fn admitted(
     callbacks: &Callbacks,
     limiter: &mut RateLimiter,
     len: usize,
-    reply: Option<Option<&str>>,
+    refused: OverLimit<'_>,
 ) -> bool {
     match limiter.check(&session.owner().settings().rate_limits, len) {
         Verdict::Admit => true,
         Verdict::Refuse => {
-            if let Some(text) = reply {
+            if let OverLimit::Answer(text) = refused {
                 match &callbacks.on_rate_limited {
                     Some(on_rate_limited) => guarded(session, "on_rate_limited", || {
                         on_rate_limited(session, text)

@@ -65,8 +65,8 @@ impl RoomReplies for TextOnly {}
 pub struct Joined {
     /// The room.
     pub room: String,
-    /// The room's newest offset the member has now seen (counting what `publications` holds), and its
-    /// epoch.
+    /// The room's newest offset when the join was answered, and its epoch: what follows the answer starts
+    /// after it. A client keeps it as where it is in the stream, whether or not `publications` reached it.
     pub position: StreamPosition,
     /// True when `publications` are exactly everything after the member's `since`: no gap.
     pub recovered: bool,

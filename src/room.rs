@@ -23,47 +23,63 @@ use crate::ws::encode::Renditions;
 #[derive(Default)]
 pub(crate) struct Rooms {
     members: HashMap<Rc<str>, Vec<Rc<SessionState>>>,
-    /// Sessions that joined and wait for the room's home shard to answer.
-    joining: HashMap<Rc<str>, Vec<Rc<SessionState>>>,
+    /// Sessions that joined and wait for the room's home shard to answer, with the token of their
+    /// latest join: only the answer to that one makes them members.
+    joining: HashMap<Rc<str>, Vec<(Rc<SessionState>, u64)>>,
+    /// The last join token handed out.
+    joins: u64,
 }
 
 impl Rooms {
-    /// Adds `session` to `room` as joining, unless it is a member (or joining) already; true when added.
-    pub(crate) fn join(&mut self, session: &Rc<SessionState>, room: &str) -> bool {
-        session.with_rooms(|joined| {
-            if joined.iter().any(|r| &**r == room) {
-                return false;
+    /// Adds `session` to `room` as joining and returns the join's token. A member joining again is
+    /// joining again: it gets nothing from the room until the answer to this join, whose recovery covers
+    /// what it would have got, so nothing arrives twice; an earlier answer still on its way is ignored.
+    pub(crate) fn join(&mut self, session: &Rc<SessionState>, room: &str) -> u64 {
+        self.joins += 1;
+        let token = self.joins;
+        let name = session.with_rooms(|joined| joined.iter().find(|r| &***r == room).cloned());
+        let name = match name {
+            Some(name) => {
+                self.remove_member(&name, session);
+                name
             }
-            let name = match self.members.get_key_value(room) {
-                Some((name, _)) => name.clone(),
-                None => Rc::from(room),
-            };
-            self.joining
-                .entry(name.clone())
-                .or_default()
-                .push(session.clone());
-            joined.push(name);
-            true
-        })
+            None => {
+                let name = match self.members.get_key_value(room) {
+                    Some((name, _)) => name.clone(),
+                    None => Rc::from(room),
+                };
+                session.with_rooms(|joined| joined.push(name.clone()));
+                name
+            }
+        };
+        self.joining
+            .entry(name)
+            .or_default()
+            .push((session.clone(), token));
+        token
     }
 
-    /// The home shard answered session `id`'s join of `room`: from now on it gets what the room sends.
-    /// Returns the session if it is (still) in the room.
-    pub(crate) fn activate(&mut self, room: &str, id: SessionId) -> Option<Rc<SessionState>> {
-        if let Some(joining) = self.joining.get_mut(room) {
-            if let Some(at) = joining.iter().position(|s| s.id == id) {
-                let session = joining.swap_remove(at);
-                if joining.is_empty() {
-                    self.joining.remove(room);
-                }
-                let name =
-                    session.with_rooms(|joined| joined.iter().find(|r| &***r == room).cloned());
-                let name = name.unwrap_or_else(|| Rc::from(room));
-                self.members.entry(name).or_default().push(session.clone());
-                return Some(session);
-            }
+    /// The home shard answered join `token` of session `id` to `room`: if that is still the session's
+    /// latest join of the room, it becomes a member (from now on it gets what the room sends) and is
+    /// returned.
+    pub(crate) fn activate(
+        &mut self,
+        room: &str,
+        id: SessionId,
+        token: u64,
+    ) -> Option<Rc<SessionState>> {
+        let joining = self.joining.get_mut(room)?;
+        let at = joining
+            .iter()
+            .position(|(s, t)| s.id == id && *t == token)?;
+        let (session, _) = joining.swap_remove(at);
+        if joining.is_empty() {
+            self.joining.remove(room);
         }
-        self.members.get(room)?.iter().find(|s| s.id == id).cloned()
+        let name = session.with_rooms(|joined| joined.iter().find(|r| &***r == room).cloned());
+        let name = name.unwrap_or_else(|| Rc::from(room));
+        self.members.entry(name).or_default().push(session.clone());
+        Some(session)
     }
 
     /// Removes `session` from `room`; forgets the room when its last local member leaves. True when it
@@ -88,15 +104,18 @@ impl Rooms {
         rooms
     }
 
+    /// Takes `session` out of `room`'s members and joining sessions (it stays in its own list of rooms).
     fn remove_member(&mut self, room: &str, session: &SessionState) {
-        for table in [&mut self.members, &mut self.joining] {
-            if let Some(members) = table.get_mut(room) {
-                if let Some(i) = members.iter().position(|m| std::ptr::eq(&**m, session)) {
-                    members.swap_remove(i);
-                }
-                if members.is_empty() {
-                    table.remove(room);
-                }
+        if let Some(members) = self.members.get_mut(room) {
+            members.retain(|m| !std::ptr::eq(&**m, session));
+            if members.is_empty() {
+                self.members.remove(room);
+            }
+        }
+        if let Some(joining) = self.joining.get_mut(room) {
+            joining.retain(|(m, _)| !std::ptr::eq(&**m, session));
+            if joining.is_empty() {
+                self.joining.remove(room);
             }
         }
     }

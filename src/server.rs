@@ -408,7 +408,7 @@ impl ServerHandle {
 
     fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
         let home = self.shards.home_of(room);
-        self.shards.publish(home, room, kind, payload);
+        self.shards.post_broadcast(home, room, kind, payload);
     }
 
     /// Sends `text` to session `id` from any thread, as [`Session::send_text`] would on its shard: posted to

@@ -1,9 +1,10 @@
 //! [`Session`]: the handle callbacks receive for one WebSocket connection.
 //!
 //! A session lives on one shard for its whole life; the handle is `!Send` on purpose, so it can only be
-//! used on that shard (from callbacks, or tasks the application spawns there). Everything it does is
-//! local and synchronous: sending queues a frame and wakes the connection task; joining a room touches
-//! the shard's own room table; a broadcast is delivered locally and posted once to each other shard.
+//! used on that shard (from callbacks, or tasks the application spawns there). Nothing it does waits:
+//! sending queues a frame and wakes the connection task; joining a room marks the session joining in the
+//! shard's own room table and asks the room's home shard, whose answer makes it a member; a broadcast or
+//! a publication goes to the room's home shard (this one, or posted there), which fans it out.
 //!
 //! The handle is two pointers: the session's state ([`SessionState`], which the shard's tables hold) and
 //! its shard. The state does not point back at the shard, so the shard's tables never hold a handle and
@@ -143,18 +144,19 @@ impl Session {
         self.shard.leave(&self.state, room);
     }
 
-    /// Whether this session is a member of `room`.
+    /// Whether this session is in `room`: a member, or joining (its home shard has not answered yet; it
+    /// gets the room's messages from that answer on).
     pub fn is_member(&self, room: &str) -> bool {
         self.state
             .with_rooms(|joined| joined.iter().any(|r| &**r == room))
     }
 
-    /// How many rooms this session is a member of.
+    /// How many rooms this session is in (members and joining, as [`Session::is_member`]).
     pub fn room_count(&self) -> usize {
         self.state.with_rooms(|joined| joined.len())
     }
 
-    /// The rooms this session is a member of, in the order joined.
+    /// The rooms this session is in (members and joining), in the order joined.
     pub fn rooms(&self) -> Vec<String> {
         self.state
             .with_rooms(|joined| joined.iter().map(|r| r.to_string()).collect())

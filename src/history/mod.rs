@@ -38,7 +38,6 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// What it costs in memory, roughly: its strings and the ring's pointer to it.
     /// The key its id is remembered by: per user for an authenticated publisher, per room otherwise.
     fn id_key(&self) -> Option<String> {
         let id = self.id.as_ref()?;
@@ -162,24 +161,25 @@ pub(crate) struct RoomLog {
 impl RoomLog {
     /// A room with no history: a new epoch, offset 0.
     pub(crate) fn fresh(room: &str) -> RoomLog {
-        RoomLog::restored(new_epoch(room), Vec::new(), &Retention::OFFSETS_ONLY)
+        RoomLog::restored(new_epoch(room), 0, Vec::new(), &Retention::OFFSETS_ONLY)
     }
 
-    /// A room read back from the store: its epoch and its kept publications, oldest first, of which it
-    /// keeps what `retention` keeps in memory.
+    /// A room read back from the store: its epoch, its newest offset `top`, and its kept publications,
+    /// oldest first, contiguous and ending at `top` (fewer, or none, when older ones were trimmed or
+    /// expired), of which it keeps what `retention` keeps in memory.
     pub(crate) fn restored(
         epoch: Arc<str>,
+        top: u64,
         publications: Vec<Arc<Publication>>,
         retention: &Retention,
     ) -> RoomLog {
-        let top = publications.last().map_or(0, |p| p.offset);
-        let first = publications.first().map_or(top + 1, |p| p.offset);
+        debug_assert!(publications.last().is_none_or(|p| p.offset == top));
         let mut log = RoomLog {
             epoch,
             top,
             delivered: top,
             ring: VecDeque::new(),
-            resident_from: first,
+            resident_from: top + 1,
             known_from: 1,
             ids: HashMap::new(),
             id_order: VecDeque::new(),
@@ -203,7 +203,6 @@ impl RoomLog {
     }
 
     /// The last offset members were sent.
-    #[cfg(test)]
     pub(crate) fn delivered(&self) -> u64 {
         self.delivered
     }
@@ -561,7 +560,7 @@ mod tests {
         assert!(log.needs_store(&all(3), &keep));
         assert!(log.needs_store(&since(&log, 5), &keep));
         // The store read back the room as written before the read (m1..m7, of which it keeps 4).
-        let from_store = RoomLog::restored(log.epoch().clone(), stored, &keep);
+        let from_store = RoomLog::restored(log.epoch().clone(), 7, stored, &keep);
         log.merge(from_store, &keep);
         assert!(!log.needs_store(&since(&log, 5), &keep));
         let r = log.recover(&since(&log, 4), &keep);

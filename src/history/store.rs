@@ -21,6 +21,7 @@
 //!
 //! It must not know about shards or sessions: it answers through the `notify` function it was given.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -30,7 +31,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
-use super::{new_epoch, now_ms, Publication, Retention, RoomLog};
+use super::{now_ms, Publication, Retention, RoomLog};
 use crate::config::HistoryFsync;
 use crate::error::StartError;
 
@@ -61,17 +62,29 @@ pub(crate) enum StoreEvent {
     Loaded { room: Arc<str>, log: RoomLog },
 }
 
-/// The stored form of a publication; the offset is in the key.
+/// The stored form of a publication; the offset is in the key. The strings borrow from the stored bytes
+/// when they can and are copied when JSON escaped them (a quote, a backslash, a newline).
 #[derive(Serialize, Deserialize)]
 struct Record<'a> {
     ts: u64,
-    from: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
+    #[serde(borrow)]
+    from: Cow<'a, str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none")]
+    id: Option<Cow<'a, str>>,
     /// `from` is an authenticated user ([`Publication`]'s `by_user`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     user: bool,
-    text: &'a str,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
+}
+
+/// What the store keeps of a room besides its publications: its epoch, and its newest offset, which
+/// outlives the publications (trimmed or expired) so that numbering never goes back.
+#[derive(Serialize, Deserialize)]
+struct RoomMeta<'a> {
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    top: u64,
 }
 
 /// A sender of ops to the store thread; every shard holds one.
@@ -219,7 +232,7 @@ impl Writer {
             _ => PersistMode::Buffer,
         };
         let mut batch = self.db.batch().durability(Some(mode));
-        let mut epochs: Vec<(&str, &str)> = Vec::new();
+        let mut epochs: Vec<(&str, &str, u64)> = Vec::new();
         // The last seq per home shard, in the order shards first appear.
         let mut stored: Vec<(usize, u64)> = Vec::new();
         for op in appends {
@@ -235,10 +248,10 @@ impl Writer {
             };
             let record = Record {
                 ts: publication.ts,
-                from: &publication.from,
-                id: publication.id.as_deref(),
+                from: Cow::Borrowed(&publication.from),
+                id: publication.id.as_deref().map(Cow::Borrowed),
                 user: publication.by_user,
-                text: &publication.text,
+                text: Cow::Borrowed(&publication.text),
             };
             let value = serde_json::to_vec(&record).expect("a record serializes");
             batch.insert(&self.records, key(room, publication.offset), value);
@@ -246,18 +259,24 @@ impl Writer {
             if publication.offset > size {
                 batch.remove(&self.records, key(room, publication.offset - size));
             }
-            // The epoch goes with every batch that writes the room: the age sweep may have dropped it
-            // while the room lived on in its home shard's memory.
-            if !epochs.iter().any(|(r, _)| *r == &**room) {
-                epochs.push((room, epoch));
+            // The epoch and the newest offset go with every batch that writes the room: the age sweep
+            // may have dropped them while the room lived on in its home shard's memory.
+            match epochs.iter_mut().find(|(r, _, _)| *r == &**room) {
+                Some(meta) => meta.2 = meta.2.max(publication.offset),
+                None => epochs.push((room, epoch, publication.offset)),
             }
             match stored.iter_mut().find(|(shard, _)| shard == home) {
                 Some(last) => last.1 = *seq,
                 None => stored.push((*home, *seq)),
             }
         }
-        for (room, epoch) in epochs {
-            batch.insert(&self.rooms, room, epoch);
+        for (room, epoch, top) in epochs {
+            let meta = RoomMeta {
+                epoch: Cow::Borrowed(epoch),
+                top,
+            };
+            let meta = serde_json::to_vec(&meta).expect("a room's meta serializes");
+            batch.insert(&self.rooms, room, meta);
         }
         if let Err(e) = batch.commit() {
             // The shards still deliver: a disk that fails must not silence every room.
@@ -268,15 +287,23 @@ impl Writer {
         }
     }
 
-    /// `room`'s kept publications, oldest first, within `HISTORY_SIZE` and the TTL.
+    /// `room`'s epoch, newest offset and kept publications (the newest ones, oldest first, contiguous,
+    /// within `HISTORY_SIZE` and the TTL).
     fn load(&self, room: &str) -> RoomLog {
-        let epoch = match self.rooms.get(room) {
-            Ok(Some(epoch)) => Arc::from(String::from_utf8_lossy(&epoch).as_ref()),
+        let meta = match self.rooms.get(room) {
+            Ok(Some(meta)) => meta,
             Ok(None) => return RoomLog::fresh(room),
             Err(e) => {
                 tracing::error!(room, error = %e, "history store: cannot read a room; it starts afresh");
-                return RoomLog::restored(new_epoch(room), Vec::new(), &self.retention);
+                return RoomLog::fresh(room);
             }
+        };
+        let Ok(meta) = serde_json::from_slice::<RoomMeta<'_>>(&meta) else {
+            tracing::error!(
+                room,
+                "history store: a room's epoch is unreadable; it starts afresh"
+            );
+            return RoomLog::fresh(room);
         };
         let cutoff = self.cutoff();
         let mut newest_first = Vec::new();
@@ -287,15 +314,22 @@ impl Writer {
             .take(self.retention.size)
         {
             let Some(publication) = item.into_inner().ok().and_then(|(k, v)| decode(&k, &v)) else {
-                continue;
+                break;
             };
-            if publication.ts < cutoff {
+            // Only an unbroken run down from the newest offset: recovery must never skip one.
+            let expected = meta.top - newest_first.len() as u64;
+            if publication.offset != expected || publication.ts < cutoff {
                 break;
             }
             newest_first.push(Arc::new(publication));
         }
         newest_first.reverse();
-        RoomLog::restored(epoch, newest_first, &self.retention)
+        RoomLog::restored(
+            Arc::from(&*meta.epoch),
+            meta.top,
+            newest_first,
+            &self.retention,
+        )
     }
 
     /// Drops every publication older than the TTL, and the epoch of every room left with none.
@@ -315,11 +349,13 @@ impl Writer {
                     continue;
                 };
                 match decode(&k, &v) {
-                    Some(p) if p.ts >= cutoff => {
+                    Some(p) if p.ts < cutoff => batch.remove(&self.records, k),
+                    // Newer ones follow (offsets grow with time); one that cannot be read is left
+                    // alone rather than guessed at.
+                    _ => {
                         kept_any = true;
                         break;
                     }
-                    _ => batch.remove(&self.records, k),
                 }
             }
             if !kept_any {
@@ -363,10 +399,10 @@ fn decode(key: &[u8], value: &[u8]) -> Option<Publication> {
     let record: Record<'_> = serde_json::from_slice(value).ok()?;
     Some(Publication {
         offset,
-        text: record.text.to_owned(),
-        from: record.from.to_owned(),
+        text: record.text.into_owned(),
+        from: record.from.into_owned(),
         ts: record.ts,
-        id: record.id.map(str::to_owned),
+        id: record.id.map(Cow::into_owned),
         by_user: record.user,
     })
 }
@@ -412,12 +448,14 @@ mod tests {
         {
             let (store, events) = open(&dir);
             for offset in 1..=5 {
+                // JSON escapes these: the record must still read back.
+                let text = format!("m{offset} \"quoted\" \\ line\nbreak\t");
                 let op = StoreOp::Append {
                     home: 1,
                     seq: offset,
                     room: Arc::from("r"),
                     epoch: epoch.clone(),
-                    publication: publication(offset, &format!("m{offset}")),
+                    publication: publication(offset, &text),
                 };
                 store.sender.send(op).unwrap();
             }
@@ -458,7 +496,10 @@ mod tests {
             .iter()
             .map(|p| p.text.clone())
             .collect();
-        assert_eq!(texts, ["m3", "m4", "m5"]);
+        let expected: Vec<String> = (3..=5)
+            .map(|i| format!("m{i} \"quoted\" \\ line\nbreak\t"))
+            .collect();
+        assert_eq!(texts, expected);
         let fresh = ask("elsewhere");
         assert_eq!(fresh.delivered(), 0);
         assert_ne!(&**fresh.epoch(), "e1");

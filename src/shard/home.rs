@@ -60,6 +60,9 @@ pub(crate) struct PublishRequest {
 #[derive(Debug)]
 pub(crate) struct JoinRequest {
     pub(crate) to: ReplyTo,
+    /// Which join of the session this is ([`crate::room::Rooms::join`]): an answer to one it has since
+    /// left or repeated is not acted on.
+    pub(crate) token: u64,
     pub(crate) user: String,
     pub(crate) options: JoinOptions,
 }
@@ -106,12 +109,40 @@ enum Deferred {
     Join(JoinRequest),
 }
 
+/// What waits for the store to have written every append up to `seq`.
 struct Awaiting {
     seq: u64,
     room: Arc<str>,
-    publication: Arc<Publication>,
-    to: Option<ReplyTo>,
-    tag: Option<String>,
+    epoch: Arc<str>,
+    what: Pending,
+}
+
+enum Pending {
+    /// A publication, to fan out and acknowledge.
+    Publication {
+        publication: Arc<Publication>,
+        to: Option<ReplyTo>,
+        tag: Option<String>,
+    },
+    /// The acknowledgement of a retried id whose first publication is not written yet: it must not
+    /// promise an offset a crash could still lose.
+    Retry {
+        offset: u64,
+        to: ReplyTo,
+        tag: Option<String>,
+    },
+}
+
+/// What a room's entry costs here besides its log (its name, presence list and bookkeeping), counted
+/// against `HISTORY_MEMORY_MB` so that rooms without members are bounded too.
+const ROOM_OVERHEAD: usize = 256;
+
+/// The longest room name the library takes, in bytes (the store's keys hold it).
+pub(crate) const MAX_ROOM_NAME: usize = 1024;
+
+/// Whether `room` can name a room: 1 to [`MAX_ROOM_NAME`] bytes.
+fn is_room_name(room: &str) -> bool {
+    !room.is_empty() && room.len() <= MAX_ROOM_NAME
 }
 
 /// Who a session is in presence and as a publisher: its authenticated user, or its id.
@@ -126,24 +157,30 @@ impl Shard {
     // ---- The member's side: a session of this shard asks, the room's home answers. ----
 
     /// Adds `session` to `room` (joining until the home answers) and asks the home for its recovery,
-    /// unless the room authorization hook refuses. A session already in the room asks again (its answer
-    /// is a fresh recovery) without joining twice.
+    /// unless the room's name is not one ([`MAX_ROOM_NAME`]) or the room authorization hook refuses. A
+    /// session already in the room asks again: it is joining again, getting nothing live until its fresh
+    /// recovery arrives (which covers what it would have got), and the earlier answer, if still on its
+    /// way, is not acted on.
     pub(crate) fn join(
         &self,
         session: &Rc<SessionState>,
         room: &str,
         options: JoinOptions,
     ) -> Result<(), RoomDenied> {
-        if let Some(authorize) = &self.config.authorize_join {
-            if !authorize(session.identity(), room) {
-                return Err(RoomDenied {
-                    room: room.to_owned(),
-                });
-            }
+        let authorized = self
+            .config
+            .authorize_join
+            .as_ref()
+            .is_none_or(|authorize| authorize(session.identity(), room));
+        if !is_room_name(room) || !authorized {
+            return Err(RoomDenied {
+                room: room.to_owned(),
+            });
         }
-        self.rooms.borrow_mut().join(session, room);
+        let token = self.rooms.borrow_mut().join(session, room);
         let request = JoinRequest {
             to: reply_to(session),
+            token,
             user: user_of(session),
             options,
         };
@@ -168,7 +205,8 @@ impl Shard {
         }
     }
 
-    /// Publishes `text` in `room`'s stream from `session`, which gets the acknowledgement.
+    /// Publishes `text` in `room`'s stream from `session`, which gets the acknowledgement; a name that is
+    /// not a room's ([`MAX_ROOM_NAME`]) publishes nothing.
     pub(crate) fn publish(
         &self,
         session: &SessionState,
@@ -176,6 +214,10 @@ impl Shard {
         text: &str,
         options: PublishOptions,
     ) {
+        if !is_room_name(room) {
+            tracing::debug!(session = %session.id, "publish to an empty or oversized room name dropped");
+            return;
+        }
         let request = PublishRequest {
             text: text.to_owned(),
             from: Author {
@@ -194,9 +236,10 @@ impl Shard {
         self.to_home(room, |room| ShardMsg::Presence { room, to, tag });
     }
 
-    /// The home answered `session`'s join of `room`: it becomes a member and gets `reply`.
-    pub(crate) fn joined(&self, room: &str, session: SessionId, reply: Option<String>) {
-        let member = self.rooms.borrow_mut().activate(room, session);
+    /// The home answered `session`'s join `token` of `room`: it becomes a member and gets `reply`, unless
+    /// it has left or joined again since.
+    pub(crate) fn joined(&self, room: &str, session: SessionId, token: u64, reply: Option<String>) {
+        let member = self.rooms.borrow_mut().activate(room, session, token);
         if let (Some(member), Some(reply)) = (member, reply) {
             self.send_data(&member, DataKind::Text, reply.as_bytes());
         }
@@ -258,7 +301,7 @@ impl Shard {
                 .iter()
                 .position(|m| m.session == session)
                 .map(|at| entry.members.remove(at));
-            homes.forget_if_unused(room, self.store.is_some());
+            homes.forget_if_unused(room);
             left
         };
         if let Some(member) = left.filter(|_| self.config.presence_events) {
@@ -279,15 +322,19 @@ impl Shard {
             members,
             tag,
         };
-        let reply = self
-            .config
-            .replies
-            .presence(self.subprotocol_name(to.subprotocol), &presence);
+        let reply = self.rendered("presence", || {
+            self.config
+                .replies
+                .presence(self.subprotocol_name(to.subprotocol), &presence)
+        });
         self.reply(to, reply);
     }
 
     fn home_publish(&self, room: Arc<str>, request: PublishRequest) {
         self.with_log(room, Deferred::Publish(request));
+        // Only now: an eviction in the middle of what a room's load held back could take its log away
+        // under the next operation.
+        self.evict_over_budget();
     }
 
     /// Runs `op` on `room`'s log now if it is in memory, else once the store has read it back (a join
@@ -362,19 +409,21 @@ impl Shard {
             publications: recovery.publications,
             tag: request.options.tag,
         };
-        let to = request.to;
-        let reply = self
-            .config
-            .replies
-            .joined(self.subprotocol_name(to.subprotocol), &joined);
+        let (to, token) = (request.to, request.token);
+        let reply = self.rendered("joined", || {
+            self.config
+                .replies
+                .joined(self.subprotocol_name(to.subprotocol), &joined)
+        });
         if to.session.shard() == self.index {
-            self.joined(room, to.session, reply);
+            self.joined(room, to.session, token, reply);
         } else {
             self.peers.post(
                 to.session.shard(),
                 ShardMsg::Joined {
                     room: room.clone(),
                     session: to.session,
+                    token,
                     reply,
                 },
             );
@@ -389,90 +438,121 @@ impl Shard {
             options,
             to,
         } = request;
-        let appended = {
-            let mut homes = self.homes.borrow_mut();
-            homes.update_log(room, |log| {
-                let appended = log.append(text, from, options.id, now_ms(), &retention);
-                (appended, log.epoch().clone())
-            })
-        };
-        let Some((appended, epoch)) = appended else {
+        let appended = self.homes.borrow_mut().update_log(room, |log| {
+            let appended = log.append(text, from, options.id, now_ms(), &retention);
+            (appended, log.epoch().clone(), log.delivered())
+        });
+        let Some((appended, epoch, delivered)) = appended else {
+            debug_assert!(false, "a publication for a room whose log is not in memory");
             return;
         };
-        match appended {
+        let publication = match appended {
+            Ok(publication) => publication,
             Err(Duplicate(offset)) => {
-                let ack = Ack {
-                    room: room.to_string(),
-                    offset,
-                    epoch: epoch.to_string(),
-                    duplicate: true,
-                    tag: options.tag,
-                };
-                self.acknowledge(to, &ack);
-            }
-            Ok(publication) => match &self.store {
-                Some(store) => {
+                let Some(to) = to else { return };
+                if offset <= delivered {
+                    self.acknowledge_retry(room, &epoch, offset, to, options.tag);
+                } else {
+                    // Acknowledged with the first publication, once the store has it.
                     let mut homes = self.homes.borrow_mut();
-                    homes.sent += 1;
                     let seq = homes.sent;
                     homes.awaiting.push_back(Awaiting {
                         seq,
                         room: room.clone(),
-                        publication: publication.clone(),
+                        epoch,
+                        what: Pending::Retry {
+                            offset,
+                            to,
+                            tag: options.tag,
+                        },
+                    });
+                }
+                return;
+            }
+        };
+        if let Some(store) = &self.store {
+            let mut homes = self.homes.borrow_mut();
+            let seq = homes.sent + 1;
+            let op = StoreOp::Append {
+                home: self.index,
+                seq,
+                room: room.clone(),
+                epoch: epoch.clone(),
+                publication: publication.clone(),
+            };
+            if store.send(op).is_ok() {
+                homes.sent = seq;
+                homes.awaiting.push_back(Awaiting {
+                    seq,
+                    room: room.clone(),
+                    epoch,
+                    what: Pending::Publication {
+                        publication,
                         to,
                         tag: options.tag,
-                    });
-                    if let Some(entry) = homes.rooms.get_mut(room) {
-                        entry.in_flight += 1;
-                    }
-                    drop(homes);
-                    let _ = store.send(StoreOp::Append {
-                        home: self.index,
-                        seq,
-                        room: room.clone(),
-                        epoch,
-                        publication,
-                    });
+                    },
+                });
+                if let Some(entry) = homes.rooms.get_mut(room) {
+                    entry.in_flight += 1;
                 }
-                None => {
-                    self.homes.borrow_mut().update_log(room, |log| {
-                        log.mark_delivered(publication.offset);
-                    });
-                    self.deliver_publication(room, &epoch, &publication, to, options.tag);
-                }
-            },
+                return;
+            }
+            // The store's thread has ended (it failed): the room goes on without history rather
+            // than falling silent.
+            tracing::error!(%room, "history store unavailable; publishing without keeping history");
         }
-        self.evict_over_budget();
+        self.homes.borrow_mut().update_log(room, |log| {
+            log.mark_delivered(publication.offset);
+        });
+        self.deliver_publication(room, &epoch, &publication, to, options.tag);
+    }
+
+    fn acknowledge_retry(
+        &self,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        to: ReplyTo,
+        tag: Option<String>,
+    ) {
+        let ack = Ack {
+            room: room.to_owned(),
+            offset,
+            epoch: epoch.to_owned(),
+            duplicate: true,
+            tag,
+        };
+        self.acknowledge(Some(to), &ack);
     }
 
     /// The store answered: publications it wrote go out, a log it read back takes what waited for it.
     fn store_event(&self, event: StoreEvent) {
         match event {
             StoreEvent::Stored { seq } => loop {
-                let (done, epoch) = {
+                let done = {
                     let mut homes = self.homes.borrow_mut();
                     if homes.awaiting.front().is_none_or(|a| a.seq > seq) {
                         break;
                     }
                     let done = homes.awaiting.pop_front().expect("a front");
-                    let epoch = homes.update_log(&done.room, |log| {
-                        log.mark_delivered(done.publication.offset);
-                        log.epoch().clone()
-                    });
-                    if let Some(entry) = homes.rooms.get_mut(&done.room) {
-                        entry.in_flight -= 1;
+                    if let Pending::Publication { publication, .. } = &done.what {
+                        homes.update_log(&done.room, |log| log.mark_delivered(publication.offset));
+                        if let Some(entry) = homes.rooms.get_mut(&done.room) {
+                            entry.in_flight -= 1;
+                        }
+                        homes.forget_if_unused(&done.room);
                     }
-                    homes.forget_if_unused(&done.room, true);
-                    (done, epoch)
+                    done
                 };
-                if let Some(epoch) = epoch {
-                    self.deliver_publication(
-                        &done.room,
-                        &epoch,
-                        &done.publication,
-                        done.to,
-                        done.tag,
-                    );
+                match done.what {
+                    Pending::Publication {
+                        publication,
+                        to,
+                        tag,
+                    } => self.deliver_publication(&done.room, &done.epoch, &publication, to, tag),
+                    Pending::Retry { offset, to, tag } => {
+                        self.acknowledge_retry(&done.room, &done.epoch, offset, to, tag)
+                    }
                 }
             },
             StoreEvent::Loaded { room, log } => {
@@ -524,8 +604,7 @@ impl Shard {
                 .replies
                 .publication(subprotocol, room, epoch, publication)
         });
-        self.peers.broadcast(room, &message, Some(self.index));
-        self.deliver(room, &message);
+        self.fan_out_renditions(room, &message);
         let ack = Ack {
             room: room.to_string(),
             offset: publication.offset,
@@ -538,10 +617,11 @@ impl Shard {
 
     fn acknowledge(&self, to: Option<ReplyTo>, ack: &Ack) {
         if let Some(to) = to {
-            let reply = self
-                .config
-                .replies
-                .ack(self.subprotocol_name(to.subprotocol), ack);
+            let reply = self.rendered("ack", || {
+                self.config
+                    .replies
+                    .ack(self.subprotocol_name(to.subprotocol), ack)
+            });
             self.reply(to, reply);
         }
     }
@@ -555,8 +635,7 @@ impl Shard {
         };
         let message =
             self.render(|subprotocol| self.config.replies.member_change(subprotocol, &change));
-        self.peers.broadcast(room, &message, Some(self.index));
-        self.deliver(room, &message);
+        self.fan_out_renditions(room, &message);
     }
 
     /// One rendition per kind of client: those with no subprotocol, then each subprotocol in order;
@@ -564,14 +643,36 @@ impl Shard {
     fn render(&self, render: impl Fn(Option<&str>) -> Option<String>) -> Renditions {
         let names =
             std::iter::once(None).chain(self.config.subprotocols.iter().map(|s| Some(&**s)));
+        let texts: Vec<Option<String>> = names
+            .map(|name| self.rendered("publication", || render(name)))
+            .collect();
         let mut deflater = self.deflater.borrow_mut();
         Renditions(
-            names
-                .map(|name| {
-                    render(name).map(|text| deflater.prepare(DataKind::Text, text.as_bytes()))
-                })
+            texts
+                .into_iter()
+                .map(|text| text.map(|text| deflater.prepare(DataKind::Text, text.as_bytes())))
                 .collect(),
         )
+    }
+
+    /// Runs one of the application's renderers. A panic in it is caught and logged and nothing is sent:
+    /// a renderer runs on a room's home shard for members of every shard, and must not take the shard
+    /// and all its sessions down with it.
+    fn rendered(
+        &self,
+        what: &'static str,
+        render: impl FnOnce() -> Option<String>,
+    ) -> Option<String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)) {
+            Ok(text) => text,
+            Err(_) => {
+                tracing::error!(
+                    renderer = what,
+                    "a RoomReplies renderer panicked; nothing sent"
+                );
+                None
+            }
+        }
     }
 
     /// Sends `reply`, if any, to one session of any shard.
@@ -650,7 +751,7 @@ impl Homes {
                 if let Log::Ready(log) = std::mem::replace(&mut entry.log, Log::Cold) {
                     self.log_bytes -= log.bytes();
                 }
-                self.forget_if_unused(name, true);
+                self.forget_if_unused(name);
             }
         }
     }
@@ -660,6 +761,9 @@ impl Homes {
     fn room(&mut self, room: &Arc<str>, history: bool) -> &mut HomeRoom {
         self.uses += 1;
         let uses = self.uses;
+        if !self.rooms.contains_key(room) {
+            self.log_bytes += ROOM_OVERHEAD;
+        }
         let entry = self.rooms.entry(room.clone()).or_insert_with(|| HomeRoom {
             log: if history {
                 Log::Cold
@@ -686,9 +790,10 @@ impl Homes {
         Some(result)
     }
 
-    /// Forgets `room` when nothing of it is left to keep here: no member, nothing on its way to the store,
-    /// and no history in memory that the store does not also have (`history`) or none at all.
-    fn forget_if_unused(&mut self, room: &str, history: bool) {
+    /// Forgets `room` when nothing of it is left to keep here: no member, nothing on its way to or from
+    /// the store, nothing in memory (without history a log is only offsets, which nobody can recover
+    /// from; with it, what is not in memory is in the store, read back when next needed).
+    fn forget_if_unused(&mut self, room: &str) {
         let Some(entry) = self.rooms.get(room) else {
             return;
         };
@@ -698,16 +803,16 @@ impl Homes {
             && match &entry.log {
                 Log::Cold => true,
                 Log::Loading(_) => false,
-                // Without history a log is only offsets: nobody can recover from them.
-                Log::Ready(log) => !history && log.bytes() == 0,
+                // Without history a log is only offsets, which nobody can recover from; with it, a log
+                // holding nothing in memory is all in the store, and is read back when next needed.
+                Log::Ready(log) => log.bytes() == 0,
             };
         if unused {
-            if let Some(HomeRoom {
-                log: Log::Ready(log),
-                ..
-            }) = self.rooms.remove(room)
-            {
-                self.log_bytes -= log.bytes();
+            if let Some(removed) = self.rooms.remove(room) {
+                self.log_bytes -= ROOM_OVERHEAD;
+                if let Log::Ready(log) = removed.log {
+                    self.log_bytes -= log.bytes();
+                }
             }
         }
     }

@@ -49,8 +49,9 @@ pub(crate) enum ShardMsg {
         /// per-delivery reference counting stays on one core and non-atomic.
         renditions: Arc<[Option<SharedFrames>]>,
     },
-    /// Fan a raw data message out to `room`, whose home shard this is (see [`Peers::home_of`]).
-    Publish {
+    /// Fan a raw data message (not a publication: no offset, no history) out to `room`, whose home shard
+    /// this is (see [`Peers::home_of`]).
+    RawBroadcast {
         /// The room.
         room: Arc<str>,
         /// Text or binary.
@@ -85,6 +86,8 @@ pub(crate) enum ShardMsg {
         room: Arc<str>,
         /// The session.
         session: SessionId,
+        /// Which of its joins ([`crate::room::Rooms::join`]).
+        token: u64,
         /// What the application renders for it ([`crate::RoomReplies::joined`]).
         reply: Option<String>,
     },
@@ -144,9 +147,9 @@ impl Peers {
         (hasher.finish() % self.0.len() as u64) as usize
     }
 
-    /// Posts a data message for `room` to its `home` shard, which fans it out.
-    pub(crate) fn publish(&self, home: usize, room: &str, kind: DataKind, payload: &[u8]) {
-        self.0[home].post(ShardMsg::Publish {
+    /// Posts a raw data message for `room` to its `home` shard, which fans it out.
+    pub(crate) fn post_broadcast(&self, home: usize, room: &str, kind: DataKind, payload: &[u8]) {
+        self.0[home].post(ShardMsg::RawBroadcast {
             room: Arc::from(room),
             kind,
             payload: payload.into(),

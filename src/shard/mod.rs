@@ -315,7 +315,7 @@ impl Shard {
     pub(crate) fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
         match self.peers.home_of(room) {
             home if home == self.index => self.fan_out(room, kind, payload),
-            home => self.peers.publish(home, room, kind, payload),
+            home => self.peers.post_broadcast(home, room, kind, payload),
         }
     }
 
@@ -325,8 +325,13 @@ impl Shard {
     /// posts to it, so every member sees the room's messages in the order they are fanned out here.
     fn fan_out(&self, room: &str, kind: DataKind, payload: &[u8]) {
         let message = Renditions::one(self.deflater.borrow_mut().prepare(kind, payload));
-        self.peers.broadcast(room, &message, Some(self.index));
-        self.deliver(room, &message);
+        self.fan_out_renditions(room, &message);
+    }
+
+    /// On the room's home shard: posts `message` once to every other shard and delivers it here.
+    fn fan_out_renditions(&self, room: &str, message: &Renditions) {
+        self.peers.broadcast(room, message, Some(self.index));
+        self.deliver(room, message);
     }
 
     /// Queues `message` for every local member of `room`.
@@ -362,7 +367,7 @@ impl Shard {
                     );
                     self.deliver(&room, &message);
                 }
-                ShardMsg::Publish {
+                ShardMsg::RawBroadcast {
                     room,
                     kind,
                     payload,
@@ -375,8 +380,9 @@ impl Shard {
                 ShardMsg::Joined {
                     room,
                     session,
+                    token,
                     reply,
-                } => self.joined(&room, session, reply),
+                } => self.joined(&room, session, token, reply),
                 home => self.as_home(home),
             }
         }
@@ -496,6 +502,32 @@ mod tests {
         }
         shard.broadcast("r", DataKind::Text, text.as_bytes());
         assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
+    }
+
+    #[test]
+    fn only_the_answer_to_the_latest_join_makes_a_member() {
+        let (shard, _peers) = lone_shard();
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let session = shard.register(peer, None, Agreed::default()).unwrap();
+        let mut rooms = shard.rooms.borrow_mut();
+        let first = rooms.join(&session, "r");
+        let second = rooms.join(&session, "r");
+        assert!(
+            rooms.activate("r", session.id, first).is_none(),
+            "superseded"
+        );
+        assert!(rooms.activate("r", session.id, second).is_some());
+        assert_eq!(session.with_rooms(|joined| joined.len()), 1);
+        // A member joining again gets nothing until its new answer; a left room's answer is ignored.
+        let again = rooms.join(&session, "r");
+        let message = Renditions::one(Prepared {
+            plain: encode::data_frame(DataKind::Text, b"x"),
+            deflated: None,
+        });
+        rooms.deliver("r", &message, 1 << 20, 0);
+        assert_eq!(session.outbound.queued(), 0);
+        assert!(rooms.leave(&session, "r"));
+        assert!(rooms.activate("r", session.id, again).is_none());
     }
 
     #[test]
