@@ -44,6 +44,10 @@ pub struct RoomSettings {
     pub data_dir: PathBuf,
     /// `HISTORY_FSYNC` (default 100): when the store's journal is forced to disk.
     pub fsync: HistoryFsync,
+    /// `HISTORY_GROUP_COMMIT_US` (default 1000; 0: none): how long the store waits for more publications
+    /// before writing what it has. Members get a publication once it is written, so this is latency
+    /// traded for CPU: a trickle of publications shares commits and wake-ups instead of paying one each.
+    pub group_commit: Option<Duration>,
     /// `HISTORY_RECOVERY_MAX` (default 300, at least 1): the most publications a join with `since`
     /// returns; a client that missed more gets `recovered: false`.
     pub recovery_max: usize,
@@ -351,6 +355,7 @@ impl Config {
                 history_ttl: keys.seconds_or_off("HISTORY_TTL_SEC", 86400)?,
                 data_dir: PathBuf::from(keys.text("DATA_DIR", "./data")?),
                 fsync: keys.fsync("HISTORY_FSYNC")?,
+                group_commit: keys.micros_or_off("HISTORY_GROUP_COMMIT_US", 1000)?,
                 recovery_max: keys.positive("HISTORY_RECOVERY_MAX", 300)? as usize,
                 memory_budget: (keys.positive("HISTORY_MEMORY_MB", 256)? as usize)
                     .saturating_mul(1 << 20),
@@ -413,6 +418,23 @@ impl Keys<'_> {
             ));
         }
         Ok(n)
+    }
+
+    /// Microseconds up to a second; 0 is none.
+    fn micros_or_off(
+        &self,
+        key: &'static str,
+        default: u64,
+    ) -> Result<Option<Duration>, ConfigError> {
+        match self.number(key, default)? {
+            0 => Ok(None),
+            n if n <= 1_000_000 => Ok(Some(Duration::from_micros(n))),
+            n => Err(Self::invalid(
+                key,
+                &n.to_string(),
+                "a number of microseconds from 0 to 1000000",
+            )),
+        }
     }
 
     fn seconds_or_off(
@@ -642,6 +664,8 @@ mod tests {
             ("HISTORY_FSYNC", "always"),
             ("HISTORY_FSYNC", "0"),
             ("HISTORY_RECOVERY_MAX", "0"),
+            ("HISTORY_GROUP_COMMIT_US", "soon"),
+            ("HISTORY_GROUP_COMMIT_US", "2000000"),
             ("HISTORY_MEMORY_MB", "0"),
             ("PRESENCE_EVENTS", "sometimes"),
         ] {
@@ -658,6 +682,9 @@ mod tests {
         assert_eq!(c.history_ttl, Some(Duration::from_secs(86400)));
         assert_eq!(c.fsync, HistoryFsync::Interval(Duration::from_millis(100)));
         assert_eq!(c.recovery_max, 300);
+        assert_eq!(c.group_commit, Some(Duration::from_millis(1)));
+        let none = with(&[("HISTORY_GROUP_COMMIT_US", "0")]).unwrap().rooms;
+        assert_eq!(none.group_commit, None);
         assert!(!c.presence_events);
         let c = with(&[("HISTORY_FSYNC", "every_write"), ("HISTORY_SIZE", "0")])
             .unwrap()

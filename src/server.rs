@@ -245,6 +245,7 @@ impl Server {
                 &rooms.data_dir,
                 retention,
                 rooms.fsync,
+                rooms.group_commit,
                 notify,
             )?)
         } else {

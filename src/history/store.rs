@@ -1,7 +1,8 @@
 //! The history store: rooms' publications on disk, in an embedded fjall database under `DATA_DIR`, written
 //! by one thread of its own so that no shard ever waits on the disk.
 //!
-//! Shards send it [`StoreOp`]s through a crossbeam channel; it takes every op waiting (group commit),
+//! Shards send it [`StoreOp`]s through a crossbeam channel; it takes every op waiting, and those that
+//! arrive within `HISTORY_GROUP_COMMIT_US` (group commit),
 //! writes them as one fjall batch whose journal reaches the operating system before the batch returns,
 //! then tells each home shard how far its publications are written ([`StoreEvent::Stored`]). The home
 //! shard sends members a publication only then, so no member ever sees a message a crash of the process
@@ -103,6 +104,8 @@ struct Writer {
     rooms: Keyspace,
     retention: Retention,
     fsync: HistoryFsync,
+    /// How long a batch waits for more ops before it is written.
+    group_commit: Option<Duration>,
     notify: Box<dyn Fn(usize, StoreEvent) + Send>,
 }
 
@@ -113,6 +116,7 @@ impl Store {
         dir: &Path,
         retention: Retention,
         fsync: HistoryFsync,
+        group_commit: Option<Duration>,
         notify: Box<dyn Fn(usize, StoreEvent) + Send>,
     ) -> Result<Store, StartError> {
         let failed = |cause: String| StartError::History {
@@ -139,6 +143,7 @@ impl Store {
             rooms,
             retention,
             fsync,
+            group_commit,
             notify,
         };
         let thread = std::thread::Builder::new()
@@ -172,6 +177,17 @@ impl Writer {
                 Ok(op) => {
                     batch.push(op);
                     batch.extend(ops.try_iter().take(MAX_BATCH - 1));
+                    if let Some(linger) = self.group_commit {
+                        // A batch waits a little for company (`HISTORY_GROUP_COMMIT_US`), so that a
+                        // steady trickle of publications shares commits, wake-ups and acknowledgements.
+                        let until = Instant::now() + linger;
+                        while batch.len() < MAX_BATCH {
+                            match ops.recv_deadline(until) {
+                                Ok(op) => batch.push(op),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     if self.write(&mut batch) && unsynced_since.is_none() {
                         unsynced_since = Some(Instant::now());
                     }
@@ -425,7 +441,7 @@ mod tests {
         let notify = Box::new(move |shard, event| {
             let _ = tx.send((shard, event));
         });
-        let store = Store::open(dir, retention(), HistoryFsync::Off, notify).unwrap();
+        let store = Store::open(dir, retention(), HistoryFsync::Off, None, notify).unwrap();
         (store, rx)
     }
 
