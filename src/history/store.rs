@@ -176,18 +176,13 @@ impl Writer {
             match first {
                 Ok(op) => {
                     batch.push(op);
-                    batch.extend(ops.try_iter().take(MAX_BATCH - 1));
                     if let Some(linger) = self.group_commit {
                         // A batch waits a little for company (`HISTORY_GROUP_COMMIT_US`), so that a
                         // steady trickle of publications shares commits, wake-ups and acknowledgements.
-                        let until = Instant::now() + linger;
-                        while batch.len() < MAX_BATCH {
-                            match ops.recv_deadline(until) {
-                                Ok(op) => batch.push(op),
-                                Err(_) => break,
-                            }
-                        }
+                        // Asleep, not waiting on the channel: a sender wakes nobody while we linger.
+                        std::thread::sleep(linger);
                     }
+                    batch.extend(ops.try_iter().take(MAX_BATCH - 1));
                     if self.write(&mut batch) && unsynced_since.is_none() {
                         unsynced_since = Some(Instant::now());
                     }
@@ -269,7 +264,10 @@ impl Writer {
                 user: publication.by_user,
                 text: Cow::Borrowed(&publication.text),
             };
-            let value = serde_json::to_vec(&record).expect("a record serializes");
+            // Sized for the text up front: growing the buffer as JSON is written was a measurable part of
+            // the store thread's time with 1 KiB messages.
+            let mut value = Vec::with_capacity(record.text.len() + record.from.len() + 64);
+            serde_json::to_writer(&mut value, &record).expect("a record serializes");
             batch.insert(&self.records, key(room, publication.offset), value);
             let size = self.retention.size as u64;
             if publication.offset > size {
