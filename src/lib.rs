@@ -42,7 +42,9 @@
 //! A text message that is a JSON object with a string `type` and, if present, an object `payload` goes to
 //! `on_typed_message(session, type, payload)` (an absent payload is `{}`); any other text, including JSON
 //! that is not such an object, goes to `on_message`. [`TypedMessage::parse`] applies the same rule and
-//! says why a text is not an event, for replying to clients that got it wrong. Binary messages go to
+//! says why a text is not an event, for replying to clients that got it wrong. An event may carry a
+//! string `ref` for its reply to echo: `on_event(session, event)` gets the whole [`TypedMessage`], ref
+//! included, and takes the place of `on_typed_message` when registered. Binary messages go to
 //! `on_binary`.
 //!
 //! # Architecture: where everything lives

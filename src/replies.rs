@@ -72,7 +72,7 @@ pub struct Joined {
     pub recovered: bool,
     /// Publications after `since` when recovered, else the newest `latest` ones; oldest first.
     pub publications: Vec<Arc<Publication>>,
-    /// The join's [`JoinOptions::tag`].
+    /// The join's [`crate::JoinOptions::tag`].
     pub tag: Option<String>,
 }
 
@@ -87,7 +87,7 @@ pub struct Ack {
     pub epoch: String,
     /// True when this was a retry of an id already published: nothing was published again.
     pub duplicate: bool,
-    /// The publish's [`PublishOptions::tag`].
+    /// The publish's [`crate::PublishOptions::tag`].
     pub tag: Option<String>,
 }
 

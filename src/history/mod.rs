@@ -76,7 +76,7 @@ pub struct JoinOptions {
     /// Without `since`, or when recovery is not possible: how many of the newest publications to return,
     /// capped at `HISTORY_RECOVERY_MAX` (0: none).
     pub latest: usize,
-    /// Echoed in the reply ([`Joined::tag`]), for the client to match it (a request's `ref`).
+    /// Echoed in the reply ([`crate::Joined::tag`]), for the client to match it (a request's `ref`).
     pub tag: Option<String>,
 }
 
@@ -86,7 +86,7 @@ pub struct PublishOptions {
     /// The client's id for the message: a second publish with the same id while the first is still in
     /// the room's history is acknowledged with the first offset and not published again.
     pub id: Option<String>,
-    /// Echoed in the acknowledgement ([`Ack::tag`]).
+    /// Echoed in the acknowledgement ([`crate::Ack::tag`]).
     pub tag: Option<String>,
 }
 
