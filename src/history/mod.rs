@@ -270,9 +270,7 @@ impl RoomLog {
             if self.ring.len() <= resident && oldest.ts >= cutoff {
                 break;
             }
-            let oldest = self.ring.pop_front().expect("the ring has a front");
-            self.bytes -= oldest.footprint();
-            self.resident_from = self.resident_from.max(oldest.offset + 1);
+            self.forget_oldest_publication();
         }
         let window_start = self.top.saturating_sub(retention.size as u64);
         while let Some((offset, ts, _)) = self.id_order.front() {
@@ -339,9 +337,15 @@ impl RoomLog {
         }
         self.known_from = 1;
         while self.ring.len() > retention.resident() {
-            let p = self.ring.pop_front().expect("a front");
-            self.bytes -= p.footprint();
-            self.resident_from = p.offset + 1;
+            self.forget_oldest_publication();
+        }
+    }
+
+    /// Drops the oldest publication in memory; what memory holds now starts after it.
+    fn forget_oldest_publication(&mut self) {
+        if let Some(oldest) = self.ring.pop_front() {
+            self.bytes -= oldest.footprint();
+            self.resident_from = self.resident_from.max(oldest.offset + 1);
         }
     }
 

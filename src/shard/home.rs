@@ -451,7 +451,7 @@ impl Shard {
             Err(Duplicate(offset)) => {
                 let Some(to) = to else { return };
                 if offset <= delivered {
-                    self.acknowledge_retry(room, &epoch, offset, to, options.tag);
+                    self.acknowledge(to, room, &epoch, offset, true, options.tag);
                 } else {
                     // Acknowledged with the first publication, once the store has it.
                     let mut homes = self.homes.borrow_mut();
@@ -507,24 +507,6 @@ impl Shard {
         self.deliver_publication(room, &epoch, &publication, to, options.tag);
     }
 
-    fn acknowledge_retry(
-        &self,
-        room: &str,
-        epoch: &str,
-        offset: u64,
-        to: ReplyTo,
-        tag: Option<String>,
-    ) {
-        let ack = Ack {
-            room: room.to_owned(),
-            offset,
-            epoch: epoch.to_owned(),
-            duplicate: true,
-            tag,
-        };
-        self.acknowledge(Some(to), &ack);
-    }
-
     /// The store answered: publications it wrote go out, a log it read back takes what waited for it.
     fn store_event(&self, event: StoreEvent) {
         match event {
@@ -551,7 +533,7 @@ impl Shard {
                         tag,
                     } => self.deliver_publication(&done.room, &done.epoch, &publication, to, tag),
                     Pending::Retry { offset, to, tag } => {
-                        self.acknowledge_retry(&done.room, &done.epoch, offset, to, tag)
+                        self.acknowledge(to, &done.room, &done.epoch, offset, true, tag)
                     }
                 }
             },
@@ -605,25 +587,35 @@ impl Shard {
                 .publication(subprotocol, room, epoch, publication)
         });
         self.fan_out_renditions(room, &message);
-        let ack = Ack {
-            room: room.to_string(),
-            offset: publication.offset,
-            epoch: epoch.to_owned(),
-            duplicate: false,
-            tag,
-        };
-        self.acknowledge(to, &ack);
+        if let Some(to) = to {
+            self.acknowledge(to, room, epoch, publication.offset, false, tag);
+        }
     }
 
-    fn acknowledge(&self, to: Option<ReplyTo>, ack: &Ack) {
-        if let Some(to) = to {
-            let reply = self.rendered("ack", || {
-                self.config
-                    .replies
-                    .ack(self.subprotocol_name(to.subprotocol), ack)
-            });
-            self.reply(to, reply);
-        }
+    /// Tells `to` that its publication is in `room`'s stream at `offset` (`duplicate`: a retry of an id
+    /// published there already).
+    fn acknowledge(
+        &self,
+        to: ReplyTo,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        duplicate: bool,
+        tag: Option<String>,
+    ) {
+        let ack = Ack {
+            room: room.to_owned(),
+            offset,
+            epoch: epoch.to_owned(),
+            duplicate,
+            tag,
+        };
+        let reply = self.rendered("ack", || {
+            self.config
+                .replies
+                .ack(self.subprotocol_name(to.subprotocol), &ack)
+        });
+        self.reply(to, reply);
     }
 
     /// Tells every member of `room` that `member` joined or left (`PRESENCE_EVENTS`).
