@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use loadtest::RunOptions;
@@ -95,7 +96,13 @@ fn on_event(session: &Session, kind: &str, payload: &Map<String, Value>) {
 
 /// Run options for `server`: short deadlines so a broken run fails fast.
 pub fn options(server: &RunningServer) -> RunOptions {
-    let mut options = RunOptions::new(&format!("ws://{}/", server.websocket_addr()));
+    options_at(server.websocket_addr())
+}
+
+/// Run options for a chat server listening at `addr` (the peers of `tests/peer.rs`), with the same
+/// short deadlines.
+pub fn options_at(addr: SocketAddr) -> RunOptions {
+    let mut options = RunOptions::new(&format!("ws://{addr}/"));
     options.setup_timeout = Duration::from_secs(20);
     options.drain_timeout = Duration::from_secs(5);
     options
