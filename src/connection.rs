@@ -125,6 +125,9 @@ fn serve(
     pass: Pass,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        // The shard's writer writes to the socket too, until this is dropped: before `io` is, on every
+        // way out of this block, completion or cancellation (locals drop before captures).
+        let _lent = LentSocket::new(session.state(), &io);
         open(&session, &callbacks, &mut io);
         loop {
             match poll_fn(|cx| poll_event(&session, &mut io, cx)).await {
@@ -160,6 +163,22 @@ fn serve(
         end(&session, &callbacks);
         // Shutdown waits for this: the session's close handshake is over.
         drop(pass);
+    }
+}
+
+/// The session's socket, lent to its shard's writer for as long as this lives.
+struct LentSocket<'a>(&'a SessionState);
+
+impl<'a> LentSocket<'a> {
+    fn new(state: &'a SessionState, io: &Io) -> LentSocket<'a> {
+        state.attach_socket(io.stream.as_raw_fd());
+        LentSocket(state)
+    }
+}
+
+impl Drop for LentSocket<'_> {
+    fn drop(&mut self) {
+        self.0.detach_socket();
     }
 }
 

@@ -6,11 +6,16 @@
 //! queue, one crossbeam message per other shard, and that shard's fan-out, without the network in the
 //! numbers.
 //!
+//! [`BenchWrites`] holds sessions on real loopback connections, to measure the shard's write path.
+//!
 //! It must not be used by the server itself.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 
 use serde_json::{Map, Value};
 
@@ -20,7 +25,9 @@ use crate::dispatch::dispatch_text;
 use crate::error::ProtocolError;
 use crate::handler::Callbacks;
 use crate::session::Session;
+use crate::session_state::{SessionId, SessionState};
 use crate::shard::mesh::{inbox, Peers};
+use crate::shard::writer::{Writer, RING_ENTRIES};
 use crate::shard::{Shard, ShardConfig};
 use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
 use crate::ws::deflate::Inflater;
@@ -222,5 +229,90 @@ impl BenchCluster {
     pub fn dispatch(&self, text: &str) {
         let session = &self.sessions[0];
         dispatch_text(&self.callbacks, session, text);
+    }
+}
+
+/// Sessions on real loopback TCP connections with frames queued, to measure the write path: the shard's
+/// writer (one io_uring submission for every session, [`crate::shard::writer`]) against a `sendmsg` per
+/// session, the connection task's own write.
+pub struct BenchWrites {
+    writer: Writer,
+    sessions: Vec<Rc<SessionState>>,
+    /// The server ends, which the sessions write to; kept open for as long as the sessions use them.
+    _sockets: Vec<TcpStream>,
+    /// The client ends, drained between rounds.
+    clients: Vec<TcpStream>,
+    read_buf: Vec<u8>,
+}
+
+impl BenchWrites {
+    /// `n` sessions, each on a loopback TCP connection of its own.
+    pub fn new(n: usize) -> BenchWrites {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("loopback listener");
+        let addr = listener.local_addr().expect("bound");
+        let mut sessions = Vec::with_capacity(n);
+        let mut sockets = Vec::with_capacity(n);
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (socket, peer) = listener.accept().expect("accept");
+            socket.set_nodelay(true).expect("nodelay");
+            client.set_nonblocking(true).expect("nonblocking");
+            let id = SessionId::new(0, i, i as u64).expect("a small slot");
+            let session = Rc::new(SessionState::new(id, peer, None, Agreed::default(), 0));
+            session.attach_socket(socket.as_raw_fd());
+            sessions.push(session);
+            sockets.push(socket);
+            clients.push(client);
+        }
+        BenchWrites {
+            writer: Writer::new(0),
+            sessions,
+            _sockets: sockets,
+            clients,
+            read_buf: vec![0; 1 << 16],
+        }
+    }
+
+    /// Queues `frame` for every session, as a broadcast does.
+    pub fn queue(&self, frame: &Rc<[u8]>) {
+        for session in &self.sessions {
+            assert!(session.send(frame.clone(), usize::MAX, 0));
+        }
+    }
+
+    /// Writes every session's queue through the shard's writer: one submission per [`RING_ENTRIES`].
+    pub fn write_batched(&self) {
+        for sessions in self.sessions.chunks(RING_ENTRIES) {
+            self.writer.write(sessions);
+        }
+    }
+
+    /// Writes every session's queue with a `sendmsg` of its own.
+    pub fn write_each(&self) {
+        for session in &self.sessions {
+            let fd = session.socket().expect("attached");
+            session
+                .outbound
+                .flush(fd, |_| Poll::Pending)
+                .expect("loopback write");
+        }
+    }
+
+    /// Reads everything the clients were sent; returns the bytes, and checks every queue was written.
+    pub fn drain(&mut self) -> usize {
+        assert!(self.sessions.iter().all(|s| s.outbound.is_empty()));
+        let mut total = 0;
+        for client in &mut self.clients {
+            loop {
+                match client.read(&mut self.read_buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("loopback read: {e}"),
+                }
+            }
+        }
+        total
     }
 }

@@ -1,9 +1,11 @@
 //! One session's outbound queue: encoded frames waiting to be written, and the slow-consumer policy.
 //!
 //! Frames are reference-counted ([`EncodedFrame`]): a broadcast encodes its frame once and every recipient's queue
-//! holds a pointer to the same bytes. Everything queued leaves in one `sendmsg` with an iovec per frame
-//! (up to [`MAX_IOVECS`]), so a burst of frames costs one syscall, not one per frame; the connection drains
-//! the queue each time its task runs, which batches whatever the shard queued since.
+//! holds a pointer to the same bytes. Everything queued leaves in one send with an iovec per frame, so a
+//! burst of frames costs one send, not one per frame: usually the shard writer's, which writes every
+//! session a turn of the event loop queued for in one io_uring submission ([`Outbound::gather`],
+//! [`Outbound::advance`]); otherwise the connection task's own `sendmsg` ([`Outbound::flush`]), when the
+//! socket was full and it waits for writability, or when the session closes.
 //!
 //! **Slow consumers.** A client that does not read lets the kernel's send buffer fill, then this queue. When
 //! the queued bytes would pass `WEBSOCKET_MAX_BACKPRESSURE`, the queue refuses the frame, the session
@@ -113,12 +115,21 @@ impl Outbound {
         self.with(|queue| queue.as_ref()?.frames.front().map(|f| f[0]))
     }
 
-    /// Marks `n` bytes as written (what a completed write would do).
-    #[cfg(any(test, feature = "internals"))]
+    /// Points `iovecs` at the unwritten bytes, oldest frame first, as far as they reach; returns how many
+    /// were filled and the bytes they cover. The pointers stay valid until the queue is next changed.
+    pub(crate) fn gather(&self, iovecs: &mut [libc::iovec]) -> (usize, usize) {
+        self.with(|queue| queue.as_ref().map_or((0, 0), |q| q.gather(iovecs)))
+    }
+
+    /// Marks `n` bytes as written (a completed write), freeing the queue once it is empty.
     pub(crate) fn advance(&self, n: usize) {
         self.with(|queue| {
             if let Some(q) = queue {
                 q.advance(n);
+                if q.frames.is_empty() {
+                    // Freed at once rather than kept for the next burst: see `flush`.
+                    *queue = None;
+                }
             }
         });
     }
@@ -184,29 +195,38 @@ impl Queue {
         }
     }
 
+    /// Points `iovecs` at the unwritten bytes, oldest frame first; returns how many were filled and the
+    /// bytes they cover.
+    fn gather(&self, iovecs: &mut [libc::iovec]) -> (usize, usize) {
+        let mut bytes = 0;
+        let mut count = 0;
+        for (iovec, (i, frame)) in iovecs.iter_mut().zip(self.frames.iter().enumerate()) {
+            let unwritten = if i == 0 {
+                &frame[self.front_written as usize..]
+            } else {
+                &frame[..]
+            };
+            *iovec = libc::iovec {
+                iov_base: unwritten.as_ptr() as *mut libc::c_void,
+                iov_len: unwritten.len(),
+            };
+            bytes += unwritten.len();
+            count += 1;
+        }
+        (count, bytes)
+    }
+
     /// Writes as much of the queue as the socket takes without blocking.
     ///
     /// Returns `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full (wait for it to be
     /// writable), or the socket's error.
     fn write_to(&mut self, fd: RawFd) -> io::Result<bool> {
+        let mut iovecs = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
         while !self.frames.is_empty() {
-            let mut iovecs = [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOVECS];
-            let mut count = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let bytes = if i == 0 {
-                    &frame[self.front_written as usize..]
-                } else {
-                    &frame[..]
-                };
-                iovecs[i] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut libc::c_void,
-                    iov_len: bytes.len(),
-                };
-                count += 1;
-            }
+            let (count, _) = self.gather(&mut iovecs);
             // SAFETY: a zeroed msghdr is valid; it points at `count` iovecs that borrow frames held by
             // `self.frames`, which is not touched until sendmsg returns.
             let sent = unsafe {

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::session_state::{SessionId, SessionState};
+use crate::shard::writer::Writer;
 use crate::ws::encode::Renditions;
 
 /// Local membership of every room that has at least one member on this shard.
@@ -121,14 +122,25 @@ impl Rooms {
     }
 
     /// Queues `message` for every local member of `room`, each getting the rendition of its subprotocol
-    /// and of that the frame it can read (compressed or plain), under the backpressure `limit`; `now` is
-    /// the shard clock, for a member that overflows and starts closing. No callback runs here: a slow
+    /// and of that the frame it can read (compressed or plain), under the backpressure `limit`, and names
+    /// each to the shard's `writer`; `now` is the shard clock, for a member that overflows and starts
+    /// closing. No callback runs here: a slow
     /// consumer is reported later, by its own connection task.
-    pub(crate) fn deliver(&self, room: &str, message: &Renditions, limit: usize, now: u32) {
+    pub(crate) fn deliver(
+        &self,
+        room: &str,
+        message: &Renditions,
+        limit: usize,
+        now: u32,
+        writer: &Writer,
+    ) {
         if let Some(members) = self.members.get(room) {
             for member in members {
                 if let Some(prepared) = message.for_subprotocol(member.subprotocol()) {
-                    member.send(prepared.frame_for(member.deflate()).clone(), limit, now);
+                    let frame = prepared.frame_for(member.deflate()).clone();
+                    if member.send(frame, limit, now) {
+                        writer.want(member);
+                    }
                 }
             }
         }

@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::io::RawFd;
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -80,6 +81,10 @@ pub(crate) struct SessionState {
     /// What its upgrade agreed to: permessage-deflate's parameters (the session's only compression
     /// state: the deflater and inflater are its shard's) and the subprotocol; 3 bytes.
     agreed: Agreed,
+    /// The socket, for the shard's writer, while the connection task holds it open; -1 before and after.
+    socket: Cell<RawFd>,
+    /// Named to the shard's writer and not yet written by it ([`crate::shard::writer`]).
+    write_wanted: Cell<bool>,
 }
 
 impl SessionState {
@@ -103,7 +108,35 @@ impl SessionState {
             unfinished: Cell::new(0),
             identity: identity.map(Box::new),
             agreed,
+            socket: Cell::new(-1),
+            write_wanted: Cell::new(false),
         }
+    }
+
+    /// The session's socket, while its connection task holds it open.
+    pub(crate) fn socket(&self) -> Option<RawFd> {
+        Some(self.socket.get()).filter(|fd| *fd >= 0)
+    }
+
+    /// Lends the shard's writer the socket `fd`, until [`SessionState::detach_socket`]; the connection
+    /// task must detach it before it closes it, or the writer could write to whatever reuses the number.
+    pub(crate) fn attach_socket(&self, fd: RawFd) {
+        self.socket.set(fd);
+    }
+
+    /// The socket is about to be closed: the writer must not use it any more.
+    pub(crate) fn detach_socket(&self) {
+        self.socket.set(-1);
+    }
+
+    /// Marks the session as named to the shard's writer; `false` if it already was.
+    pub(crate) fn want_write(&self) -> bool {
+        !self.write_wanted.replace(true)
+    }
+
+    /// The shard's writer took the session: frames queued from now on name it again.
+    pub(crate) fn write_taken(&self) {
+        self.write_wanted.set(false);
     }
 
     /// permessage-deflate, if the session negotiated it.
@@ -170,16 +203,18 @@ impl SessionState {
         self.rooms.take()
     }
 
-    /// Queues an encoded frame (shared with other recipients) unless the session is closing. A frame that
-    /// would put more than `limit` bytes in the queue makes the session a slow consumer: what is queued is
-    /// dropped (it could not be delivered in time anyway) and the session closes with 1008; pongs and pings
-    /// count too, so a client flooding pings without reading the pongs is one.
-    pub(crate) fn send(&self, frame: EncodedFrame, limit: usize, now: u32) {
+    /// Queues an encoded frame (shared with other recipients) unless the session is closing; `true` when
+    /// it was queued, and so is to be written (the caller names the session to its shard's writer). A
+    /// frame that would put more than `limit` bytes in the queue makes the session a slow consumer: what is
+    /// queued is dropped (it could not be delivered in time anyway) and the session closes with 1008; pongs
+    /// and pings count too, so a client flooding pings without reading the pongs is one.
+    #[must_use = "a queued frame is written only once the session is named to its shard's writer"]
+    pub(crate) fn send(&self, frame: EncodedFrame, limit: usize, now: u32) -> bool {
         if !self.is_open() {
-            return;
+            return false;
         }
         match self.outbound.push(frame, limit) {
-            Ok(()) => self.wake(),
+            Ok(()) => true,
             Err(Overflow { queued }) => {
                 self.outbound.discard();
                 let queued = u32::try_from(queued).unwrap_or(u32::MAX);
@@ -189,6 +224,7 @@ impl SessionState {
                     now,
                     CloseCause::SlowConsumer { queued },
                 );
+                false
             }
         }
     }
@@ -227,6 +263,12 @@ impl SessionState {
             Some(w) if w.will_wake(waker) => w,
             _ => waker.clone(),
         }));
+    }
+
+    /// Ends the session at once, without a close handshake: its task drops the connection.
+    pub(crate) fn abort(&self) {
+        self.transition(Lifecycle::abort);
+        self.wake();
     }
 
     /// Runs the connection task so it writes what was queued or notices a state change.

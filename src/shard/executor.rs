@@ -22,7 +22,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::acceptor;
 use super::mesh::{InboxReceiver, Peers};
-use super::{Shard, ShardConfig};
+use super::{Shard, ShardConfig, WriteBatch};
 use crate::admission::Admission;
 use crate::error::StartError;
 use crate::handler::Callbacks;
@@ -90,6 +90,7 @@ pub(crate) async fn run(start: ShardStart) {
         store,
     ));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
+    let write_task = glommio::spawn_local(write_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(sweep_loop(shard.clone()));
     let sessions = Gate::new();
     let accept = acceptor::accept_loop(listener, shard.clone(), callbacks, sessions.clone());
@@ -107,6 +108,7 @@ pub(crate) async fn run(start: ShardStart) {
     }
     inbox_task.cancel().await;
     sweep_task.cancel().await;
+    write_task.cancel().await;
 }
 
 /// The shard's inbox task: delivers what other shards post, as soon as they post it.
@@ -114,6 +116,17 @@ async fn deliver_loop(shard: Rc<Shard>) {
     loop {
         shard.deliver_posted();
         shard.wait_for_post().await;
+    }
+}
+
+/// The shard's writer task: once a turn, writes every session that had frames queued (see
+/// [`super::writer`]). Woken by the first session named, it runs after the tasks already scheduled, so
+/// one round takes what the turn's fan-outs queued.
+async fn write_loop(shard: Rc<Shard>) {
+    let mut batch = WriteBatch::default();
+    loop {
+        shard.wait_for_writes().await;
+        shard.write_wanted(&mut batch);
     }
 }
 

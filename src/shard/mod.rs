@@ -22,6 +22,7 @@ pub(crate) mod acceptor;
 pub(crate) mod executor;
 pub(crate) mod home;
 pub(crate) mod mesh;
+pub(crate) mod writer;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared, Renditions};
 use crate::ws::handshake::Agreed;
 use home::Homes;
 use mesh::{InboxReceiver, Peers, ShardMsg};
+use writer::{Writer, RING_ENTRIES};
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
 /// (seconds, at least).
@@ -95,6 +97,13 @@ impl ShardConfig {
     }
 }
 
+/// The writer task's scratch space: the sessions of one round, kept so that a round allocates nothing.
+#[derive(Default)]
+pub(crate) struct WriteBatch {
+    ids: Vec<SessionId>,
+    sessions: Vec<Rc<SessionState>>,
+}
+
 /// The state one core owns.
 pub(crate) struct Shard {
     /// This shard's position among the WebSocket shards (0-based).
@@ -129,6 +138,8 @@ pub(crate) struct Shard {
     /// Our own inbox: the shard's inbox task waits on it, sessions take from it before they write.
     inbox: InboxReceiver,
     next_session: Cell<u64>,
+    /// Writes every session that had frames queued in a turn in one submission; see [`writer`].
+    writer: Writer,
 }
 
 impl Shard {
@@ -161,6 +172,7 @@ impl Shard {
             peers,
             inbox,
             next_session: Cell::new(0),
+            writer: Writer::new(index),
         }
     }
 
@@ -218,6 +230,7 @@ impl Shard {
         self.hold_unfinished(session, 0);
         self.leave_all(session);
         self.sessions.borrow_mut().remove(session.id.slot());
+        session.detach_socket();
         session.transition(Lifecycle::abort);
         if session.deflate().is_some() {
             self.deflate_counters.session_ended();
@@ -302,7 +315,9 @@ impl Shard {
 
     /// Queues `frame` for `session` under the backpressure limit (see [`SessionState::send`]).
     pub(crate) fn send(&self, session: &SessionState, frame: EncodedFrame) {
-        session.send(frame, self.settings().max_backpressure, self.now());
+        if session.send(frame, self.settings().max_backpressure, self.now()) {
+            self.writer.want(session);
+        }
     }
 
     /// Starts `session`'s close handshake with `code` and `reason`.
@@ -336,9 +351,35 @@ impl Shard {
 
     /// Queues `message` for every local member of `room`.
     fn deliver(&self, room: &str, message: &Renditions) {
-        self.rooms
-            .borrow()
-            .deliver(room, message, self.settings().max_backpressure, self.now());
+        self.rooms.borrow().deliver(
+            room,
+            message,
+            self.settings().max_backpressure,
+            self.now(),
+            &self.writer,
+        );
+    }
+
+    /// Waits until a session has frames for the writer; [`Shard::write_wanted`] then writes them.
+    pub(crate) async fn wait_for_writes(&self) {
+        self.writer.wait().await
+    }
+
+    /// Writes every session named to the writer so far, [`RING_ENTRIES`] per submission (see [`writer`]);
+    /// `batch` is scratch space the writer task keeps between turns.
+    pub(crate) fn write_wanted(&self, batch: &mut WriteBatch) {
+        self.writer.take_wanted(&mut batch.ids);
+        for ids in batch.ids.chunks(RING_ENTRIES) {
+            batch.sessions.clear();
+            batch
+                .sessions
+                .extend(ids.iter().filter_map(|id| self.session(*id)));
+            for session in &batch.sessions {
+                session.write_taken();
+            }
+            self.writer.write(&batch.sessions);
+        }
+        batch.sessions.clear();
     }
 
     /// Delivers what other shards posted and not yet delivered.
@@ -421,8 +462,7 @@ impl Shard {
             } else {
                 let since = lifecycle.closing_since().unwrap_or(now);
                 if now.wrapping_sub(since) > CLOSE_TIMEOUT_SECS {
-                    session.transition(Lifecycle::abort);
-                    session.wake();
+                    session.abort();
                 }
             }
         }
@@ -524,7 +564,7 @@ mod tests {
             plain: encode::data_frame(DataKind::Text, b"x"),
             deflated: None,
         });
-        rooms.deliver("r", &message, 1 << 20, 0);
+        rooms.deliver("r", &message, 1 << 20, 0, &shard.writer);
         assert_eq!(session.outbound.queued(), 0);
         assert!(rooms.leave(&session, "r"));
         assert!(rooms.activate("r", session.id, again).is_none());
