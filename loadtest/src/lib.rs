@@ -1,9 +1,9 @@
 //! loadtest: a load-test harness for any server speaking the seed's WebSocket chat protocol.
 //!
 //! The `loadtest` binary runs one scenario (`smoke`, `conns`, `fanout`, `saturate`, `rooms`, `churn`,
-//! `soak`) or the standard `suite`, prints one JSON object per run on stdout and a table on stderr. The
-//! library is what the binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a
-//! [`Report`].
+//! `soak`) or the standard `suite`, prints one JSON object per run on stdout and a table on stderr;
+//! `compare` reads two servers' saved JSON lines back and writes the ratios. The library is what the
+//! binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a [`Report`].
 //!
 //! # Architecture: where everything lives
 //!
@@ -33,6 +33,8 @@
 //! - `tally`: per-thread counts and their merge. `procfs`: RSS and CPU from `/proc`.
 //! - `report`: the JSON object, the table, pass/fail. `plot`: the SVG. `suite`: the standard runs and
 //!   their Markdown table. `smoke`: the protocol, reply by reply.
+//! - `compare`: two servers' suite runs, read back from their JSON lines, as ratios of medians against
+//!   issue 11's targets.
 //!
 //! # Cost
 //!
@@ -43,6 +45,7 @@
 
 mod client;
 pub mod codec;
+pub mod compare;
 mod driver;
 mod handshake;
 mod inflate;

@@ -1,13 +1,15 @@
 //! The `loadtest` command: parse arguments, run a scenario or the suite, print JSON on stdout and a table
-//! on stderr, draw `--plot`.
+//! on stderr, draw `--plot`; or `compare` two servers' saved JSON lines into the results file.
 //!
-//! Exit codes: 0 when every run passed, 1 when a run failed, 2 for refused arguments or targets.
+//! Exit codes: 0 when every run passed (for `compare`: when the table was written, targets met or not),
+//! 1 when a run failed, 2 for refused arguments or targets, or input `compare` cannot use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use loadtest::compare::{self, Runs, Side};
 use loadtest::suite::{self, Set};
 use loadtest::{Report, RunOptions, Scenario};
 
@@ -158,6 +160,28 @@ enum Command {
         #[arg(long)]
         append: bool,
     },
+    /// Our server's suite runs against a peer's: reads the JSON lines each printed (one file per server)
+    /// and writes, per standard run, both sides' figures, the ratio of medians and issue 11's targets.
+    Compare {
+        /// The JSON lines of our server's runs.
+        #[arg(long)]
+        ours: PathBuf,
+        /// The JSON lines of the peer's runs, the same scenarios.
+        #[arg(long)]
+        peer: PathBuf,
+        /// Our server's name in the table.
+        #[arg(long, default_value = "roomcast")]
+        ours_name: String,
+        /// The peer's name in the table.
+        #[arg(long, default_value = "tokio-chat")]
+        peer_name: String,
+        /// Where the Markdown goes.
+        #[arg(long, default_value = "loadtest/results.md")]
+        out: PathBuf,
+        /// Add the section to an existing results file instead of starting a new one.
+        #[arg(long)]
+        append: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -281,6 +305,14 @@ fn main() -> ExitCode {
             }
             return run_suite(&options, set, quick, &label, &out, append);
         }
+        Command::Compare {
+            ours,
+            peer,
+            ours_name,
+            peer_name,
+            out,
+            append,
+        } => return compare(&ours, &peer, (&ours_name, &peer_name), &out, append),
     };
     match loadtest::run(&scenario, &options) {
         Ok(report) => {
@@ -317,7 +349,7 @@ fn run_suite(
     set: Set,
     quick: bool,
     label: &str,
-    out: &std::path::Path,
+    out: &Path,
     append: bool,
 ) -> ExitCode {
     if let Err(e) = loadtest::Target::parse(&options.url) {
@@ -337,20 +369,9 @@ fn run_suite(
         text.push_str(&suite::table_header());
     }
     text.push_str(&suite::table_rows(label, &outcomes));
-    let written = if append {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(out)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-    } else {
-        std::fs::write(out, &text)
-    };
-    if let Err(e) = written {
-        eprintln!("loadtest: cannot write {}: {e}", out.display());
-        return ExitCode::from(2);
+    if let Err(code) = write_out(out, &text, append) {
+        return code;
     }
-    eprint!("{text}");
     let passed = outcomes
         .iter()
         .all(|o| o.result.as_ref().is_ok_and(|r| r.passed));
@@ -358,5 +379,73 @@ fn run_suite(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// Writes `text` to `out` (added to its end with `append`, the file must then exist) and echoes it on
+/// stderr; on failure says why and gives exit code 2.
+fn write_out(out: &Path, text: &str, append: bool) -> Result<(), ExitCode> {
+    let written = if append {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(out)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+    } else {
+        std::fs::write(out, text)
+    };
+    if let Err(e) = written {
+        eprintln!("loadtest: cannot write {}: {e}", out.display());
+        return Err(ExitCode::from(2));
+    }
+    eprint!("{text}");
+    Ok(())
+}
+
+/// `loadtest compare`: both files read and named by run, the section written. Unmet targets do not fail
+/// it: they are measurements, and the table says which.
+fn compare(
+    ours: &Path,
+    peer: &Path,
+    (ours_name, peer_name): (&str, &str),
+    out: &Path,
+    append: bool,
+) -> ExitCode {
+    let read = |path: &Path| -> Result<Runs, ExitCode> {
+        let runs = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Runs::parse(&text))
+            .and_then(|runs| {
+                if runs.is_empty() {
+                    Err("no standard load run in it".to_owned())
+                } else {
+                    Ok(runs)
+                }
+            });
+        runs.map_err(|e| {
+            eprintln!("loadtest: compare: {}: {e}", path.display());
+            ExitCode::from(2)
+        })
+    };
+    let (ours_runs, peer_runs) = match (read(ours), read(peer)) {
+        (Ok(o), Ok(p)) => (o, p),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let (ours_file, peer_file) = (ours.display().to_string(), peer.display().to_string());
+    let text = compare::section(
+        &Side {
+            name: ours_name,
+            file: &ours_file,
+            runs: &ours_runs,
+        },
+        &Side {
+            name: peer_name,
+            file: &peer_file,
+            runs: &peer_runs,
+        },
+    );
+    match write_out(out, &text, append) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
 }
