@@ -4,7 +4,11 @@
 //! Each accepted socket lives on the shard that accepted it. A short task reads and answers the upgrade;
 //! the session then gets its own task, whose future holds only the session handle and its socket state.
 //! That task waits on a single future that does three things each time it runs: writes what the session's
-//! outbound queue holds (one `sendmsg` for many frames), notices a close or an abort, and reads. Reads go
+//! outbound queue holds (one `sendmsg` for many frames), notices a close or an abort, and reads. Most
+//! writes are not its own, though: frames a fan-out queues are written by the shard's writer
+//! ([`crate::shard::writer`]), for every session at once, with the socket this task lends it; the task
+//! writes what the writer hands back (a full socket, where it waits for writability through glommio) and
+//! what is queued while it runs. Reads go
 //! straight into the shard's read buffer, borrowed only for the duration of one poll: an idle session holds
 //! no read buffer at all (glommio arms an io_uring poll for readiness, not a read with a buffer). Measured
 //! with a counting allocator, an idle session was about 870 bytes of heap: its task (about 250), its
