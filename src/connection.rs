@@ -1,21 +1,22 @@
 //! One connection's life: the handshake task, then the session task with its read/write loop and close
 //! handshake, then cleanup.
 //!
-//! Each accepted socket lives on the shard that accepted it. A short task reads and answers the upgrade;
-//! the session then gets its own task, whose future holds only the session handle and its socket state.
-//! That task waits on a single future that does three things each time it runs: writes what the session's
-//! outbound queue holds (one `sendmsg` for many frames), notices a close or an abort, and reads. Most
-//! writes are not its own, though: frames a fan-out queues are written by the shard's writer
-//! ([`crate::shard::writer`]), for every session at once, with the socket this task lends it; the task
-//! writes what the writer hands back (a full socket, where it waits for writability through glommio) and
-//! what is queued while it runs. Reads go
-//! straight into the shard's read buffer, borrowed only for the duration of one poll: an idle session holds
-//! no read buffer at all (glommio arms an io_uring poll for readiness, not a read with a buffer). Measured
-//! with a counting allocator, an idle session was about 870 bytes of heap: its task (about 250), its
-//! [`SessionState`] (120 with its reference counts) and glommio's pending readiness poll (496); the task
-//! has since taken the callbacks' pointer and its shutdown pass (10,000 idle connections on two shards:
-//! 905-918 B of RSS each, against 886-901 B before). The pass must live inside the session's own async
-//! block: glommio's `Gate::spawn` wraps a future in one that stores it twice (1,103-1,111 B).
+//! Each accepted socket lives on the shard that accepted it. A short task reads and answers the upgrade
+//! through glommio; the session then takes the socket from glommio ([`TcpStream::into_std`]) and gets a
+//! task of its own, whose future holds only the session handle and that socket.
+//!
+//! Most of a session's I/O is not its task's. Reads: the shard's ring receives for every session at once
+//! (one multishot receive each, [`crate::shard::ring`]), and the shard's receiving task
+//! ([`receive_loop`]) hands the bytes to [`process`]: decoding, then dispatch, in the receiving task.
+//! Writes: frames are written by the shard's writer ([`crate::shard::writer`]), for every session at
+//! once. The session task is woken only when something needs it: the writer hands back what the socket
+//! would not take (the task writes it, waiting for writability through glommio), the lifecycle moved (a
+//! close to finish, a slow consumer to report, an abort), or the stream ended. So an idle session is its
+//! [`SessionState`], its suspended task and one request in the kernel: 376 B of RSS per connection with
+//! 19,000 held (995-1,011 B while each kept a glommio readiness poll armed and its glommio stream).
+//! Without a ring (the kernel refused one) the task reads for itself: `recv` on readiness, through glommio.
+//! The shutdown pass must live inside the session's own async block: glommio's `Gate::spawn` wraps a
+//! future in one that stores it twice.
 //!
 //! The close handshake is [`Lifecycle`]'s: this task acts on its predicates (what to read, whether to
 //! write, when to shut the write side, when to end). This task is also where every session error is
@@ -29,7 +30,7 @@
 //!
 //! It must not interpret messages beyond the protocol: text goes to [`crate::dispatch`].
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
@@ -39,7 +40,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::sync::{Gate, Pass};
 
@@ -51,7 +52,7 @@ use crate::handler::{guarded, Callbacks};
 use crate::lifecycle::{AfterFlush, Lifecycle};
 use crate::rate_limit::{RateLimiter, Verdict};
 use crate::session::Session;
-use crate::session_state::SessionState;
+use crate::session_state::{Receiving, SessionState};
 use crate::shard::Shard;
 use crate::ws::codec::{Decoder, Flow, Inbound, Limits};
 use crate::ws::encode;
@@ -72,11 +73,41 @@ enum Event {
     Failed(io::Error),
 }
 
-/// The socket and protocol state of one open session; only its task touches it.
+/// The socket of one open session; only its task touches it.
 struct Io {
-    stream: TcpStream,
-    decoder: Decoder,
-    limiter: RateLimiter,
+    /// Taken from glommio after the handshake ([`TcpStream::into_std`]), so that no readiness poll of
+    /// glommio's stays armed for the session's life: the shard's ring receives, its writer sends, and
+    /// this task waits for readiness only while it has to.
+    socket: std::net::TcpStream,
+    /// The shard has no ring to receive through: this task reads the socket itself.
+    reads_itself: bool,
+    /// This task's wait for the socket to be readable (only when it reads itself) and writable (only
+    /// while a write waits for room).
+    readable: Option<Readiness>,
+    writable: Option<Readiness>,
+}
+
+/// A wait for a socket's readiness through glommio's ring.
+type Readiness = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+/// Polls the readiness wait in `slot`, starting it with `wait` when there is none; a finished wait is
+/// cleared, so the next one starts afresh.
+fn poll_ready<F>(
+    slot: &mut Option<Readiness>,
+    cx: &mut Context<'_>,
+    wait: impl FnOnce() -> F,
+) -> Poll<io::Result<()>>
+where
+    F: Future<Output = io::Result<()>> + 'static,
+{
+    let ready = slot
+        .get_or_insert_with(|| Box::pin(wait()))
+        .as_mut()
+        .poll(cx);
+    if ready.is_ready() {
+        *slot = None;
+    }
+    ready
 }
 
 /// Runs the opening handshake of an accepted connection; an upgraded session then gets a task of its own,
@@ -95,6 +126,7 @@ pub(crate) async fn run(
         peer,
         identity,
         agreed,
+        early_frames,
         io,
     }) = upgrade(&shard, &callbacks, stream).await
     else {
@@ -113,6 +145,7 @@ pub(crate) async fn run(
         shard.admission().leave(peer.ip());
         return;
     };
+    state.receiving.borrow_mut().decoder = Decoder::with_input(early_frames);
     let session = Session::new(state, shard);
     glommio::spawn_local(serve(session, callbacks, io, pass)).detach();
 }
@@ -129,15 +162,16 @@ fn serve(
     pass: Pass,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        // The shard's writer writes to the socket too, until this is dropped: before `io` is, on every
-        // way out of this block, completion or cancellation (locals drop before captures).
-        let _lent = LentSocket::new(session.state(), &io);
-        open(&session, &callbacks, &mut io);
+        // The shard's writer writes to the socket and its ring receives from it, until this is dropped:
+        // before `io` is, on every way out of this block, completion or cancellation (locals drop
+        // before captures).
+        let _lent = LentSocket::new(&session, &mut io);
+        open(&session, &callbacks);
         loop {
             match poll_fn(|cx| poll_event(&session, &mut io, cx)).await {
                 Event::Read(n) => {
                     let filled = session.owner().with_read_buf(|buf| {
-                        process(&session, &callbacks, &mut io, &mut buf[..n]);
+                        process(&session, &callbacks, &mut buf[..n]);
                         n == buf.len()
                     });
                     if filled {
@@ -170,19 +204,41 @@ fn serve(
     }
 }
 
-/// The session's socket, lent to its shard's writer for as long as this lives.
-struct LentSocket<'a>(&'a SessionState);
+/// The session's socket, lent to its shard (its writer sends, its ring receives) for as long as this
+/// lives.
+struct LentSocket<'a>(&'a Session);
 
 impl<'a> LentSocket<'a> {
-    fn new(state: &'a SessionState, io: &Io) -> LentSocket<'a> {
-        state.attach_socket(io.stream.as_raw_fd());
-        LentSocket(state)
+    fn new(session: &'a Session, io: &mut Io) -> LentSocket<'a> {
+        let fd = io.socket.as_raw_fd();
+        io.reads_itself = !session.owner().attach(session.state(), fd);
+        LentSocket(session)
     }
 }
 
 impl Drop for LentSocket<'_> {
     fn drop(&mut self) {
-        self.0.detach_socket();
+        self.0.owner().detach(self.0.state());
+    }
+}
+
+/// The shard's receiving task: hands what its sessions' sockets received, reaped from the shard's ring
+/// for all of them at once, to each session ([`process`]). A session whose stream ended, or which the
+/// bytes closed, has its own task woken to finish.
+pub(crate) async fn receive_loop(shard: Rc<Shard>, callbacks: Arc<Callbacks>) {
+    loop {
+        shard.wait_for_received().await;
+        let more = shard.take_received(|state, bytes| {
+            let session = Session::new(state.clone(), shard.clone());
+            process(&session, &callbacks, bytes);
+            if !state.is_open() {
+                state.wake();
+            }
+        });
+        if more {
+            // A flood of arrivals: let the writer and the sweep run before the next pass.
+            futures_lite::future::yield_now().await;
+        }
     }
 }
 
@@ -193,6 +249,8 @@ struct Upgraded {
     identity: Option<Identity>,
     /// What the upgrade agreed to: permessage-deflate, a subprotocol.
     agreed: Agreed,
+    /// Bytes that followed the upgrade request: frames a client sent without waiting.
+    early_frames: Vec<u8>,
     io: Io,
 }
 
@@ -272,14 +330,16 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
             }
         };
     let io = Io {
-        stream,
-        decoder: Decoder::with_input(early_frames),
-        limiter: RateLimiter::default(),
+        socket: stream.into_std(),
+        reads_itself: true,
+        readable: None,
+        writable: None,
     };
     Some(Upgraded {
         peer,
         identity,
         agreed,
+        early_frames,
         io,
     })
 }
@@ -326,7 +386,7 @@ fn admit(
 
 /// The session begins (its shard registered it): announced, `on_open`, then any frames that came with
 /// the upgrade request.
-fn open(session: &Session, callbacks: &Callbacks, io: &mut Io) {
+fn open(session: &Session, callbacks: &Callbacks) {
     let shard = session.owner();
     if !shard.config().bench_mode {
         tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index(), "client connected");
@@ -334,8 +394,9 @@ fn open(session: &Session, callbacks: &Callbacks, io: &mut Io) {
     if let Some(on_open) = &callbacks.on_open {
         guarded(session, "on_open", || on_open(session));
     }
-    if io.decoder.has_input() {
-        process(session, callbacks, io, &mut []);
+    let early = session.state().receiving.borrow().decoder.has_input();
+    if early {
+        process(session, callbacks, &mut []);
     }
 }
 
@@ -377,15 +438,14 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
     }
     if !lifecycle.reads_messages() && state.unfinished() > 0 {
         // Nothing more is read as messages: what was half-received will never be delivered.
-        io.decoder.clear();
+        state.receiving.borrow_mut().decoder.clear();
         session.owner().hold_unfinished(state, 0);
     }
     if state.outbound.is_empty() {
         match lifecycle.after_flush() {
             Some(AfterFlush::End) => return Poll::Ready(Event::Closed),
             Some(AfterFlush::Drain) => {
-                // glommio shuts the write side at once (a plain `shutdown(2)`), so this is always ready.
-                if let Poll::Ready(Err(e)) = Pin::new(&mut io.stream).poll_close(cx) {
+                if let Err(e) = io.socket.shutdown(std::net::Shutdown::Write) {
                     return Poll::Ready(Event::Failed(e));
                 }
                 state.transition(Lifecycle::write_shut);
@@ -393,15 +453,39 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
             None => {}
         }
     }
+    if let Some(end) = state.receiving.borrow_mut().ended.take() {
+        return Poll::Ready(match end {
+            Ok(()) => Event::Closed,
+            Err(e) => Event::Failed(e),
+        });
+    }
     state.set_waker(cx.waker());
-    session
-        .owner()
-        .with_read_buf(|buf| match Pin::new(&mut io.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Event::Closed),
-            Poll::Ready(Ok(n)) => Poll::Ready(Event::Read(n)),
-            Poll::Ready(Err(e)) => Poll::Ready(Event::Failed(e)),
-            Poll::Pending => Poll::Pending,
-        })
+    if !io.reads_itself {
+        return Poll::Pending; // The shard's receiving task reads, and wakes this task when it must act.
+    }
+    let fd = io.socket.as_raw_fd();
+    loop {
+        let received = session.owner().with_read_buf(|buf| {
+            // SAFETY: receives into the shard's read buffer, at most its length, from the session's
+            // socket, without blocking.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        });
+        match received {
+            Ok(0) => return Poll::Ready(Event::Closed),
+            Ok(n) => return Poll::Ready(Event::Read(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match poll_ready(&mut io.readable, cx, || glommio::io::readable(fd)) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Event::Failed(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Err(e) => return Poll::Ready(Event::Failed(e)),
+        }
+    }
 }
 
 /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
@@ -409,14 +493,14 @@ fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Re
     if !state.lifecycle().can_write() {
         return Ok(());
     }
-    let fd = io.stream.as_raw_fd();
-    state
-        .outbound
-        .flush(fd, |front| Pin::new(&mut io.stream).poll_write(cx, front))
+    let fd = io.socket.as_raw_fd();
+    state.outbound.flush(fd, || {
+        poll_ready(&mut io.writable, cx, || glommio::io::writable(fd))
+    })
 }
 
 /// Decodes received bytes and acts on each message.
-fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u8]) {
+fn process(session: &Session, callbacks: &Callbacks, bytes: &mut [u8]) {
     let state = session.state();
     let shard = session.owner();
     state.seen(shard.now());
@@ -428,9 +512,10 @@ fn process(session: &Session, callbacks: &Callbacks, io: &mut Io, bytes: &mut [u
         max_message_size: settings.max_message_size,
         max_frames: settings.max_frames_per_message,
     };
-    let Io {
+    let mut receiving = state.receiving.borrow_mut();
+    let Receiving {
         decoder, limiter, ..
-    } = io;
+    } = &mut *receiving;
     let on_message = |message: Inbound<'_>| handle(session, callbacks, limiter, message);
     let result = if state.deflate().is_some() {
         shard.with_inflater(|inflater| decoder.decode(bytes, limits, Some(inflater), on_message))

@@ -10,6 +10,7 @@
 //!
 //! It must not be used by the server itself.
 
+use std::cell::RefCell;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
@@ -27,7 +28,8 @@ use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::session_state::{SessionId, SessionState};
 use crate::shard::mesh::{inbox, Peers};
-use crate::shard::writer::{Writer, RING_ENTRIES};
+use crate::shard::ring::{ShardRing, RING_ENTRIES};
+use crate::shard::writer::Writer;
 use crate::shard::{Shard, ShardConfig};
 use crate::ws::codec::{apply_mask, Decoder, Flow, Inbound, Limits};
 use crate::ws::deflate::Inflater;
@@ -236,6 +238,7 @@ impl BenchCluster {
 /// writer (one io_uring submission for every session, [`crate::shard::writer`]) against a `sendmsg` per
 /// session, the connection task's own write.
 pub struct BenchWrites {
+    ring: RefCell<ShardRing>,
     writer: Writer,
     sessions: Vec<Rc<SessionState>>,
     /// The server ends, which the sessions write to; kept open for as long as the sessions use them.
@@ -266,7 +269,8 @@ impl BenchWrites {
             clients.push(client);
         }
         BenchWrites {
-            writer: Writer::new(0),
+            ring: RefCell::new(ShardRing::new().expect("an io_uring ring")),
+            writer: Writer::new(true),
             sessions,
             _sockets: sockets,
             clients,
@@ -284,7 +288,9 @@ impl BenchWrites {
     /// Writes every session's queue through the shard's writer: one submission per [`RING_ENTRIES`].
     pub fn write_batched(&self) {
         for sessions in self.sessions.chunks(RING_ENTRIES) {
-            self.writer.write(sessions);
+            self.writer
+                .write(&mut self.ring.borrow_mut(), sessions)
+                .expect("the ring writes");
         }
     }
 
@@ -294,7 +300,7 @@ impl BenchWrites {
             let fd = session.socket().expect("attached");
             session
                 .outbound
-                .flush(fd, |_| Poll::Pending)
+                .flush(fd, || Poll::Pending)
                 .expect("loopback write");
         }
     }

@@ -77,9 +77,11 @@
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks. `envelope`: what a
 //!   typed event is (`type`, `ref`, `payload`) and how text is read as one.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
-//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its read buffer, its
-//!   deflater and inflater, its clock and the sweep. `shard::mesh`: crossbeam inboxes between shards; a post wakes a sleeping shard through
-//!   glommio, without polling.
+//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its deflater and
+//!   inflater, its clock and the sweep. `shard::ring`: the shard's own io_uring ring (a multishot receive
+//!   per session into provided buffers, the writer's sends). `shard::writer`: every session a turn queued
+//!   frames for, written in one submission. `shard::mesh`: crossbeam inboxes between shards; a post wakes
+//!   a sleeping shard through glommio, without polling.
 //! - `shard::home`: the shard as the home of rooms: each room's one order, its offsets, its history in
 //!   memory and presence; publications wait there for the store before they go out.
 //! - `history`: a room's log (offsets, epoch, newest publications, ids for idempotent publishing,

@@ -9,7 +9,8 @@
 //!
 //! It must not touch the socket (only the connection task reads and writes it) nor run callbacks.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::RawFd;
 use std::rc::Rc;
@@ -18,6 +19,8 @@ use std::task::Waker;
 use crate::auth::Identity;
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::outbound::{Outbound, Overflow};
+use crate::rate_limit::RateLimiter;
+use crate::ws::codec::Decoder;
 use crate::ws::encode::{self, EncodedFrame};
 use crate::ws::extensions::PerMessageDeflate;
 use crate::ws::handshake::Agreed;
@@ -85,6 +88,19 @@ pub(crate) struct SessionState {
     socket: Cell<RawFd>,
     /// Named to the shard's writer and not yet written by it ([`crate::shard::writer`]).
     write_wanted: Cell<bool>,
+    /// What reading from the peer keeps between arrivals.
+    pub(crate) receiving: RefCell<Receiving>,
+}
+
+/// What reading from the peer keeps between arrivals: the frame decoder (with a message still arriving),
+/// the rate limiter, and how the stream ended once it has. Only the code that receives for the session
+/// touches it: its shard's receiving task, or its connection task when the shard has no ring.
+#[derive(Default)]
+pub(crate) struct Receiving {
+    pub(crate) decoder: Decoder,
+    pub(crate) limiter: RateLimiter,
+    /// The peer's end of the stream (`Ok`) or the socket's failure, for the connection task to act on.
+    pub(crate) ended: Option<io::Result<()>>,
 }
 
 impl SessionState {
@@ -110,6 +126,7 @@ impl SessionState {
             agreed,
             socket: Cell::new(-1),
             write_wanted: Cell::new(false),
+            receiving: RefCell::default(),
         }
     }
 
@@ -263,6 +280,12 @@ impl SessionState {
             Some(w) if w.will_wake(waker) => w,
             _ => waker.clone(),
         }));
+    }
+
+    /// The peer ended its stream (`Ok`) or the socket failed: the connection task acts on it.
+    pub(crate) fn received_end(&self, end: io::Result<()>) {
+        self.receiving.borrow_mut().ended = Some(end);
+        self.wake();
     }
 
     /// Ends the session at once, without a close handshake: its task drops the connection.

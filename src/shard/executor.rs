@@ -24,6 +24,7 @@ use super::acceptor;
 use super::mesh::{InboxReceiver, Peers};
 use super::{Shard, ShardConfig, WriteBatch};
 use crate::admission::Admission;
+use crate::connection;
 use crate::error::StartError;
 use crate::handler::Callbacks;
 use crate::history::store::StoreSender;
@@ -36,11 +37,13 @@ const EXECUTOR_FIX: &str = "roomcast needs io_uring (Linux 5.8 or newer, not dis
     kernel.io_uring_disabled sysctl or a seccomp profile) and, on kernels before 5.12, enough locked memory \
     for its rings: raise `ulimit -l` (LimitMEMLOCK= under systemd) or lower SERVER_IO_THREADS";
 
-/// Submission entries of each of a WebSocket shard's io_uring rings (glommio's default is 128). Every idle
-/// session keeps one poll pending in the kernel, and the kernel hashes pending polls into a table of
-/// `cq_entries / 32` buckets (at most 256) that it walks on every cancellation; glommio cancels its
-/// preemption timers each time the executor parks. With 128 entries (8 buckets) that walk was 6 % of a
-/// 2-shard server's CPU serving 2,000 clients; 4,096 gives 256 buckets, for about 1.2 MB more RSS per shard.
+/// Submission entries of each of a WebSocket shard's glommio rings (glommio's default is 128). The kernel
+/// hashes pending polls into a table of `cq_entries / 32` buckets (at most 256) that it walks on every
+/// cancellation, and glommio cancels its preemption timers each time the executor parks. When every idle
+/// session kept a glommio poll pending, 128 entries (8 buckets) made that walk 6 % of a 2-shard server's
+/// CPU serving 2,000 clients. Sessions now wait in the shard's own ring ([`super::ring`]), but a shard
+/// without one (an older kernel) still waits in glommio's: 4,096 entries (256 buckets) cost about 1.2 MB
+/// of RSS per shard.
 pub(crate) const SHARD_RING_DEPTH: usize = 4096;
 
 /// How long shutdown waits for a shard's sessions to finish their close handshakes; longer than the close
@@ -92,6 +95,8 @@ pub(crate) async fn run(start: ShardStart) {
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
     let write_task = glommio::spawn_local(write_loop(shard.clone()));
     let sweep_task = glommio::spawn_local(sweep_loop(shard.clone()));
+    let receive_task =
+        glommio::spawn_local(connection::receive_loop(shard.clone(), callbacks.clone()));
     let sessions = Gate::new();
     let accept = acceptor::accept_loop(listener, shard.clone(), callbacks, sessions.clone());
     let close = || {
@@ -107,6 +112,7 @@ pub(crate) async fn run(start: ShardStart) {
         );
     }
     inbox_task.cancel().await;
+    receive_task.cancel().await;
     sweep_task.cancel().await;
     write_task.cancel().await;
 }

@@ -1,8 +1,8 @@
 //! A shard: one glommio executor pinned to one core, and the state it owns.
 //!
-//! [`Shard`] owns its sessions (a slab of [`SessionState`]), its part of every room ([`Rooms`]), a read
-//! buffer all its sessions share, the deflater and inflater all its deflate sessions share, its clock, and
-//! its inbox ([`mesh`]). The state is `!Send` and reached only
+//! [`Shard`] owns its sessions (a slab of [`SessionState`]), its part of every room ([`Rooms`]), its own
+//! io_uring ring, which its sessions receive and its writer sends through ([`ring`], [`writer`]), the
+//! deflater and inflater all its deflate sessions share, its clock, and its inbox ([`mesh`]). The state is `!Send` and reached only
 //! through methods: nothing outside this module touches its fields, and nothing on the message path takes a
 //! lock. Other shards and outside threads reach it only by posting a [`mesh::ShardMsg`].
 //!
@@ -22,12 +22,17 @@ pub(crate) mod acceptor;
 pub(crate) mod executor;
 pub(crate) mod home;
 pub(crate) mod mesh;
+pub(crate) mod ring;
 pub(crate) mod writer;
 
 use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::io;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use slab::Slab;
@@ -46,13 +51,17 @@ use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared, Renditions};
 use crate::ws::handshake::Agreed;
 use home::Homes;
 use mesh::{InboxReceiver, Peers, ShardMsg};
-use writer::{Writer, RING_ENTRIES};
+use ring::{ShardRing, RING_ENTRIES};
+use writer::Writer;
 
 /// How long a close handshake may take before the connection is dropped, in ticks of the shard clock
 /// (seconds, at least).
 pub(crate) const CLOSE_TIMEOUT_SECS: u32 = 3;
 /// The shard's read buffer: large enough for a burst of frames in one read, shared by all its sessions.
 const READ_BUFFER_LEN: usize = 64 * 1024;
+/// Receive completions handed out in one pass of the receiving task before it lets the shard's other
+/// tasks (the writer, the sweep) run: a flood of arrivals cannot hold the shard.
+const RECEIPTS_PER_PASS: usize = 1024;
 
 /// What every WebSocket shard is configured with; built once from the [`Config`] and cloned into each.
 #[derive(Clone)]
@@ -121,8 +130,14 @@ pub(crate) struct Shard {
     /// Every open session, for the sweep and shutdown; a slab because its slot (in the session's id) makes
     /// removal O(1) at 16 bytes a session, against about twice that for a hash map.
     sessions: RefCell<Slab<Rc<SessionState>>>,
-    /// Where every session of this shard reads into; see [`crate::connection`].
+    /// Where the handshake (and, without a ring, every session) of this shard reads into; see
+    /// [`crate::connection`].
     read_buf: RefCell<Box<[u8]>>,
+    /// The shard's own io_uring ring, which its sessions receive and its writer sends through; `None`
+    /// when the kernel refused it (or it failed), and each session reads and writes from its own task.
+    ring: RefCell<Option<ShardRing>>,
+    /// The receiving task, while it waits for completions.
+    receiver: Cell<Option<Waker>>,
     /// Compresses for every deflate session of this shard, and each broadcast started here once.
     deflater: RefCell<Deflater>,
     /// Inflates what every deflate session of this shard receives compressed.
@@ -155,6 +170,18 @@ impl Shard {
         store: Option<StoreSender>,
     ) -> Shard {
         let compress_from = config.websocket.compress_from();
+        let ring = match ShardRing::new() {
+            Ok(ring) => Some(ring),
+            Err(e) => {
+                tracing::warn!(
+                    shard = index,
+                    error = %e,
+                    "no io_uring ring of the shard's own (multishot receive and provided buffers need \
+                     Linux 6.0); each session reads and writes with its own system calls"
+                );
+                None
+            }
+        };
         Shard {
             index,
             config,
@@ -164,6 +191,9 @@ impl Shard {
             unfinished: Cell::new(0),
             sessions: RefCell::new(Slab::new()),
             read_buf: RefCell::new(vec![0; READ_BUFFER_LEN].into_boxed_slice()),
+            writer: Writer::new(ring.is_some()),
+            ring: RefCell::new(ring),
+            receiver: Cell::new(None),
             deflater: RefCell::new(Deflater::new(deflate_counters.clone(), compress_from)),
             inflater: RefCell::new(Inflater::new(deflate_counters.clone())),
             deflate_counters,
@@ -172,7 +202,6 @@ impl Shard {
             peers,
             inbox,
             next_session: Cell::new(0),
-            writer: Writer::new(index),
         }
     }
 
@@ -230,7 +259,7 @@ impl Shard {
         self.hold_unfinished(session, 0);
         self.leave_all(session);
         self.sessions.borrow_mut().remove(session.id.slot());
-        session.detach_socket();
+        self.detach(session);
         session.transition(Lifecycle::abort);
         if session.deflate().is_some() {
             self.deflate_counters.session_ended();
@@ -377,9 +406,184 @@ impl Shard {
             for session in &batch.sessions {
                 session.write_taken();
             }
-            self.writer.write(&batch.sessions);
+            let mut slot = self.ring.borrow_mut();
+            let written = match slot.as_mut() {
+                Some(ring) => self.writer.write(ring, &batch.sessions),
+                // The ring failed earlier in this round: the sessions' own tasks write.
+                None => {
+                    batch.sessions.iter().for_each(|s| s.wake());
+                    Ok(())
+                }
+            };
+            drop(slot);
+            if let Err(e) = written {
+                self.ring_failed(&e);
+            }
         }
         batch.sessions.clear();
+        self.wake_receiver();
+    }
+
+    /// Lends the session's socket `fd` to the shard's writer and starts receiving on it through the
+    /// shard's ring, until [`Shard::detach`]; `false` when the shard has no ring, and the connection task
+    /// reads for itself.
+    pub(crate) fn attach(&self, session: &SessionState, fd: RawFd) -> bool {
+        session.attach_socket(fd);
+        let mut slot = self.ring.borrow_mut();
+        let Some(ring) = slot.as_mut() else {
+            return false;
+        };
+        let armed = ring.arm_receive(fd, session.id);
+        drop(slot);
+        match armed {
+            Ok(()) => {
+                self.wake_receiver();
+                true
+            }
+            Err(e) => {
+                self.ring_failed(&e);
+                false
+            }
+        }
+    }
+
+    /// The session's socket is about to be closed: neither the writer nor the ring may use it any more
+    /// (the descriptor's number could be reused), so its receive is cancelled.
+    pub(crate) fn detach(&self, session: &SessionState) {
+        if session.socket().is_none() {
+            return;
+        }
+        session.detach_socket();
+        let mut slot = self.ring.borrow_mut();
+        let Some(ring) = slot.as_mut() else { return };
+        let cancelled = ring.cancel_receive(session.id);
+        drop(slot);
+        match cancelled {
+            Ok(()) => self.wake_receiver(),
+            Err(e) => self.ring_failed(&e),
+        }
+    }
+
+    /// Waits until the ring has receive completions to hand out ([`Shard::take_received`]): the kernel
+    /// signalled the ring's eventfd, or this thread reaped some while it sent. Never returns without a
+    /// ring.
+    pub(crate) async fn wait_for_received(&self) {
+        let Some(eventfd) = self.ring.borrow().as_ref().map(ShardRing::eventfd) else {
+            return std::future::pending().await;
+        };
+        let reaped = poll_fn(|cx| {
+            if self.has_received() {
+                Poll::Ready(())
+            } else {
+                self.receiver.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        });
+        let signalled = async {
+            // An error polling an eventfd would be the executor's own failure; the next pass retries.
+            let _ = glommio::io::readable(eventfd).await;
+        };
+        futures_lite::future::or(reaped, signalled).await;
+        if let Some(ring) = self.ring.borrow().as_ref() {
+            ring.clear_signal();
+        }
+    }
+
+    /// Hands what the sessions received to `on_bytes`, in the order it arrived, up to
+    /// [`RECEIPTS_PER_PASS`] completions; records the end of a session's stream in its
+    /// [`SessionState::receiving`] and wakes its task; arms again a receive the kernel ended for want of
+    /// buffers. Returns whether completions are left for another pass.
+    pub(crate) fn take_received(
+        &self,
+        mut on_bytes: impl FnMut(&Rc<SessionState>, &mut [u8]),
+    ) -> bool {
+        for _ in 0..RECEIPTS_PER_PASS {
+            let next = self
+                .ring
+                .borrow_mut()
+                .as_mut()
+                .map(ShardRing::next_received);
+            let receipt = match next {
+                None | Some(Ok(None)) => return false,
+                Some(Ok(Some(receipt))) => receipt,
+                Some(Err(e)) => {
+                    self.ring_failed(&e);
+                    return false;
+                }
+            };
+            let session = self.session(receipt.session(self.index));
+            let result = receipt.result();
+            if let Some(buffer) = receipt.buffer() {
+                if let (Some(session), Ok(len)) = (&session, usize::try_from(result)) {
+                    let slot = self.ring.borrow();
+                    let ring = slot.as_ref().expect("a receipt comes from the ring");
+                    // SAFETY: the buffer and length come from this receive completion, and the buffer
+                    // is given back below, after the slice is gone. Nothing in `on_bytes` gives buffers
+                    // back or frees the ring (only the receiving task hands receipts out, and a failed
+                    // ring is leaked, never unmapped).
+                    let bytes = unsafe { ring.received_bytes(buffer, len) };
+                    drop(slot);
+                    on_bytes(session, bytes);
+                }
+                if let Some(ring) = self.ring.borrow_mut().as_mut() {
+                    ring.provide(buffer);
+                }
+            }
+            let Some(session) = session else {
+                continue; // Ended, or a cancelled receive's last word.
+            };
+            if receipt.armed() {
+                continue;
+            }
+            match result {
+                0 => session.received_end(Ok(())),
+                _ if result == -libc::ECANCELED => {}
+                _ if result > 0 || result == -libc::ENOBUFS => {
+                    // Out of buffers, or the kernel stopped the receive: the bytes wait in the socket.
+                    let Some(fd) = session.socket() else { continue };
+                    let queued = self
+                        .ring
+                        .borrow_mut()
+                        .as_mut()
+                        .map(|ring| ring.queue_receive(fd, session.id));
+                    if let Some(Err(e)) = queued {
+                        self.ring_failed(&e);
+                        return false;
+                    }
+                }
+                _ => session.received_end(Err(io::Error::from_raw_os_error(-result))),
+            }
+        }
+        true
+    }
+
+    /// Whether the ring has receive completions for the receiving task (see [`ShardRing::has_received`]).
+    fn has_received(&self) -> bool {
+        self.ring
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(ShardRing::has_received)
+    }
+
+    /// Runs the receiving task if this thread reaped receive completions while it used the ring.
+    fn wake_receiver(&self) {
+        if self.has_received() {
+            if let Some(task) = self.receiver.take() {
+                task.wake();
+            }
+        }
+    }
+
+    /// The ring failed: which of its operations happened is unknown, so every session is cut off (their
+    /// clients reconnect) and the ring is never used again, nor freed (the kernel may still hold
+    /// pointers into it). New sessions read and write from their own tasks.
+    fn ring_failed(&self, error: &io::Error) {
+        tracing::error!(shard = self.index, %error, "the shard's io_uring ring failed; its sessions are dropped, and new ones read and write from their own tasks");
+        std::mem::forget(self.ring.borrow_mut().take());
+        self.writer.unbatch();
+        for session in self.open_sessions() {
+            session.abort();
+        }
     }
 
     /// Delivers what other shards posted and not yet delivered.

@@ -12,7 +12,8 @@
 //! It must not touch sockets, sessions or callbacks: [`Decoder::decode`] takes bytes and hands complete
 //! messages to a closure; the connection decides what they mean.
 //!
-//! Decoding works on the shard's read buffer in place: payloads are unmasked where they lie and handed out
+//! Decoding works on the received bytes in place (a provided buffer of the shard's ring, see
+//! [`crate::shard::ring`]): payloads are unmasked where they lie and handed out
 //! as borrowed slices, so an unfragmented message is never copied. Only bytes of an incomplete frame are
 //! copied into the session's own carry, with the buffer of a fragmented message; the carry is freed as soon
 //! as nothing is half-received, so an idle session's decoder is one null pointer.

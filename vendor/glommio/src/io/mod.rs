@@ -154,6 +154,23 @@ pub async fn remove<P: AsRef<Path>>(path: P) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `fd` is readable, through this executor's ring (one `IORING_OP_POLL_ADD`).
+///
+/// For descriptors that something outside glommio signals, so that they wake a parked executor like any
+/// of its own sources: an eventfd registered with an io_uring ring of the application's own, say. Dropping
+/// the future before it completes cancels the poll.
+pub async fn readable(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(drop)
+}
+
+/// Waits until `fd` is writable, through this executor's ring (one `IORING_OP_POLL_ADD`): the
+/// counterpart of [`readable`], for a socket the application writes with its own system calls.
+pub async fn writable(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
+    let source = crate::executor().reactor().poll_write_ready(fd);
+    source.collect_rw().await.map(drop)
+}
+
 pub(crate) use self::sched::{FileScheduler, IoScheduler, ScheduledSource};
 pub use self::{
     buffered_file::BufferedFile,

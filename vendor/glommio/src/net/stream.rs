@@ -378,6 +378,13 @@ where
     }
 }
 
+impl<S, B> GlommioStream<S, B> {
+    /// The socket; its sources are dropped, which cancels what they had pending.
+    pub(crate) fn into_inner(self) -> S {
+        self.stream.stream
+    }
+}
+
 impl<S: AsRawFd> AsRawFd for GlommioStream<S, NonBuffered> {
     fn as_raw_fd(&self) -> RawFd {
         self.stream.stream.as_raw_fd()

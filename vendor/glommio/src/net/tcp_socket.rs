@@ -386,6 +386,15 @@ impl<B: RxBuf> AsRawFd for TcpStream<B> {
     }
 }
 
+impl TcpStream {
+    /// The socket, with nothing of glommio's left attached to it: the readiness poll every stream keeps
+    /// armed is cancelled. For an application that drives the socket by other means from here on (its
+    /// own io_uring ring, say, with [`crate::io::readable`] and [`crate::io::writable`] for waiting).
+    pub fn into_std(self) -> net::TcpStream {
+        self.stream.into_inner()
+    }
+}
+
 impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);

@@ -1,0 +1,446 @@
+//! The shard's own io_uring ring: what the shard's writer sends and what its sessions receive pass
+//! through it, and its completions are sorted here by what they belong to.
+//!
+//! **Receiving.** Each session has one multishot `IORING_OP_RECV` armed ([`ShardRing::arm_receive`]) that
+//! stays in the kernel for the session's whole life and completes once for every arrival of bytes, into
+//! a buffer the kernel takes from the shard's provided-buffer ring ([`ProvidedBuffers`]). An idle session
+//! so costs one request in the kernel and nothing in the process (no readiness poll, no future, no
+//! buffer), and what a turn received for every session is reaped with one `io_uring_enter`: no
+//! `recvfrom` per message and no poll to re-arm after it. Completions wait in [`ShardRing::next_received`]
+//! until the receiving task hands each to its session; the buffer goes back to the kernel right after
+//! ([`ShardRing::provide`]). The pool is bounded: when it runs dry the kernel ends a session's receive
+//! with `ENOBUFS` rather than take memory, the bytes stay in the socket, and the receive is armed again
+//! once buffers are back.
+//!
+//! **Waking.** The ring is `DEFER_TASKRUN`: the kernel queues a completion as work for the shard's own
+//! thread, run when that thread next enters this ring, rather than interrupting it. When the first such
+//! work is queued the kernel signals the ring's eventfd and sets `IORING_SQ_TASKRUN`; the receiving task
+//! waits on the eventfd through glommio (`glommio::io::readable`), so a parked executor wakes for its
+//! sessions' bytes like for its own sources. While this thread is inside the ring itself the eventfd is
+//! disabled (completions it posts there would only wake it again for nothing); afterwards it looks at
+//! `IORING_SQ_TASKRUN` once more, so work queued meanwhile is not left waiting for a signal that was
+//! never sent.
+//!
+//! **Sending.** The writer's sends ([`crate::shard::writer`]) carry `MSG_DONTWAIT` and complete during the
+//! submission; [`ShardRing::complete`] returns only once every one has.
+//!
+//! It must not interpret what it receives nor decide what to send: it moves bytes for the shard.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::session_state::SessionId;
+
+/// Submission slots; the writer sends to at most this many sessions per submission.
+pub(crate) const RING_ENTRIES: usize = 256;
+/// Completion slots: one per provided buffer at most for receives, plus ends and sends, with room to
+/// spare so the kernel need not hold completions back.
+const COMPLETION_ENTRIES: u32 = 8192;
+/// Provided buffers (a power of two, as the kernel requires) and the bytes of each: 2 MiB a shard, of
+/// which only what traffic has used is resident.
+const BUFFERS: u16 = 512;
+const BUFFER_LEN: usize = 4096;
+/// The group id the shard's buffers are registered under (one group per ring).
+const BUFFER_GROUP: u16 = 0;
+
+/// What a completion belongs to, in the top bits of its user data.
+const KIND_SHIFT: u32 = 62;
+const KIND_SEND: u64 = 0;
+const KIND_RECEIVE: u64 = 1;
+const KIND_CANCEL: u64 = 2;
+/// The bits of a session id below its shard index: its slot and count (see [`SessionId`]).
+const SESSION_BITS: u64 = (1 << 48) - 1;
+
+/// A receive completion reaped and not yet handed to its session.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Receipt {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+impl Receipt {
+    /// The session it belongs to, on shard `shard`.
+    pub(crate) fn session(&self, shard: usize) -> SessionId {
+        SessionId(((shard as u64) << 48) | (self.user_data & SESSION_BITS))
+    }
+
+    /// What the kernel reported: bytes received (in [`Receipt::buffer`]), 0 for the peer's end of the
+    /// stream, or a negative errno.
+    pub(crate) fn result(&self) -> i32 {
+        self.result
+    }
+
+    /// The provided buffer the bytes are in; it is the receiver's until given back with
+    /// [`ShardRing::provide`].
+    pub(crate) fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+
+    /// Whether the session's receive is still armed; when not, and the session is alive, it must be
+    /// armed again unless the stream ended.
+    pub(crate) fn armed(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// The ring, and the memory its requests point at. The ring is declared first: it is dropped, and the
+/// kernel's requests with it, before that memory is.
+pub(crate) struct ShardRing {
+    uring: IoUring,
+    /// Signalled by the kernel when completions are queued for this thread (see the module docs).
+    eventfd: OwnedFd,
+    pub(crate) sends: SendSlots,
+    buffers: ProvidedBuffers,
+    /// Receive completions reaped and not yet handed out, oldest first.
+    received: VecDeque<Receipt>,
+}
+
+/// One message header and [`IOVECS_PER_SEND`] iovecs per submission slot, and what each send asked for.
+pub(crate) struct SendSlots {
+    pub(crate) headers: Box<[libc::msghdr]>,
+    pub(crate) iovecs: Box<[libc::iovec]>,
+    pub(crate) asked: Box<[usize]>,
+}
+
+/// Frames one session's send carries at most; what is left waits for the next round.
+pub(crate) const IOVECS_PER_SEND: usize = 32;
+
+impl ShardRing {
+    /// A ring with its provided buffers and eventfd, or the kernel's refusal (io_uring disabled, or
+    /// older than provided-buffer rings, 5.19).
+    pub(crate) fn new() -> io::Result<ShardRing> {
+        // Only the shard's thread submits, and it runs the kernel's completion work itself when it enters
+        // (6.1+); TASKRUN_FLAG tells it, without a system call, that such work is waiting.
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_taskrun_flag()
+            .setup_cqsize(COMPLETION_ENTRIES)
+            .build(RING_ENTRIES as u32)?;
+        // SAFETY: eventfd(2) with valid flags returns a new descriptor or -1, checked here.
+        let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if eventfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just returned by eventfd(2), owned by nothing else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(eventfd) };
+        uring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let buffers = ProvidedBuffers::new()?;
+        // SAFETY: the ring of buffer descriptors is page-aligned, BUFFERS entries long, and lives in this
+        // ShardRing, which unregisters it (in Drop) before freeing it.
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                buffers.entries.addr() as u64,
+                BUFFERS,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        // SAFETY: all-zero is a valid msghdr and a valid iovec (null pointers, zero lengths).
+        let (header, iovec) = unsafe {
+            (
+                std::mem::zeroed::<libc::msghdr>(),
+                std::mem::zeroed::<libc::iovec>(),
+            )
+        };
+        Ok(ShardRing {
+            uring,
+            eventfd,
+            sends: SendSlots {
+                headers: vec![header; RING_ENTRIES].into_boxed_slice(),
+                iovecs: vec![iovec; RING_ENTRIES * IOVECS_PER_SEND].into_boxed_slice(),
+                asked: vec![0; RING_ENTRIES].into_boxed_slice(),
+            },
+            buffers,
+            received: VecDeque::new(),
+        })
+    }
+
+    /// The descriptor the receiving task waits on.
+    pub(crate) fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Takes the eventfd's count, so that it signals again for what comes next; called before reaping,
+    /// so nothing queued after the reap is missed.
+    pub(crate) fn clear_signal(&self) {
+        let mut count = 0u64;
+        // SAFETY: reads 8 bytes into a u64 from a non-blocking eventfd this ring owns; EAGAIN (no
+        // signal) leaves `count` untouched, which is fine.
+        unsafe {
+            libc::read(
+                self.eventfd.as_raw_fd(),
+                std::ptr::addr_of_mut!(count).cast(),
+                8,
+            )
+        };
+    }
+
+    /// Arms `session`'s receive on `fd`: every arrival of bytes completes it, until the stream ends,
+    /// it fails or it is cancelled.
+    pub(crate) fn arm_receive(&mut self, fd: RawFd, session: SessionId) -> io::Result<()> {
+        self.queue_receive(fd, session)?;
+        self.complete(0, |_, _| {})
+    }
+
+    /// Queues the arming of `session`'s receive on `fd` for the next submission.
+    pub(crate) fn queue_receive(&mut self, fd: RawFd, session: SessionId) -> io::Result<()> {
+        let receive = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(receive_data(session));
+        self.push(&receive)
+    }
+
+    /// Cancels `session`'s receive: the kernel drops its reference to the socket, which closes once
+    /// the connection task drops its own.
+    pub(crate) fn cancel_receive(&mut self, session: SessionId) -> io::Result<()> {
+        let cancel = opcode::AsyncCancel::new(receive_data(session))
+            .build()
+            .user_data(KIND_CANCEL << KIND_SHIFT);
+        self.push(&cancel)?;
+        self.complete(0, |_, _| {})
+    }
+
+    /// Queues the writer's send in submission slot `slot`.
+    pub(crate) fn push_send(&mut self, send: squeue::Entry, slot: usize) -> io::Result<()> {
+        self.push(&send.user_data(KIND_SEND << KIND_SHIFT | slot as u64))
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: every entry built here points at memory this ring owns (send slots, buffers) or at
+        // nothing; the frames a send points at stay queued until its completion is reaped, which
+        // `complete` does before returning.
+        if unsafe { self.uring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        // Full: submit what is queued, then there is room.
+        self.complete(0, |_, _| {})?;
+        // SAFETY: as above.
+        unsafe { self.uring.submission().push(entry) }
+            .map_err(|_| io::Error::other("the submission queue is still full"))
+    }
+
+    /// Submits what is queued, runs every completion the kernel queued for this thread, and reaps them:
+    /// `on_send` gets each of the `sends` sends just submitted (they do not wait: see
+    /// [`crate::shard::writer`]; this returns once all have completed), with its slot and result;
+    /// receive completions wait for [`ShardRing::next_received`].
+    pub(crate) fn complete(
+        &mut self,
+        sends: usize,
+        mut on_send: impl FnMut(usize, i32),
+    ) -> io::Result<()> {
+        let mut sent = 0;
+        loop {
+            self.uring.completion().disable_eventfd();
+            let entered = self.enter(sends - sent);
+            self.uring.completion().enable_eventfd();
+            // Pairs with the kernel's queueing of work (an atomic RMW on the flags, then its read of
+            // the eventfd switch): either it saw the eventfd enabled and signals it, or the TASKRUN
+            // check below sees its work.
+            fence(Ordering::SeqCst);
+            entered?;
+            self.reap(&mut sent, &mut on_send);
+            if sent < sends {
+                continue; // Not expected (the sends do not wait), but their memory must not be reused.
+            }
+            if self.uring.submission().taskrun() {
+                // Work queued while the eventfd was off, which signalled nothing: run it now, with the
+                // eventfd on. (The flag can also be left over, set by work this thread had already
+                // run: then this enter finds nothing, and nothing here waits on the flag again.)
+                self.enter(0)?;
+                self.reap(&mut sent, &mut on_send);
+            }
+            return Ok(());
+        }
+    }
+
+    /// One `io_uring_enter`: submits what is queued and runs the completion work the kernel queued for
+    /// this thread, all of it (the kernel runs at most `min_complete` items, or 20, per enter). It waits
+    /// only for `wait_for` completions, when there are sends still outstanding.
+    fn enter(&mut self, wait_for: usize) -> io::Result<()> {
+        let entered = if wait_for > 0 {
+            self.uring.submit_and_wait(wait_for)
+        } else {
+            let no_wait = types::Timespec::new();
+            let args = types::SubmitArgs::new().timespec(&no_wait);
+            self.uring
+                .submitter()
+                .submit_with_args(COMPLETION_ENTRIES as usize, &args)
+        };
+        match entered {
+            Ok(_) => Ok(()),
+            // ETIME: fewer completions than asked for, which is the point of a zero timeout.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes every completion in the queue: sends to `on_send` (counted in `sent`), receives kept for
+    /// [`ShardRing::next_received`], cancellations dropped (the cancelled receive reports its end).
+    fn reap(&mut self, sent: &mut usize, on_send: &mut impl FnMut(usize, i32)) {
+        for completion in self.uring.completion() {
+            let user_data = completion.user_data();
+            match user_data >> KIND_SHIFT {
+                KIND_SEND => {
+                    *sent += 1;
+                    on_send((user_data & SESSION_BITS) as usize, completion.result());
+                }
+                KIND_RECEIVE => self.received.push_back(Receipt {
+                    user_data,
+                    result: completion.result(),
+                    flags: completion.flags(),
+                }),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether receive completions are waiting to be handed out or reaped, or submissions to be made.
+    /// Not `IORING_SQ_TASKRUN`: the kernel can leave it set after this thread ran the work, and a task
+    /// that waited on it would spin; work it announces either signals the eventfd or is run by
+    /// [`ShardRing::complete`].
+    pub(crate) fn has_received(&mut self) -> bool {
+        !self.received.is_empty()
+            || !self.uring.completion().is_empty()
+            || !self.uring.submission().is_empty()
+    }
+
+    /// The oldest receive completion not yet handed out, reaping first when none is left.
+    pub(crate) fn next_received(&mut self) -> io::Result<Option<Receipt>> {
+        if self.received.is_empty() {
+            self.complete(0, |_, _| {})?;
+        }
+        Ok(self.received.pop_front())
+    }
+
+    /// The bytes of a receive completion in buffer `buffer`, which the caller holds until it provides
+    /// it back.
+    ///
+    /// # Safety
+    /// `buffer` and `len` must come from one receive completion (its [`Receipt::buffer`] and positive
+    /// [`Receipt::result`]), not yet provided back, and the slice must be gone before it is.
+    pub(crate) unsafe fn received_bytes<'a>(&self, buffer: u16, len: usize) -> &'a mut [u8] {
+        debug_assert!(buffer < BUFFERS && len <= BUFFER_LEN);
+        // SAFETY: the caller's contract: the kernel wrote `len` bytes there and gave the buffer to us;
+        // it neither reads nor writes it until it is provided back.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.buffers
+                    .memory
+                    .addr()
+                    .add(usize::from(buffer) * BUFFER_LEN),
+                len,
+            )
+        }
+    }
+
+    /// Gives `buffer` back to the kernel for the next receive.
+    pub(crate) fn provide(&mut self, buffer: u16) {
+        self.buffers.provide(buffer);
+    }
+}
+
+impl Drop for ShardRing {
+    fn drop(&mut self) {
+        // Before the buffers are unmapped: no request may pick one afterwards.
+        let _ = self.uring.submitter().unregister_buf_ring(BUFFER_GROUP);
+    }
+}
+
+fn receive_data(session: SessionId) -> u64 {
+    KIND_RECEIVE << KIND_SHIFT | (session.0 & SESSION_BITS)
+}
+
+/// The buffers the kernel receives into, and the ring of descriptors through which it takes them.
+struct ProvidedBuffers {
+    /// [`BUFFERS`] descriptors; the kernel reads them, and the tail we publish in the first one.
+    entries: Mapping,
+    /// [`BUFFERS`] × [`BUFFER_LEN`] bytes.
+    memory: Mapping,
+    /// How many buffers have been provided so far (wrapping), as last published.
+    tail: u16,
+}
+
+impl ProvidedBuffers {
+    fn new() -> io::Result<ProvidedBuffers> {
+        let mut buffers = ProvidedBuffers {
+            entries: Mapping::new(usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>())?,
+            memory: Mapping::new(usize::from(BUFFERS) * BUFFER_LEN)?,
+            tail: 0,
+        };
+        for buffer in 0..BUFFERS {
+            buffers.provide(buffer);
+        }
+        Ok(buffers)
+    }
+
+    fn provide(&mut self, buffer: u16) {
+        let ring = self.entries.addr().cast::<BufRingEntry>();
+        let place = usize::from(self.tail & (BUFFERS - 1));
+        // SAFETY: `place` < BUFFERS, inside the mapping; the kernel only reads entries between its head
+        // and the published tail, and this one is past the tail until the store below.
+        let entry = unsafe { &mut *ring.add(place) };
+        // SAFETY: `buffer` < BUFFERS, so its bytes are inside the buffers' mapping.
+        entry.set_addr(unsafe { self.memory.addr().add(usize::from(buffer) * BUFFER_LEN) } as u64);
+        entry.set_len(BUFFER_LEN as u32);
+        entry.set_bid(buffer);
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail is a u16 inside the first entry (the kernel's `io_uring_buf_ring` layout),
+        // suitably aligned, which the kernel reads atomically; Release publishes the entry written above.
+        let tail = unsafe { &*BufRingEntry::tail(ring).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+/// Anonymous, page-aligned, zero-filled memory (untouched pages take no RAM), unmapped when dropped.
+struct Mapping {
+    addr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a private anonymous mapping of `len` bytes at an address the kernel picks; checked.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: addr.cast(),
+            len,
+        })
+    }
+
+    fn addr(&self) -> *mut u8 {
+        self.addr
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
