@@ -6,12 +6,13 @@
 //! queue, one crossbeam message per other shard, and that shard's fan-out, without the network in the
 //! numbers.
 //!
-//! [`BenchWrites`] holds sessions on real loopback connections, to measure the shard's write path.
+//! [`BenchWrites`] and [`BenchReceives`] hold sessions on real loopback connections, to measure the shard's
+//! write and receive paths.
 //!
 //! It must not be used by the server itself.
 
 use std::cell::RefCell;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
@@ -320,5 +321,117 @@ impl BenchWrites {
             }
         }
         total
+    }
+}
+
+/// Loopback TCP connections whose server ends are read either through a shard ring (a multishot receive
+/// armed on each, reaped together: the shard's receive path, [`crate::shard::ring`]) or with a `recv` of
+/// their own each (what reading from every session's task costs, before its readiness poll is re-armed).
+pub struct BenchReceives {
+    /// `Some`: the server ends are read through this ring.
+    ring: Option<ShardRing>,
+    /// The server ends, read by the bench.
+    sockets: Vec<TcpStream>,
+    /// The client ends, which send.
+    clients: Vec<TcpStream>,
+    read_buf: Vec<u8>,
+    decoder: Decoder,
+}
+
+impl BenchReceives {
+    /// `n` connections, read through a ring when `through_ring`.
+    pub fn new(n: usize, through_ring: bool) -> BenchReceives {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("loopback listener");
+        let addr = listener.local_addr().expect("bound");
+        let mut ring = through_ring.then(|| ShardRing::new().expect("an io_uring ring"));
+        let mut sockets = Vec::with_capacity(n);
+        let mut clients = Vec::with_capacity(n);
+        for i in 0..n {
+            let client = TcpStream::connect(addr).expect("connect");
+            client.set_nodelay(true).expect("nodelay");
+            let (socket, _) = listener.accept().expect("accept");
+            if let Some(ring) = &mut ring {
+                let id = SessionId::new(0, i, i as u64).expect("a small slot");
+                ring.arm_receive(socket.as_raw_fd(), id)
+                    .expect("arm a receive");
+            }
+            sockets.push(socket);
+            clients.push(client);
+        }
+        BenchReceives {
+            ring,
+            sockets,
+            clients,
+            read_buf: vec![0; 1 << 16],
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// Every client sends `bytes` (a client frame, say); they are in the server ends' receive queues when
+    /// this returns (loopback delivers during the write).
+    pub fn send(&mut self, bytes: &[u8]) {
+        for client in &mut self.clients {
+            client.write_all(bytes).expect("loopback write");
+        }
+    }
+
+    /// Receives what every connection was sent and decodes it as client frames; returns the messages.
+    /// Through the ring: one reap for all the connections, then each completion's buffer, given back.
+    /// Otherwise: one `recv` per connection.
+    pub fn receive(&mut self) -> usize {
+        let BenchReceives {
+            ring,
+            sockets,
+            read_buf,
+            decoder,
+            ..
+        } = self;
+        let limits = Limits {
+            max_message_size: 1 << 20,
+            max_frames: 16,
+        };
+        let mut messages = 0;
+        let mut count = |bytes: &mut [u8]| {
+            decoder
+                .decode(bytes, limits, None, |_| {
+                    messages += 1;
+                    Flow::Continue
+                })
+                .expect("valid frames");
+        };
+        match ring {
+            Some(ring) => {
+                let mut received = 0;
+                while received < sockets.len() {
+                    let receipt = ring
+                        .next_received()
+                        .expect("the ring reaps")
+                        .expect("every connection was sent bytes");
+                    let (Some(buffer), Ok(len)) =
+                        (receipt.buffer(), usize::try_from(receipt.result()))
+                    else {
+                        panic!("a receive failed: {}", receipt.result());
+                    };
+                    // SAFETY: buffer and length come from this receive completion; the slice is gone
+                    // before the buffer is given back.
+                    count(unsafe { ring.received_bytes(buffer, len) });
+                    ring.provide(buffer);
+                    received += 1;
+                }
+            }
+            None => {
+                for socket in sockets.iter() {
+                    let fd = socket.as_raw_fd();
+                    let buf = &mut *read_buf;
+                    // SAFETY: receives into `buf`, at most its length, without blocking.
+                    let n = unsafe {
+                        libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                    };
+                    let n = usize::try_from(n).expect("bytes were waiting");
+                    count(&mut buf[..n]);
+                }
+            }
+        }
+        messages
     }
 }

@@ -689,6 +689,68 @@ mod tests {
         )
     }
 
+    /// More sessions than provided buffers, all of which sent before the shard reaps: the kernel ends the
+    /// receives it has no buffer for (`ENOBUFS`), the shard arms them again, and every session's bytes
+    /// arrive once and in order. Then a frame for each: more sessions than one submission takes.
+    #[test]
+    fn every_session_is_received_and_written_when_they_outnumber_buffers_and_submissions() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+
+        let (shard, _peers) = lone_shard();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sessions = usize::from(ring::BUFFERS) + 100;
+        assert!(sessions > RING_ENTRIES);
+        let mut clients = Vec::new();
+        let mut sockets = Vec::new();
+        let mut states = Vec::new();
+        for _ in 0..sessions {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (socket, peer) = listener.accept().unwrap();
+            let state = shard.register(peer, None, Agreed::default()).unwrap();
+            assert!(
+                shard.attach(&state, socket.as_raw_fd()),
+                "the shard has a ring"
+            );
+            clients.push(client);
+            sockets.push(socket);
+            states.push(state);
+        }
+        let expected = |i: usize| format!("{i}:first;{i}:second;");
+        for round in ["first", "second"] {
+            for (i, client) in clients.iter_mut().enumerate() {
+                client
+                    .write_all(format!("{i}:{round};").as_bytes())
+                    .unwrap();
+            }
+        }
+        let mut received = vec![Vec::new(); sessions];
+        let slot_of = |id: SessionId| states.iter().position(|s| s.id == id).unwrap();
+        for _ in 0..1000 {
+            if (0..sessions).all(|i| received[i].len() >= expected(i).len()) {
+                break;
+            }
+            shard
+                .take_received(|state, bytes| received[slot_of(state.id)].extend_from_slice(bytes));
+        }
+        for (i, bytes) in received.iter().enumerate() {
+            assert_eq!(String::from_utf8_lossy(bytes), expected(i), "session {i}");
+        }
+
+        for state in &states {
+            shard.send(state, encode::data_frame(DataKind::Text, b"hi"));
+        }
+        shard.write_wanted(&mut WriteBatch::default());
+        for (i, client) in clients.iter_mut().enumerate() {
+            let mut frame = [0; 4];
+            client.read_exact(&mut frame).unwrap();
+            assert_eq!(&frame, b"\x81\x02hi", "session {i}");
+        }
+        for state in &states {
+            shard.detach(state);
+        }
+    }
+
     #[test]
     fn posted_broadcasts_reach_local_members_in_order() {
         let (shard, peers) = lone_shard();

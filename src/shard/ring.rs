@@ -17,12 +17,13 @@
 //! work is queued the kernel signals the ring's eventfd and sets `IORING_SQ_TASKRUN`; the receiving task
 //! waits on the eventfd through glommio (`glommio::io::readable`), so a parked executor wakes for its
 //! sessions' bytes like for its own sources. While this thread is inside the ring itself the eventfd is
-//! disabled (completions it posts there would only wake it again for nothing); afterwards it looks at
-//! `IORING_SQ_TASKRUN` once more, so work queued meanwhile is not left waiting for a signal that was
-//! never sent.
+//! disabled (completions it posts there would only wake it again for nothing); afterwards, when
+//! `IORING_SQ_TASKRUN` says work was queued meanwhile, it enters once more with the eventfd on, so that
+//! work is not left waiting for a signal that was never sent. Nothing waits on that flag: the kernel can
+//! leave it set after this thread ran the work.
 //!
 //! **Sending.** The writer's sends ([`crate::shard::writer`]) carry `MSG_DONTWAIT` and complete during the
-//! submission; [`ShardRing::complete`] returns only once every one has.
+//! submission; [`ShardRing::complete_sends`] returns only once every one has.
 //!
 //! It must not interpret what it receives nor decide what to send: it moves bytes for the shard.
 
@@ -43,7 +44,7 @@ pub(crate) const RING_ENTRIES: usize = 256;
 const COMPLETION_ENTRIES: u32 = 8192;
 /// Provided buffers (a power of two, as the kernel requires) and the bytes of each: 2 MiB a shard, of
 /// which only what traffic has used is resident.
-const BUFFERS: u16 = 512;
+pub(crate) const BUFFERS: u16 = 512;
 const BUFFER_LEN: usize = 4096;
 /// The group id the shard's buffers are registered under (one group per ring).
 const BUFFER_GROUP: u16 = 0;
@@ -99,6 +100,9 @@ pub(crate) struct ShardRing {
     buffers: ProvidedBuffers,
     /// Receive completions reaped and not yet handed out, oldest first.
     received: VecDeque<Receipt>,
+    /// Send completions reaped and not yet handed to the writer (slot, result): a submission made to
+    /// free room in the queue ([`ShardRing::push`]) can reap some before the writer asks.
+    sent: Vec<(usize, i32)>,
 }
 
 /// One message header and [`IOVECS_PER_SEND`] iovecs per submission slot, and what each send asked for.
@@ -159,6 +163,7 @@ impl ShardRing {
             },
             buffers,
             received: VecDeque::new(),
+            sent: Vec::new(),
         })
     }
 
@@ -186,7 +191,7 @@ impl ShardRing {
     /// it fails or it is cancelled.
     pub(crate) fn arm_receive(&mut self, fd: RawFd, session: SessionId) -> io::Result<()> {
         self.queue_receive(fd, session)?;
-        self.complete(0, |_, _| {})
+        self.submit()
     }
 
     /// Queues the arming of `session`'s receive on `fd` for the next submission.
@@ -204,7 +209,7 @@ impl ShardRing {
             .build()
             .user_data(KIND_CANCEL << KIND_SHIFT);
         self.push(&cancel)?;
-        self.complete(0, |_, _| {})
+        self.submit()
     }
 
     /// Queues the writer's send in submission slot `slot`.
@@ -215,49 +220,66 @@ impl ShardRing {
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
         // SAFETY: every entry built here points at memory this ring owns (send slots, buffers) or at
         // nothing; the frames a send points at stay queued until its completion is reaped, which
-        // `complete` does before returning.
+        // `complete_sends` does before returning.
         if unsafe { self.uring.submission().push(entry) }.is_ok() {
             return Ok(());
         }
         // Full: submit what is queued, then there is room.
-        self.complete(0, |_, _| {})?;
+        self.submit()?;
         // SAFETY: as above.
         unsafe { self.uring.submission().push(entry) }
             .map_err(|_| io::Error::other("the submission queue is still full"))
     }
 
-    /// Submits what is queued, runs every completion the kernel queued for this thread, and reaps them:
-    /// `on_send` gets each of the `sends` sends just submitted (they do not wait: see
-    /// [`crate::shard::writer`]; this returns once all have completed), with its slot and result;
-    /// receive completions wait for [`ShardRing::next_received`].
-    pub(crate) fn complete(
+    /// Submits what is queued, runs every completion the kernel queued for this thread, and reaps them
+    /// (receives wait for [`ShardRing::next_received`], sends for [`ShardRing::complete_sends`]).
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
+        self.run(0)
+    }
+
+    /// Submits the writer's `sends` (queued with [`ShardRing::push_send`]) with whatever else is queued,
+    /// and returns once all have completed (they do not wait: see [`crate::shard::writer`]), having
+    /// handed each to `on_send` with its slot and result.
+    pub(crate) fn complete_sends(
         &mut self,
         sends: usize,
         mut on_send: impl FnMut(usize, i32),
     ) -> io::Result<()> {
-        let mut sent = 0;
-        loop {
-            self.uring.completion().disable_eventfd();
-            let entered = self.enter(sends - sent);
-            self.uring.completion().enable_eventfd();
-            // Pairs with the kernel's queueing of work (an atomic RMW on the flags, then its read of
-            // the eventfd switch): either it saw the eventfd enabled and signals it, or the TASKRUN
-            // check below sees its work.
-            fence(Ordering::SeqCst);
-            entered?;
-            self.reap(&mut sent, &mut on_send);
-            if sent < sends {
-                continue; // Not expected (the sends do not wait), but their memory must not be reused.
-            }
-            if self.uring.submission().taskrun() {
-                // Work queued while the eventfd was off, which signalled nothing: run it now, with the
-                // eventfd on. (The flag can also be left over, set by work this thread had already
-                // run: then this enter finds nothing, and nothing here waits on the flag again.)
-                self.enter(0)?;
-                self.reap(&mut sent, &mut on_send);
-            }
-            return Ok(());
+        self.run(0)?;
+        while self.sent.len() < sends {
+            // Not expected (the sends do not wait), but their memory must not be reused before.
+            self.run(sends - self.sent.len())?;
         }
+        debug_assert_eq!(
+            self.sent.len(),
+            sends,
+            "only the writer's sends are in flight"
+        );
+        for (slot, result) in self.sent.drain(..) {
+            on_send(slot, result);
+        }
+        Ok(())
+    }
+
+    /// One round: submit, run the kernel's completion work, reap; waits for `wait_for` completions.
+    fn run(&mut self, wait_for: usize) -> io::Result<()> {
+        self.uring.completion().disable_eventfd();
+        let entered = self.enter(wait_for);
+        self.uring.completion().enable_eventfd();
+        // Pairs with the kernel's queueing of work (an atomic RMW on the flags, then its read of the
+        // eventfd switch): either it saw the eventfd enabled and signals it, or the TASKRUN check below
+        // sees its work.
+        fence(Ordering::SeqCst);
+        entered?;
+        self.reap();
+        if self.uring.submission().taskrun() {
+            // Work queued while the eventfd was off, which signalled nothing: run it now, with the
+            // eventfd on. (The flag can also be left over, set by work this thread had already run:
+            // then this enter finds nothing, and nothing here waits on the flag again.)
+            self.enter(0)?;
+            self.reap();
+        }
+        Ok(())
     }
 
     /// One `io_uring_enter`: submits what is queued and runs the completion work the kernel queued for
@@ -288,16 +310,15 @@ impl ShardRing {
         }
     }
 
-    /// Takes every completion in the queue: sends to `on_send` (counted in `sent`), receives kept for
-    /// [`ShardRing::next_received`], cancellations dropped (the cancelled receive reports its end).
-    fn reap(&mut self, sent: &mut usize, on_send: &mut impl FnMut(usize, i32)) {
+    /// Takes every completion in the queue: sends kept for the writer's [`ShardRing::complete`], receives
+    /// for [`ShardRing::next_received`]; cancellations dropped (the cancelled receive reports its end).
+    fn reap(&mut self) {
         for completion in self.uring.completion() {
             let user_data = completion.user_data();
             match user_data >> KIND_SHIFT {
-                KIND_SEND => {
-                    *sent += 1;
-                    on_send((user_data & SESSION_BITS) as usize, completion.result());
-                }
+                KIND_SEND => self
+                    .sent
+                    .push(((user_data & SESSION_BITS) as usize, completion.result())),
                 KIND_RECEIVE => self.received.push_back(Receipt {
                     user_data,
                     result: completion.result(),
@@ -311,7 +332,7 @@ impl ShardRing {
     /// Whether receive completions are waiting to be handed out or reaped, or submissions to be made.
     /// Not `IORING_SQ_TASKRUN`: the kernel can leave it set after this thread ran the work, and a task
     /// that waited on it would spin; work it announces either signals the eventfd or is run by
-    /// [`ShardRing::complete`].
+    /// [`ShardRing::submit`].
     pub(crate) fn has_received(&mut self) -> bool {
         !self.received.is_empty()
             || !self.uring.completion().is_empty()
@@ -321,7 +342,7 @@ impl ShardRing {
     /// The oldest receive completion not yet handed out, reaping first when none is left.
     pub(crate) fn next_received(&mut self) -> io::Result<Option<Receipt>> {
         if self.received.is_empty() {
-            self.complete(0, |_, _| {})?;
+            self.submit()?;
         }
         Ok(self.received.pop_front())
     }

@@ -134,7 +134,7 @@ impl Writer {
                 .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
                 .build();
             // The header and iovecs live in the ring and the frames they point at in the session's
-            // queue; neither is touched until `complete` has reaped every send.
+            // queue; neither is touched until `complete_sends` has reaped every send.
             ring.push_send(send, slot)?;
             submitted += 1;
         }
@@ -142,7 +142,7 @@ impl Writer {
             return Ok(());
         }
         let mut asked = std::mem::take(&mut ring.sends.asked);
-        let completed = ring.complete(submitted, |slot, result| {
+        let completed = ring.complete_sends(submitted, |slot, result| {
             let session = &sessions[slot];
             let written = usize::try_from(result).unwrap_or(0);
             session.outbound.advance(written);
