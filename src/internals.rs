@@ -324,12 +324,28 @@ impl BenchWrites {
     }
 }
 
-/// Loopback TCP connections whose server ends are read either through a shard ring (a multishot receive
-/// armed on each, reaped together: the shard's receive path, [`crate::shard::ring`]) or with a `recv` of
-/// their own each (what reading from every session's task costs, before its readiness poll is re-armed).
+/// How [`BenchReceives`] reads its connections.
+#[derive(Clone, Copy, Debug)]
+pub enum ReceivePath {
+    /// Through a shard's ring, as the shard's receiving task does: a multishot receive armed on each
+    /// connection, reaped together, each buffer given back, a receive ended for want of buffers armed
+    /// again ([`crate::shard::ring`]).
+    Ring,
+    /// As every session's task did before: a readiness poll per connection (reaped together, as glommio
+    /// does), then a `recv` for each, and its poll armed again.
+    PollThenRecv,
+    /// A `recv` for each, and nothing else: the floor of the readiness path.
+    RecvOnly,
+}
+
+/// Loopback TCP connections whose server ends are read along one of the [`ReceivePath`]s.
 pub struct BenchReceives {
-    /// `Some`: the server ends are read through this ring.
-    ring: Option<ShardRing>,
+    path: ReceivePath,
+    /// The shard whose ring receives, with a session attached to each connection, for
+    /// [`ReceivePath::Ring`].
+    shard: Option<(Shard, Vec<Rc<SessionState>>)>,
+    /// The readiness polls, for [`ReceivePath::PollThenRecv`].
+    polls: Option<io_uring::IoUring>,
     /// The server ends, read by the bench.
     sockets: Vec<TcpStream>,
     /// The client ends, which send.
@@ -339,27 +355,62 @@ pub struct BenchReceives {
 }
 
 impl BenchReceives {
-    /// `n` connections, read through a ring when `through_ring`.
-    pub fn new(n: usize, through_ring: bool) -> BenchReceives {
+    /// `n` connections, read along `path`.
+    pub fn new(n: usize, path: ReceivePath) -> BenchReceives {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("loopback listener");
         let addr = listener.local_addr().expect("bound");
-        let mut ring = through_ring.then(|| ShardRing::new().expect("an io_uring ring"));
+        let mut shard = matches!(path, ReceivePath::Ring).then(|| {
+            let config = ShardConfig::new(&Config::default());
+            let admission = Arc::new(Admission::new(&config.websocket));
+            let (sender, inbox) = inbox();
+            let shard = Shard::new(
+                0,
+                config,
+                admission,
+                Peers::new(vec![sender]),
+                inbox,
+                Arc::default(),
+                None,
+            );
+            (shard, Vec::with_capacity(n))
+        });
+        let mut polls = matches!(path, ReceivePath::PollThenRecv).then(|| {
+            io_uring::IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_cqsize(2 * n as u32)
+                .build(n.next_power_of_two() as u32)
+                .expect("an io_uring ring")
+        });
         let mut sockets = Vec::with_capacity(n);
         let mut clients = Vec::with_capacity(n);
         for i in 0..n {
             let client = TcpStream::connect(addr).expect("connect");
             client.set_nodelay(true).expect("nodelay");
             let (socket, _) = listener.accept().expect("accept");
-            if let Some(ring) = &mut ring {
-                let id = SessionId::new(0, i, i as u64).expect("a small slot");
-                ring.arm_receive(socket.as_raw_fd(), id)
-                    .expect("arm a receive");
+            if let Some((shard, states)) = &mut shard {
+                let state = shard
+                    .register(addr, None, Agreed::default())
+                    .expect("a bench holds few sessions");
+                assert!(
+                    shard.attach(&state, socket.as_raw_fd()),
+                    "the shard has a ring"
+                );
+                states.push(state);
+            }
+            if let Some(polls) = &mut polls {
+                arm_poll(polls, &socket, i);
             }
             sockets.push(socket);
             clients.push(client);
         }
+        if let Some(polls) = &mut polls {
+            polls.submit().expect("arm the polls");
+        }
         BenchReceives {
-            ring,
+            path,
+            shard,
+            polls,
             sockets,
             clients,
             read_buf: vec![0; 1 << 16],
@@ -376,11 +427,11 @@ impl BenchReceives {
     }
 
     /// Receives what every connection was sent and decodes it as client frames; returns the messages.
-    /// Through the ring: one reap for all the connections, then each completion's buffer, given back.
-    /// Otherwise: one `recv` per connection.
     pub fn receive(&mut self) -> usize {
         let BenchReceives {
-            ring,
+            path,
+            shard,
+            polls,
             sockets,
             read_buf,
             decoder,
@@ -399,39 +450,69 @@ impl BenchReceives {
                 })
                 .expect("valid frames");
         };
-        match ring {
-            Some(ring) => {
+        let mut recv = |socket: &TcpStream, count: &mut dyn FnMut(&mut [u8])| {
+            let buf = &mut *read_buf;
+            // SAFETY: receives into `buf`, at most its length, without blocking.
+            let n = unsafe {
+                libc::recv(
+                    socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            count(&mut buf[..usize::try_from(n).expect("bytes were waiting")]);
+        };
+        match path {
+            ReceivePath::Ring => {
+                let (shard, _) = shard.as_ref().expect("a shard");
                 let mut received = 0;
-                while received < sockets.len() {
-                    let receipt = ring
-                        .next_received()
-                        .expect("the ring reaps")
-                        .expect("every connection was sent bytes");
-                    let (Some(buffer), Ok(len)) =
-                        (receipt.buffer(), usize::try_from(receipt.result()))
-                    else {
-                        panic!("a receive failed: {}", receipt.result());
-                    };
-                    // SAFETY: buffer and length come from this receive completion; the slice is gone
-                    // before the buffer is given back.
-                    count(unsafe { ring.received_bytes(buffer, len) });
-                    ring.provide(buffer);
-                    received += 1;
+                for _ in 0..1000 {
+                    if received == sockets.len() {
+                        break;
+                    }
+                    shard.take_received(|_, bytes| {
+                        decoder
+                            .decode(bytes, limits, None, |_| {
+                                received += 1;
+                                Flow::Continue
+                            })
+                            .expect("valid frames");
+                    });
                 }
+                messages = received;
             }
-            None => {
+            ReceivePath::PollThenRecv => {
+                let polls = polls.as_mut().expect("polls");
+                polls
+                    .submit_and_wait(sockets.len())
+                    .expect("the polls fire");
+                let ready: Vec<usize> =
+                    polls.completion().map(|c| c.user_data() as usize).collect();
+                for i in ready {
+                    recv(&sockets[i], &mut count);
+                    arm_poll(polls, &sockets[i], i);
+                }
+                polls.submit().expect("arm the polls again");
+            }
+            ReceivePath::RecvOnly => {
                 for socket in sockets.iter() {
-                    let fd = socket.as_raw_fd();
-                    let buf = &mut *read_buf;
-                    // SAFETY: receives into `buf`, at most its length, without blocking.
-                    let n = unsafe {
-                        libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-                    };
-                    let n = usize::try_from(n).expect("bytes were waiting");
-                    count(&mut buf[..n]);
+                    recv(socket, &mut count);
                 }
             }
         }
         messages
     }
+}
+
+/// Queues a one-shot readiness poll on `socket`, as glommio arms one for each stream.
+fn arm_poll(polls: &mut io_uring::IoUring, socket: &TcpStream, i: usize) {
+    let poll = io_uring::opcode::PollAdd::new(
+        io_uring::types::Fd(socket.as_raw_fd()),
+        libc::POLLIN as u32,
+    )
+    .build()
+    .user_data(i as u64);
+    // SAFETY: a poll points at no memory.
+    unsafe { polls.submission().push(&poll) }.expect("room for every connection's poll");
 }

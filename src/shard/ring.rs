@@ -261,47 +261,47 @@ impl ShardRing {
         Ok(())
     }
 
-    /// One round: submit, run the kernel's completion work, reap; waits for `wait_for` completions.
-    fn run(&mut self, wait_for: usize) -> io::Result<()> {
-        self.uring.completion().disable_eventfd();
-        let entered = self.enter(wait_for);
-        self.uring.completion().enable_eventfd();
-        // Pairs with the kernel's queueing of work (an atomic RMW on the flags, then its read of the
-        // eventfd switch): either it saw the eventfd enabled and signals it, or the TASKRUN check below
-        // sees its work.
-        fence(Ordering::SeqCst);
-        entered?;
-        self.reap();
-        if self.uring.submission().taskrun() {
-            // Work queued while the eventfd was off, which signalled nothing: run it now, with the
-            // eventfd on. (The flag can also be left over, set by work this thread had already run:
-            // then this enter finds nothing, and nothing here waits on the flag again.)
-            self.enter(0)?;
-            self.reap();
+    /// Submits, runs the kernel's completion work, reaps; waits for `wait_for` completions. Enters the
+    /// kernel only when there is something to submit, to wait for, or to run (`IORING_SQ_TASKRUN`); the
+    /// kernel runs at most 20 items of work per enter, and sets the flag again when it leaves some.
+    fn run(&mut self, mut wait_for: usize) -> io::Result<()> {
+        loop {
+            if wait_for == 0
+                && self.uring.submission().is_empty()
+                && !self.uring.submission().taskrun()
+            {
+                self.reap();
+                return Ok(());
+            }
+            self.uring.completion().disable_eventfd();
+            let entered = self.enter(wait_for);
+            self.uring.completion().enable_eventfd();
+            // Pairs with the kernel's queueing of work (an atomic RMW on the flags, then its read of
+            // the eventfd switch): either it saw the eventfd enabled and signals it, or the TASKRUN
+            // check below sees its work.
+            fence(Ordering::SeqCst);
+            entered?;
+            wait_for = 0;
+            if self.reap() == 0 && self.uring.submission().taskrun() {
+                // Work queued while the eventfd was off, which signalled nothing, or a flag left over
+                // (set by work this thread had already run): one more enter, with the eventfd on, so
+                // that whatever comes next signals it. Nothing waits on the flag.
+                self.enter(0)?;
+                self.reap();
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// One `io_uring_enter`: submits what is queued and runs the completion work the kernel queued for
-    /// this thread, all of it (the kernel runs at most `min_complete` items, or 20, per enter). It waits
-    /// only for `wait_for` completions, when there are sends still outstanding.
+    /// this thread; waits for `wait_for` completions (sends still outstanding), or for none.
     fn enter(&mut self, wait_for: usize) -> io::Result<()> {
-        let entered = if wait_for > 0 {
-            self.uring.submit_and_wait(wait_for)
-        } else {
-            let no_wait = types::Timespec::new();
-            let args = types::SubmitArgs::new().timespec(&no_wait);
-            self.uring
-                .submitter()
-                .submit_with_args(COMPLETION_ENTRIES as usize, &args)
-        };
-        match entered {
+        match self.uring.submit_and_wait(wait_for) {
             Ok(_) => Ok(()),
-            // ETIME: fewer completions than asked for, which is the point of a zero timeout.
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
                 ) =>
             {
                 Ok(())
@@ -312,8 +312,10 @@ impl ShardRing {
 
     /// Takes every completion in the queue: sends kept for the writer's [`ShardRing::complete`], receives
     /// for [`ShardRing::next_received`]; cancellations dropped (the cancelled receive reports its end).
-    fn reap(&mut self) {
+    fn reap(&mut self) -> usize {
+        let mut reaped = 0;
         for completion in self.uring.completion() {
+            reaped += 1;
             let user_data = completion.user_data();
             match user_data >> KIND_SHIFT {
                 KIND_SEND => self
@@ -327,6 +329,7 @@ impl ShardRing {
                 _ => {}
             }
         }
+        reaped
     }
 
     /// Whether receive completions are waiting to be handed out or reaped, or submissions to be made.
