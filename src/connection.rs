@@ -229,6 +229,10 @@ pub(crate) async fn receive_loop(shard: Rc<Shard>, callbacks: Arc<Callbacks>) {
     loop {
         shard.wait_for_received().await;
         let more = shard.take_received(|state, bytes| {
+            // What other shards posted before these bytes were sent is handled first: the client may be
+            // answering what followed it (a room homed here got a publication from another shard, whose
+            // sender then told this client), and a room's order must follow cause and effect.
+            shard.deliver_posted();
             let session = Session::new(state.clone(), shard.clone());
             process(&session, &callbacks, bytes);
             if !state.is_open() {
