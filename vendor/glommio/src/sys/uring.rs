@@ -1044,27 +1044,12 @@ impl SleepableRing {
         }
     }
 
-    /// Waits for a completion. With `link`, first arms it (a poll on the other ring's descriptor, so
-    /// that ring's completions end the wait too); without, the link armed for an earlier sleep is
-    /// still in the kernel. Returns whether the rings are linked: `false` when the link could not be
-    /// submitted, in which case it did not wait.
-    fn sleep(&mut self, link: Option<&Source>) -> io::Result<bool> {
+    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
-        let Some(link) = link else {
-            return self
-                .ring
-                .cq()
-                .wait(1)
-                .map(|_| true)
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
-                .map(|_| true);
-        };
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1109,7 +1094,6 @@ impl SleepableRing {
                     .or_else(Reactor::busy_ok)
                     .or_else(Reactor::again_ok)
                     .or_else(Reactor::intr_ok)
-                    .map(|_| true)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1119,7 +1103,6 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
-                .map(|_| false)
         }
     }
 }
@@ -1183,9 +1166,10 @@ impl UringCommon for SleepableRing {
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
-            // A link between the rings records its completion like any source: the reactor keeps one
-            // armed across sleeps and must know when it has fired.
-            |_| None,
+            |source| match source.source_type {
+                SourceType::LinkRings => Some(()),
+                _ => None,
+            },
             |mut src, res| {
                 record_stats(self, &mut src, &res);
                 if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
@@ -1238,12 +1222,7 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// When the latency preemption timer above fires.
-    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
-    /// The poll that links the latency ring to the main ring while the executor sleeps; it stays
-    /// armed from one sleep to the next until the latency ring has a completion.
-    link_rings_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1382,9 +1361,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
-            link_rings_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1756,13 +1733,7 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    ///
-    /// The link stays armed after the executor wakes (unless it is what woke it), so the next sleep
-    /// needs no new `POLL_ADD` nor the cancellation of the old one.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        if pending(&self.link_rings_src) {
-            return ring.sleep(None).map(|_| {});
-        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1770,35 +1741,7 @@ impl Reactor {
             None,
             None,
         );
-        match ring.sleep(Some(&link_rings)) {
-            Ok(true) => {
-                self.link_rings_src.set(Some(link_rings));
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(e) => Self::busy_ok(e),
-        }
-    }
-
-    /// Arms the latency preemption timer to fire within `d`, unless the one armed fires by then:
-    /// replacing it is a cancellation and a new timeout, and the `io_uring_enter` that submits
-    /// them, on every call of [`Self::wait`] otherwise.
-    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, d: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + d;
-        let armed_in_time = pending(&self.latency_preemption_timeout_src)
-            && self
-                .latency_preemption_deadline
-                .get()
-                .is_some_and(|armed| armed <= deadline);
-        if armed_in_time {
-            return Ok(());
-        }
-        self.latency_preemption_timeout_src
-            .set(Some(lat_ring.prepare_latency_preemption_timer(d)));
-        self.latency_preemption_deadline.set(Some(deadline));
-        flush_cancellations!(into &mut 0; lat_ring);
-        flush_rings!(lat_ring)?;
-        Ok(())
+        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1879,12 +1822,17 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // The latency preemption timer is kept while it is pending (see `arm_latency_timer`):
-        // one left armed while we sleep wakes us once, harmlessly, when it fires.
+        // Cancel the old timer regardless of whether we can sleep:
+        // if we won't sleep, we will register the new timer with its new
+        // value.
         //
+        // But if we will sleep, there might be a timer registered that needs
+        // to be removed otherwise we'll wake up when it expires.
+        drop(self.latency_preemption_timeout_src.take());
+
         // The throughput-based timeout counts completions; one already armed is as good as a
-        // new one, so it is armed again only once it has fired, not on every call (each
-        // re-arm was a cancellation, two new SQEs and the `io_uring_enter` submitting them).
+        // new one, so it is armed again only once it has fired, not on every call (each re-arm
+        // was a cancellation, two new SQEs and the `io_uring_enter` submitting them).
         if !pending(&self.throughput_preemption_timeout_src) {
             self.throughput_preemption_timeout_src.replace(Some(
                 main_ring.prepare_throughput_preemption_timer(
@@ -1914,7 +1862,9 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.arm_latency_timer(&mut lat_ring, dur)?;
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1943,8 +1893,9 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.arm_latency_timer(&mut lat_ring, preempt)?;
-            flush_rings!(main_ring)?;
+            self.latency_preemption_timeout_src
+                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
