@@ -75,16 +75,17 @@ enum Event {
 
 /// The socket of one open session; only its task touches it.
 struct Io {
+    /// This task's wait for the socket to be readable (only when it reads itself) and writable (only
+    /// while a write waits for room); declared before the socket, so a pending wait is cancelled
+    /// before the socket closes.
+    readable: Option<Readiness>,
+    writable: Option<Readiness>,
     /// Taken from glommio after the handshake ([`TcpStream::into_std`]), so that no readiness poll of
     /// glommio's stays armed for the session's life: the shard's ring receives, its writer sends, and
     /// this task waits for readiness only while it has to.
     socket: std::net::TcpStream,
     /// The shard has no ring to receive through: this task reads the socket itself.
     reads_itself: bool,
-    /// This task's wait for the socket to be readable (only when it reads itself) and writable (only
-    /// while a write waits for room).
-    readable: Option<Readiness>,
-    writable: Option<Readiness>,
 }
 
 /// A wait for a socket's readiness through glommio's ring.

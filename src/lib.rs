@@ -77,8 +77,8 @@
 //! - `dispatch`: raw text versus typed event. `handler`: the registered callbacks. `envelope`: what a
 //!   typed event is (`type`, `ref`, `payload`) and how text is read as one.
 //! - `session`: [`Session`], the handle callbacks receive (send, close, join, leave, broadcast).
-//! - `shard`: the state one core owns behind methods: its sessions, its rooms, its deflater and
-//!   inflater, its clock and the sweep. `shard::ring`: the shard's own io_uring ring (a multishot receive
+//! - `shard`: the state one core owns behind methods: its sessions, its rooms, the read buffer of its
+//!   handshakes, its deflater and inflater, its clock and the sweep. `shard::ring`: the shard's own io_uring ring (a multishot receive
 //!   per session into provided buffers, the writer's sends). `shard::writer`: every session a turn queued
 //!   frames for, written in one submission. `shard::mesh`: crossbeam inboxes between shards; a post wakes
 //!   a sleeping shard through glommio, without polling.

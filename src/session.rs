@@ -10,7 +10,7 @@
 //! its shard. The state does not point back at the shard, so the shard's tables never hold a handle and
 //! the shard never calls up into callbacks.
 //!
-//! It must not touch the socket: only the connection task reads and writes it.
+//! It must not touch the socket: the connection task and the shard's ring and writer do.
 
 use std::fmt;
 use std::net::SocketAddr;

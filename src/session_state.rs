@@ -7,7 +7,8 @@
 //! in by the caller. So a slow consumer found during a room's fan-out is not reported here: the state
 //! records it ([`CloseCause::SlowConsumer`]) and wakes the connection task, which tells `on_error`.
 //!
-//! It must not touch the socket (only the connection task reads and writes it) nor run callbacks.
+//! It must not touch the socket (the connection task, the shard's ring and its writer do) nor run
+//! callbacks.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -84,7 +85,8 @@ pub(crate) struct SessionState {
     /// What its upgrade agreed to: permessage-deflate's parameters (the session's only compression
     /// state: the deflater and inflater are its shard's) and the subprotocol; 3 bytes.
     agreed: Agreed,
-    /// The socket, for the shard's writer, while the connection task holds it open; -1 before and after.
+    /// The socket, for the shard's ring and writer, while the connection task holds it open; -1 before
+    /// and after.
     socket: Cell<RawFd>,
     /// Named to the shard's writer and not yet written by it ([`crate::shard::writer`]).
     write_wanted: Cell<bool>,
@@ -93,8 +95,9 @@ pub(crate) struct SessionState {
 }
 
 /// What reading from the peer keeps between arrivals: the frame decoder (with a message still arriving),
-/// the rate limiter, and how the stream ended once it has. Only the code that receives for the session
-/// touches it: its shard's receiving task, or its connection task when the shard has no ring.
+/// the rate limiter, and how the stream ended once it has. The code that receives for the session fills
+/// it (its shard's receiving task, or its connection task when the shard has no ring); the connection task
+/// takes the end and clears the decoder once nothing more is read as messages.
 #[derive(Default)]
 pub(crate) struct Receiving {
     pub(crate) decoder: Decoder,

@@ -151,6 +151,7 @@ async fn sweep_loop(shard: Rc<Shard>) {
             last_ping = now;
         }
         shard.sweep(ping_due.then_some(&ping));
+        shard.check_received();
     }
 }
 

@@ -9,8 +9,8 @@
 //! `recvfrom` per message and no poll to re-arm after it. Completions wait in [`ShardRing::next_received`]
 //! until the receiving task hands each to its session; the buffer goes back to the kernel right after
 //! ([`ShardRing::provide`]). The pool is bounded: when it runs dry the kernel ends a session's receive
-//! with `ENOBUFS` rather than take memory, the bytes stay in the socket, and the receive is armed again
-//! once buffers are back.
+//! with `ENOBUFS` rather than take memory, the bytes stay in the socket, and the shard arms the receive
+//! again in the same pass, after the completions ahead of it have given their buffers back.
 //!
 //! **Waking.** The ring is `DEFER_TASKRUN`: the kernel queues a completion as work for the shard's own
 //! thread, run when that thread next enters this ring, rather than interrupting it. When the first such
@@ -20,7 +20,10 @@
 //! disabled (completions it posts there would only wake it again for nothing); afterwards, when
 //! `IORING_SQ_TASKRUN` says work was queued meanwhile, it enters once more with the eventfd on, so that
 //! work is not left waiting for a signal that was never sent. Nothing waits on that flag: the kernel can
-//! leave it set after this thread ran the work.
+//! leave it set after this thread ran the work. The argument needs the kernel's setting of the flag to
+//! be ordered before its read of the eventfd switch, which its atomic read-modify-write gives on x86; on
+//! weaker memory models the shard's once-a-second sweep also asks [`ShardRing::work_announced`], so a
+//! missed signal costs at most a second.
 //!
 //! **Sending.** The writer's sends ([`crate::shard::writer`]) carry `MSG_DONTWAIT` and complete during the
 //! submission; [`ShardRing::complete_sends`] returns only once every one has.
@@ -39,8 +42,10 @@ use crate::session_state::SessionId;
 
 /// Submission slots; the writer sends to at most this many sessions per submission.
 pub(crate) const RING_ENTRIES: usize = 256;
-/// Completion slots: one per provided buffer at most for receives, plus ends and sends, with room to
-/// spare so the kernel need not hold completions back.
+/// Completion slots. Receives with bytes are at most one per provided buffer between two reaps, but
+/// every session the pool could not serve ends its receive with a completion of its own (`ENOBUFS`):
+/// many sessions answering at once (the sweep's pings) can overflow this, and the kernel then keeps the
+/// rest until this thread enters again, which it does while `IORING_SQ_CQ_OVERFLOW` is set.
 const COMPLETION_ENTRIES: u32 = 8192;
 /// Provided buffers (a power of two, as the kernel requires) and the bytes of each: 2 MiB a shard, of
 /// which only what traffic has used is resident.
@@ -90,8 +95,9 @@ impl Receipt {
     }
 }
 
-/// The ring, and the memory its requests point at. The ring is declared first: it is dropped, and the
-/// kernel's requests with it, before that memory is.
+/// The ring, and the memory its requests point at. Dropping it unregisters the buffers first, so no
+/// receive the kernel has yet to tear down can pick one (and no send is ever in flight between calls);
+/// only then is the memory unmapped.
 pub(crate) struct ShardRing {
     uring: IoUring,
     /// Signalled by the kernel when completions are queued for this thread (see the module docs).
@@ -117,7 +123,7 @@ pub(crate) const IOVECS_PER_SEND: usize = 32;
 
 impl ShardRing {
     /// A ring with its provided buffers and eventfd, or the kernel's refusal (io_uring disabled, or
-    /// older than provided-buffer rings, 5.19).
+    /// older than `DEFER_TASKRUN`, 6.1).
     pub(crate) fn new() -> io::Result<ShardRing> {
         // Only the shard's thread submits, and it runs the kernel's completion work itself when it enters
         // (6.1+); TASKRUN_FLAG tells it, without a system call, that such work is waiting.
@@ -199,7 +205,8 @@ impl ShardRing {
         let receive = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
             .build()
             .user_data(receive_data(session));
-        self.push(&receive)
+        // SAFETY: a receive points at no memory of ours (the kernel picks a provided buffer).
+        unsafe { self.push(&receive) }
     }
 
     /// Cancels `session`'s receive: the kernel drops its reference to the socket, which closes once
@@ -208,27 +215,37 @@ impl ShardRing {
         let cancel = opcode::AsyncCancel::new(receive_data(session))
             .build()
             .user_data(KIND_CANCEL << KIND_SHIFT);
-        self.push(&cancel)?;
+        // SAFETY: a cancellation points at no memory.
+        unsafe { self.push(&cancel) }?;
         self.submit()
     }
 
     /// Queues the writer's send in submission slot `slot`.
-    pub(crate) fn push_send(&mut self, send: squeue::Entry, slot: usize) -> io::Result<()> {
-        self.push(&send.user_data(KIND_SEND << KIND_SHIFT | slot as u64))
+    ///
+    /// # Safety
+    /// Everything `send` points at (its message header, iovecs and the bytes they name) must stay
+    /// valid and unmoved until [`ShardRing::complete_sends`] has returned.
+    pub(crate) unsafe fn push_send(&mut self, send: squeue::Entry, slot: usize) -> io::Result<()> {
+        // SAFETY: the caller keeps what the send points at alive until its completion is reaped.
+        unsafe { self.push(&send.user_data(KIND_SEND << KIND_SHIFT | slot as u64)) }
     }
 
-    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        // SAFETY: every entry built here points at memory this ring owns (send slots, buffers) or at
-        // nothing; the frames a send points at stay queued until its completion is reaped, which
-        // `complete_sends` does before returning.
-        if unsafe { self.uring.submission().push(entry) }.is_ok() {
-            return Ok(());
+    /// Queues `entry`, submitting what is queued first when the queue is full.
+    ///
+    /// # Safety
+    /// What `entry` points at must outlive its completion (receives and cancellations point at
+    /// nothing).
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        // A full queue empties once submitted; a submission the kernel turns back for a moment (its
+        // completion queue overflowing: EBUSY) is tried again after the reap has made room.
+        for _ in 0..8 {
+            // SAFETY: the caller's contract.
+            if unsafe { self.uring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.submit()?;
         }
-        // Full: submit what is queued, then there is room.
-        self.submit()?;
-        // SAFETY: as above.
-        unsafe { self.uring.submission().push(entry) }
-            .map_err(|_| io::Error::other("the submission queue is still full"))
+        Err(io::Error::other("the submission queue stays full"))
     }
 
     /// Submits what is queued, runs every completion the kernel queued for this thread, and reaps them
@@ -266,10 +283,11 @@ impl ShardRing {
     /// kernel runs at most 20 items of work per enter, and sets the flag again when it leaves some.
     fn run(&mut self, mut wait_for: usize) -> io::Result<()> {
         loop {
-            if wait_for == 0
-                && self.uring.submission().is_empty()
-                && !self.uring.submission().taskrun()
-            {
+            let idle = {
+                let queue = self.uring.submission();
+                queue.is_empty() && !queue.taskrun() && !queue.cq_overflow()
+            };
+            if wait_for == 0 && idle {
                 self.reap();
                 return Ok(());
             }
@@ -284,10 +302,16 @@ impl ShardRing {
             wait_for = 0;
             if self.reap() == 0 && self.uring.submission().taskrun() {
                 // Work queued while the eventfd was off, which signalled nothing, or a flag left over
-                // (set by work this thread had already run): one more enter, with the eventfd on, so
-                // that whatever comes next signals it. Nothing waits on the flag.
-                self.enter(0)?;
-                self.reap();
+                // (set by work this thread had already run): enters with the eventfd on, so that
+                // whatever comes next signals it. The kernel runs 20 items per enter and sets the flag
+                // again when it leaves some, so this goes on while they yield completions; a few empty
+                // enters in a row mean the flag is left over, and nothing waits on it.
+                for _ in 0..4 {
+                    self.enter(0)?;
+                    if self.reap() > 0 || !self.uring.submission().taskrun() {
+                        break;
+                    }
+                }
                 return Ok(());
             }
         }
@@ -342,6 +366,13 @@ impl ShardRing {
             || !self.uring.submission().is_empty()
     }
 
+    /// Whether the kernel says completion work is waiting (`IORING_SQ_TASKRUN`) or held back
+    /// (`IORING_SQ_CQ_OVERFLOW`): a safety net for a missed signal, never something to wait on.
+    pub(crate) fn work_announced(&mut self) -> bool {
+        let queue = self.uring.submission();
+        queue.taskrun() || queue.cq_overflow()
+    }
+
     /// The oldest receive completion not yet handed out, reaping first when none is left.
     pub(crate) fn next_received(&mut self) -> io::Result<Option<Receipt>> {
         if self.received.is_empty() {
@@ -372,15 +403,30 @@ impl ShardRing {
     }
 
     /// Gives `buffer` back to the kernel for the next receive.
-    pub(crate) fn provide(&mut self, buffer: u16) {
+    ///
+    /// # Safety
+    /// `buffer` must be one a receive completion handed out ([`Receipt::buffer`]), given back once, and
+    /// no slice of it ([`ShardRing::received_bytes`]) may be alive.
+    pub(crate) unsafe fn provide(&mut self, buffer: u16) {
         self.buffers.provide(buffer);
     }
 }
 
 impl Drop for ShardRing {
     fn drop(&mut self) {
-        // Before the buffers are unmapped: no request may pick one afterwards.
-        let _ = self.uring.submitter().unregister_buf_ring(BUFFER_GROUP);
+        // Before the buffers are unmapped: no request may pick one afterwards. If the kernel refuses,
+        // the buffers are never unmapped.
+        if self
+            .uring
+            .submitter()
+            .unregister_buf_ring(BUFFER_GROUP)
+            .is_err()
+        {
+            std::mem::forget(std::mem::replace(
+                &mut self.buffers,
+                ProvidedBuffers::none(),
+            ));
+        }
     }
 }
 
@@ -399,6 +445,15 @@ struct ProvidedBuffers {
 }
 
 impl ProvidedBuffers {
+    /// No buffers: what a ring whose buffers had to be leaked keeps.
+    fn none() -> ProvidedBuffers {
+        ProvidedBuffers {
+            entries: Mapping::empty(),
+            memory: Mapping::empty(),
+            tail: 0,
+        }
+    }
+
     fn new() -> io::Result<ProvidedBuffers> {
         let mut buffers = ProvidedBuffers {
             entries: Mapping::new(usize::from(BUFFERS) * std::mem::size_of::<BufRingEntry>())?,
@@ -457,6 +512,14 @@ impl Mapping {
         })
     }
 
+    /// Nothing mapped.
+    fn empty() -> Mapping {
+        Mapping {
+            addr: std::ptr::null_mut(),
+            len: 0,
+        }
+    }
+
     fn addr(&self) -> *mut u8 {
         self.addr
     }
@@ -464,7 +527,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
+        if self.len > 0 {
+            // SAFETY: exactly the mapping made in `new`, unmapped once.
+            unsafe { libc::munmap(self.addr.cast(), self.len) };
+        }
     }
 }

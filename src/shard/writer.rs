@@ -15,7 +15,7 @@
 //! the kernel may still read them, and nothing is left in flight between turns.
 //!
 //! What the kernel did not take goes back to the session's connection task ([`crate::connection`]),
-//! which writes through glommio and waits for writability there: the rest of a partly written queue, a
+//! which writes with its own `sendmsg` and waits for writability through glommio: the rest of a partly written queue, a
 //! queue the socket refused (`EAGAIN`), a send that failed (the task's own write meets the error and
 //! reports it). So does a closing session whose queue is now empty, to finish its close handshake. An open
 //! session whose queue was written needs its task for nothing.
@@ -133,9 +133,10 @@ impl Writer {
             let send = opcode::SendMsg::new(types::Fd(fd), header)
                 .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
                 .build();
-            // The header and iovecs live in the ring and the frames they point at in the session's
-            // queue; neither is touched until `complete_sends` has reaped every send.
-            ring.push_send(send, slot)?;
+            // SAFETY: the header and iovecs live in the ring, which does not move them, and the frames
+            // they point at in the session's queue, which is not touched until `complete_sends` below
+            // has reaped every send.
+            unsafe { ring.push_send(send, slot) }?;
             submitted += 1;
         }
         if submitted == 0 {

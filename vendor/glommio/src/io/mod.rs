@@ -161,14 +161,27 @@ pub async fn remove<P: AsRef<Path>>(path: P) -> Result<()> {
 /// the future before it completes cancels the poll.
 pub async fn readable(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
     let source = crate::executor().reactor().poll_read_ready(fd);
-    source.collect_rw().await.map(drop)
+    ready(&source).await
 }
 
 /// Waits until `fd` is writable, through this executor's ring (one `IORING_OP_POLL_ADD`): the
 /// counterpart of [`readable`], for a socket the application writes with its own system calls.
 pub async fn writable(fd: std::os::unix::io::RawFd) -> std::io::Result<()> {
     let source = crate::executor().reactor().poll_write_ready(fd);
-    source.collect_rw().await.map(drop)
+    ready(&source).await
+}
+
+/// Waits for a readiness poll, keeping one waker however often the waiting task is polled (a task
+/// woken for other reasons polls it again each time; `collect_rw` would keep every waker).
+async fn ready(source: &crate::sys::Source) -> std::io::Result<()> {
+    futures_lite::future::poll_fn(|cx| match source.result() {
+        Some(result) => std::task::Poll::Ready(result.map(drop)),
+        None => {
+            source.add_waiter_single(cx.waker());
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 pub(crate) use self::sched::{FileScheduler, IoScheduler, ScheduledSource};
