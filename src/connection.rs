@@ -12,7 +12,7 @@
 //! once. The session task is woken only when something needs it: the writer hands back what the socket
 //! would not take (the task writes it, waiting for writability through glommio), the lifecycle moved (a
 //! close to finish, a slow consumer to report, an abort), or the stream ended. So an idle session is its
-//! [`SessionState`], its suspended task and one request in the kernel: 376 B of RSS per connection with
+//! [`SessionState`], its suspended task and one request in the kernel: 365 B of RSS per connection with
 //! 19,000 held (995-1,011 B while each kept a glommio readiness poll armed and its glommio stream).
 //! Without a ring (the kernel refused one) the task reads for itself: `recv` on readiness, through glommio.
 //! The shutdown pass must live inside the session's own async block: glommio's `Gate::spawn` wraps a
