@@ -6,7 +6,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
-use common::options_at;
+use common::{options_at, small_churn};
 use loadtest::{run, Report, Scenario};
 
 /// Starts the peer on 127.0.0.1 with a free port, on a two-worker tokio runtime in a thread of its own
@@ -86,14 +86,7 @@ fn rooms_against_the_peer_deliver_within_each_room() {
 
 #[test]
 fn churn_against_the_peer_leaves_and_rejoins_without_loss() {
-    let scenario = Scenario::Churn {
-        clients: 20,
-        rooms: 2,
-        rate: 5.0,
-        churners: 4,
-        duration: Duration::from_millis(1500),
-        size: 50,
-    };
+    let scenario = small_churn();
     let mut options = options_at(start_peer());
     options.threads = 2;
     let report = run(&scenario, &options).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{options, start_chat, Pong};
+use common::{options, small_churn, start_chat, Pong};
 use loadtest::{run, Scenario};
 
 #[test]
@@ -99,14 +99,7 @@ fn rooms_deliver_within_each_room_without_loss() {
 #[test]
 fn churn_cycles_sessions_while_steady_members_lose_nothing() {
     let server = start_chat(2, Pong::Right);
-    let scenario = Scenario::Churn {
-        clients: 20,
-        rooms: 2,
-        rate: 5.0,
-        churners: 4,
-        duration: Duration::from_millis(1500),
-        size: 50,
-    };
+    let scenario = small_churn();
     let mut opts = options(&server);
     opts.threads = 2;
     let report = run(&scenario, &opts).unwrap();

@@ -59,8 +59,9 @@ const KIND_SHIFT: u32 = 62;
 const KIND_SEND: u64 = 0;
 const KIND_RECEIVE: u64 = 1;
 const KIND_CANCEL: u64 = 2;
-/// The bits of a session id below its shard index: its slot and count (see [`SessionId`]).
-const SESSION_BITS: u64 = (1 << 48) - 1;
+/// The bits below the kind: a session id without its shard index (its slot and count, see
+/// [`SessionId`]) for a receive, the submission slot for a send.
+const PAYLOAD_BITS: u64 = (1 << 48) - 1;
 
 /// A receive completion reaped and not yet handed to its session.
 #[derive(Clone, Copy, Debug)]
@@ -73,7 +74,7 @@ pub(crate) struct Receipt {
 impl Receipt {
     /// The session it belongs to, on shard `shard`.
     pub(crate) fn session(&self, shard: usize) -> SessionId {
-        SessionId(((shard as u64) << 48) | (self.user_data & SESSION_BITS))
+        SessionId(((shard as u64) << 48) | (self.user_data & PAYLOAD_BITS))
     }
 
     /// What the kernel reported: bytes received (in [`Receipt::buffer`]), 0 for the peer's end of the
@@ -344,7 +345,7 @@ impl ShardRing {
             match user_data >> KIND_SHIFT {
                 KIND_SEND => self
                     .sent
-                    .push(((user_data & SESSION_BITS) as usize, completion.result())),
+                    .push(((user_data & PAYLOAD_BITS) as usize, completion.result())),
                 KIND_RECEIVE => self.received.push_back(Receipt {
                     user_data,
                     result: completion.result(),
@@ -431,7 +432,7 @@ impl Drop for ShardRing {
 }
 
 fn receive_data(session: SessionId) -> u64 {
-    KIND_RECEIVE << KIND_SHIFT | (session.0 & SESSION_BITS)
+    KIND_RECEIVE << KIND_SHIFT | (session.0 & PAYLOAD_BITS)
 }
 
 /// The buffers the kernel receives into, and the ring of descriptors through which it takes them.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use loadtest::RunOptions;
+use loadtest::{RunOptions, Scenario};
 use roomcast::{Config, RunningServer, Server, Session};
 use serde_json::{Map, Value};
 
@@ -106,4 +106,17 @@ pub fn options_at(addr: SocketAddr) -> RunOptions {
     options.setup_timeout = Duration::from_secs(20);
     options.drain_timeout = Duration::from_secs(5);
     options
+}
+
+/// The churn run both servers are tested with: 20 clients in 2 rooms at 5 messages a second, 4 of them
+/// leaving and rejoining, for 1.5 s.
+pub fn small_churn() -> Scenario {
+    Scenario::Churn {
+        clients: 20,
+        rooms: 2,
+        rate: 5.0,
+        churners: 4,
+        duration: Duration::from_millis(1500),
+        size: 50,
+    }
 }
