@@ -206,7 +206,10 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        // Anything completed on the latency ring, or the preemption deadline passed.
+        let completed =
+            unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        completed || self.sys.preempt_deadline_passed()
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -60,6 +60,36 @@ impl<'ring> CompletionQueue<'ring> {
         self.wait_inner(count).map(|_| ())
     }
 
+    /// Whether the kernel takes a timeout with a wait (`IORING_FEAT_EXT_ARG`, Linux 5.11), so that
+    /// [`Self::wait_timeout`] needs no timeout SQE.
+    pub fn waits_with_timeout(&self) -> bool {
+        unsafe { self.ring.as_ref().features & uring_sys::IORING_FEAT_EXT_ARG != 0 }
+    }
+
+    /// Block the thread until at least `count` CQEs are ready or `timeout` has passed (which is not
+    /// an error). Only where [`Self::waits_with_timeout`]: liburing would otherwise queue a timeout
+    /// SQE of its own.
+    pub fn wait_timeout(&mut self, count: u32, timeout: std::time::Duration) -> io::Result<()> {
+        debug_assert!(self.waits_with_timeout());
+        let ts = uring_sys::__kernel_timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        unsafe {
+            let mut cqe = MaybeUninit::uninit();
+            match resultify(uring_sys::io_uring_wait_cqes(
+                self.ring.as_ptr(),
+                cqe.as_mut_ptr(),
+                count as _,
+                &ts,
+                ptr::null(),
+            )) {
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
+    }
+
     #[inline(always)]
     fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
         unsafe {

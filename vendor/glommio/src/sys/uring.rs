@@ -1044,12 +1044,27 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source) -> io::Result<usize> {
+    /// Whether [`Self::sleep`] can take a timeout without a timeout SQE (see
+    /// `CompletionQueue::waits_with_timeout`).
+    fn sleeps_with_timeout(&mut self) -> bool {
+        self.ring.cq().waits_with_timeout()
+    }
+
+    /// Waits for a completion for at most `timeout` (only where [`Self::sleeps_with_timeout`]).
+    /// With `link`, first arms it (a poll on the other ring's descriptor, so that ring's completions
+    /// end the wait too); without, the link armed for an earlier sleep is still in the kernel.
+    /// Returns whether the rings are linked: `false` when the link could not be submitted, in which
+    /// case it did not wait.
+    fn sleep(&mut self, link: Option<&Source>, timeout: Option<Duration>) -> io::Result<bool> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
+        let Some(link) = link else {
+            self.wait_for_one(timeout)?;
+            return Ok(true);
+        };
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1087,13 +1102,8 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                self.wait_for_one(timeout)?;
+                Ok(true)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1103,7 +1113,19 @@ impl SleepableRing {
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)
+                .map(|_| false)
         }
+    }
+
+    fn wait_for_one(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let mut cq = self.ring.cq();
+        match timeout {
+            Some(timeout) => cq.wait_timeout(1, timeout),
+            None => cq.wait(1),
+        }
+        .or_else(Reactor::busy_ok)
+        .or_else(Reactor::again_ok)
+        .or_else(Reactor::intr_ok)
     }
 }
 
@@ -1166,10 +1188,9 @@ impl UringCommon for SleepableRing {
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
-            |source| match source.source_type {
-                SourceType::LinkRings => Some(()),
-                _ => None,
-            },
+            // A link between the rings records its completion like any source: the reactor keeps one
+            // armed across sleeps and must know when it has fired.
+            |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
                 if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
@@ -1223,6 +1244,11 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// When the running task queues must yield (see `wait`); `None` while parked.
+    preempt_deadline: Cell<Option<Instant>>,
+    /// The poll that links the latency ring to the main ring while the executor sleeps; it stays
+    /// armed from one sleep to the next until the latency ring has a completion.
+    link_rings_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1362,6 +1388,8 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
+            link_rings_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1733,7 +1761,18 @@ impl Reactor {
     ///
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
-    fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+    ///
+    /// The link stays armed after the executor wakes (unless the latency ring is what woke it), so
+    /// the next sleep needs neither a new `POLL_ADD` nor the cancellation of the old one. `timeout`
+    /// bounds the wait (the next user timer) where the kernel takes one with the wait.
+    fn link_rings_and_sleep(
+        &self,
+        ring: &mut SleepableRing,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        if pending(&self.link_rings_src) {
+            return ring.sleep(None, timeout).map(|_| {});
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1741,7 +1780,14 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        match ring.sleep(Some(&link_rings), timeout) {
+            Ok(true) => {
+                self.link_rings_src.set(Some(link_rings));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Self::busy_ok(e),
+        }
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1863,11 +1909,19 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
+            // Where the kernel takes a timeout with the wait, the sleep itself is bounded by it: a
+            // timeout SQE on the latency ring would be one more `io_uring_enter` to arm it, and one
+            // to cancel it after every wake-up that was not its own.
+            let sleep_timeout = if main_ring.sleeps_with_timeout() {
+                user_timer
+            } else {
+                if let Some(dur) = user_timer {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
+                None
+            };
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1882,7 +1936,7 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
-                    self.link_rings_and_sleep(&mut main_ring)
+                    self.link_rings_and_sleep(&mut main_ring, sleep_timeout)
                         .expect("some error");
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
@@ -1894,11 +1948,14 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // The preemption timer is a deadline that `need_preempt` compares with the clock, not a
+        // timeout on the latency ring: arming one on every loop turn, and cancelling it on the
+        // next, cost two SQEs, an `io_uring_enter` and a kernel hrtimer reprogrammed (a trap to the
+        // hypervisor on a virtual machine) per turn, most of the system calls of an executor that
+        // wakes thousands of times a second. Reading the clock (vDSO) costs tens of nanoseconds
+        // per check.
+        self.preempt_deadline
+            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
 
         // A Note about `need_preempt`:
         //
@@ -1908,6 +1965,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Whether the preemption deadline set by the last `wait` has passed.
+    #[inline(always)]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
