@@ -16,7 +16,8 @@
 #   5. the permessage-deflate twins (idle connections, saturate 100 B and 1 KiB), three times, each against
 #      a fresh two-shard roomcast with WEBSOCKET_ENABLE_DEFLATE=true;
 #   6. `loadtest compare`: roomcast's runs of 1 and 3 against tokio-chat's, ratios of medians against
-#      issue 11's targets, appended to results.md.
+#      issue 11's targets, appended to results.md;
+#   7. `loadtest wake-cost`: what one cross-core wake-up costs this machine, appended to results.md.
 # Each set's JSON lines (one report per run) are kept in target/suite-*.jsonl; compare reads two of them.
 #
 # Usage: loadtest/run-suite.sh [--quick]      (--quick: small sizes, one round: checks the harness and
@@ -184,6 +185,20 @@ done
 
 # 6. The ratios, from the JSON lines of 1 and 3: both servers, the same scenarios.
 "$loadtest" compare --ours "$json_roomcast" --peer "$json_peer" --out "$out" --append || status=1
+
+# 7. What this machine charges for one cross-core wake-up, no server running: the rooms rows' "CPU per
+# sleep" is read against it.
+if wake=$("$loadtest" wake-cost); then
+    {
+        echo
+        echo "## This machine: one cross-core wake-up"
+        echo
+        echo "\`loadtest wake-cost\` (two threads pinned to two cores pass a token through eventfds, each"
+        echo "blocking in \`read\`; CPU of both per wake-up), measured after the runs above: \`$wake\`"
+    } >>"$out"
+else
+    status=1
+fi
 
 echo "results: $out" >&2
 exit "$status"

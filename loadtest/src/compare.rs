@@ -37,6 +37,9 @@ struct LineServer {
     cpu_share: f64,
     deliveries_per_cpu_second: Option<f64>,
     rss_per_connection_bytes: Option<f64>,
+    /// Absent from lines of older harnesses.
+    #[serde(default)]
+    sleeps_per_second: Option<f64>,
 }
 
 /// A standard run: its name in the suite's table, and whether it was the `--quick` size.
@@ -150,6 +153,8 @@ enum Figure {
     P99,
     RssPerConnection,
     ConnectRate,
+    SleepsPerSecond,
+    CpuPerSleep,
 }
 
 impl Figure {
@@ -161,6 +166,8 @@ impl Figure {
             Figure::P99 => "latency p99",
             Figure::RssPerConnection => "server RSS per connection",
             Figure::ConnectRate => "connect rate",
+            Figure::SleepsPerSecond => "server sleeps (and wake-ups)/s",
+            Figure::CpuPerSleep => "server CPU per sleep",
         }
     }
 
@@ -173,6 +180,14 @@ impl Figure {
             Figure::P99 => line.latency_us.as_ref().map(|l| l.p99 as f64),
             Figure::RssPerConnection => server.and_then(|s| s.rss_per_connection_bytes),
             Figure::ConnectRate => Some(line.connect_rate_per_second),
+            Figure::SleepsPerSecond => server.and_then(|s| s.sleeps_per_second),
+            // Everything the server spent, over its sleeps: what one sleep-and-wake cycle of its
+            // threads costs with the work done in it, read against `loadtest wake-cost`.
+            Figure::CpuPerSleep => server.and_then(|s| {
+                s.sleeps_per_second
+                    .filter(|&n| n > 0.0)
+                    .map(|n| s.cpu_share / n)
+            }),
         }
     }
 
@@ -184,6 +199,8 @@ impl Figure {
             Figure::P99 => format!("{v:.0} µs"),
             Figure::RssPerConnection => format!("{v:.0} B"),
             Figure::ConnectRate => format!("{v:.0}/s"),
+            Figure::SleepsPerSecond => format!("{v:.0}"),
+            Figure::CpuPerSleep => format!("{:.1} µs", v * 1e6),
         }
     }
 }
@@ -215,6 +232,8 @@ fn rows_of(name: &str) -> Vec<(Figure, Goal)> {
             (Figure::DeliveriesPerSecond, Goal::SameWithin(0.02)),
             (Figure::CpuShare, Goal::RatioAtMost(0.45)),
             (Figure::P99, Goal::RatioAtMost(1.0)),
+            (Figure::SleepsPerSecond, Goal::None),
+            (Figure::CpuPerSleep, Goal::None),
         ],
         "conns, idle" => vec![(Figure::RssPerConnection, Goal::None)],
         "conns, held at once" => vec![(Figure::RssPerConnection, Goal::OursAtMost(512.0))],

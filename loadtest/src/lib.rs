@@ -33,6 +33,8 @@
 //! - `tally`: per-thread counts and their merge. `procfs`: RSS and CPU from `/proc`.
 //! - `report`: the JSON object, the table, pass/fail. `plot`: the SVG. `suite`: the standard runs and
 //!   their Markdown table. `smoke`: the protocol, reply by reply.
+//! - `wake`: `wake-cost`, the machine's cost of one cross-core wake-up, which a server's CPU at moderate
+//!   load is read against.
 //! - `compare`: two servers' suite runs, read back from their JSON lines, as ratios of medians against
 //!   issue 11's targets.
 //!
@@ -61,6 +63,7 @@ pub mod suite;
 mod tally;
 mod target;
 pub mod tracker;
+pub mod wake;
 
 pub use plan::{MAX_CONNECTIONS, MAX_DURATION};
 pub use report::{HarnessFigures, Latency, Point, Report, ServerFigures, SoakMemory, Step};

@@ -182,6 +182,13 @@ enum Command {
         #[arg(long)]
         append: bool,
     },
+    /// What one cross-core wake-up of a sleeping thread costs this machine (no server involved): the
+    /// figure a server's CPU at moderate load is read against.
+    WakeCost {
+        /// Round trips between the two threads (two wake-ups each).
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -313,6 +320,21 @@ fn main() -> ExitCode {
             out,
             append,
         } => return compare(&ours, &peer, (&ours_name, &peer_name), &out, append),
+        Command::WakeCost { round_trips } => {
+            return match loadtest::wake::measure(round_trips.max(1)) {
+                Ok(cost) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&cost).expect("figures serialize")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadtest: wake-cost: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     };
     match loadtest::run(&scenario, &options) {
         Ok(report) => {

@@ -1,8 +1,9 @@
 //! Resident memory and CPU time of a process, from `/proc`.
 //!
-//! Owns reading `/proc/PID/stat` (utime + stime of all threads) and `/proc/PID/status` (VmRSS). Used for
-//! the server (`--server-pid`) and for the harness itself, so the two CPU figures are measured the same
-//! way. It does not decide what to do with the numbers (see `report`).
+//! Owns reading `/proc/PID/stat` (utime + stime of all threads), `/proc/PID/status` (VmRSS) and each
+//! thread's `/proc/PID/task/TID/status` (how often it went to sleep). Used for the server
+//! (`--server-pid`) and for the harness itself, so the two CPU figures are measured the same way. It does
+//! not decide what to do with the numbers (see `report`).
 
 use std::fs;
 use std::io;
@@ -14,6 +15,9 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// User plus system CPU time of every thread, in seconds.
     pub cpu_seconds: f64,
+    /// How many times its threads went to sleep (voluntary context switches of every live thread):
+    /// each is a wake-up later, the main cost of a server at moderate load. `None` if unreadable.
+    pub sleeps: Option<u64>,
 }
 
 /// Reads `pid`, or the harness itself for `None`.
@@ -27,7 +31,29 @@ pub fn sample(pid: Option<u32>) -> io::Result<Sample> {
     Ok(Sample {
         rss_bytes: rss_bytes(&status).ok_or_else(|| malformed("VmRSS"))?,
         cpu_seconds: cpu_seconds(&stat).ok_or_else(|| malformed("stat"))?,
+        sleeps: sleeps(&dir),
     })
+}
+
+/// The voluntary context switches of every thread of the process in `dir`. A thread that ends between
+/// two readings takes its count with it, so a difference is exact only while the threads live (a
+/// server's shards do).
+fn sleeps(dir: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("{dir}/task")).ok()? {
+        let Ok(status) = fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // The thread ended after the listing.
+        };
+        total += voluntary_switches(&status)?;
+    }
+    Some(total)
+}
+
+fn voluntary_switches(status: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn malformed(what: &str) -> io::Error {
@@ -65,6 +91,18 @@ mod tests {
         let s = sample(None).unwrap();
         assert!(s.rss_bytes > 0);
         assert!(s.cpu_seconds >= 0.0);
+        assert!(s.sleeps.is_some());
+    }
+
+    #[test]
+    fn a_thread_that_sleeps_is_counted() {
+        // This thread's own count: other test threads may end meanwhile and take theirs with them.
+        let own = || voluntary_switches(&fs::read_to_string("/proc/thread-self/status").unwrap());
+        let before = own().unwrap();
+        // Going to sleep is what is counted (not a wait for something): this thread blocks once.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let after = own().unwrap();
+        assert!(after > before, "{before} -> {after}");
     }
 
     #[test]
@@ -75,6 +113,12 @@ mod tests {
         assert_eq!(
             rss_bytes("Name:\tx\nVmRSS:\t  1234 kB\n"),
             Some(1234 * 1024)
+        );
+        assert_eq!(
+            voluntary_switches(
+                "Name:\tx\nvoluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n"
+            ),
+            Some(17)
         );
     }
 }

@@ -66,6 +66,9 @@ pub struct ServerFigures {
     pub cpu_share: f64,
     /// Deliveries per server CPU-second: the fair figure when client and server share the machine.
     pub deliveries_per_cpu_second: Option<f64>,
+    /// How often per wall second, over the run and drain, the server's threads went to sleep (and so
+    /// were woken again): at moderate load most of a server's CPU is these (`loadtest wake-cost`).
+    pub sleeps_per_second: Option<f64>,
     /// A soak's RSS from the start of the run to after the clients are gone (its fields sit beside the
     /// others in the JSON).
     #[serde(flatten)]

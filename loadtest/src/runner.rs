@@ -382,6 +382,12 @@ pub fn execute(
                 cpu_share: cpu / measured_wall,
                 deliveries_per_cpu_second: (tally.deliveries > 0 && cpu > 0.0)
                     .then(|| tally.deliveries as f64 / cpu),
+                sleeps_per_second: match (held.sleeps, after.sleeps) {
+                    (Some(held), Some(after)) => {
+                        Some(after.saturating_sub(held) as f64 / measured_wall)
+                    }
+                    _ => None,
+                },
                 soak,
             })
         }
