@@ -3,8 +3,8 @@
 //! The `loadtest` binary runs one scenario (`smoke`, `conns`, `fanout`, `saturate`, `rooms`, `churn`,
 //! `soak`) or the standard `suite`, prints one JSON object per run on stdout and a table on stderr;
 //! `compare` reads two servers' saved JSON lines back and writes the ratios; `wake-cost` measures what one
-//! cross-core wake-up costs the machine. The library is what the
-//! binary and the tests call: [`run`] a [`Scenario`] with [`RunOptions`], get a [`Report`].
+//! cross-core wake-up costs the machine. The library is what the binary and the tests call: [`run`] a
+//! [`Scenario`] with [`RunOptions`], get a [`Report`].
 //!
 //! # Architecture: where everything lives
 //!
