@@ -30,6 +30,24 @@ pub struct Config {
     /// `HISTORY_*`, `DATA_DIR`, `PRESENCE_EVENTS`: rooms' history and presence, used once the application
     /// switches history on ([`crate::Server::keep_history`]).
     pub rooms: RoomSettings,
+    /// `CLUSTER_*`: several nodes sharing rooms through Redis; off unless `CLUSTER_REDIS_URL` is set.
+    pub cluster: ClusterSettings,
+}
+
+/// Several roomcast nodes sharing rooms through Redis ([`crate::cluster`]).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `CLUSTER_REDIS_URL` (default: unset, one node and no Redis): `redis://[user:password@]host:port[/db]`
+    /// for one Redis (or Valkey) server, `redis-cluster://host:port[?node=host:port...]` for a Redis
+    /// Cluster.
+    pub redis_url: Option<String>,
+    /// `CLUSTER_UNSUBSCRIBE_LINGER_MS` (default 2000): how long a node stays subscribed to a room after its
+    /// last local member left, so that a member who comes straight back costs no unsubscribe and
+    /// subscribe.
+    pub unsubscribe_linger: Duration,
+    /// `CLUSTER_PARTITIONS` (default 16, 1 to 16384): how many Redis Cluster hash slots rooms are spread
+    /// over (each room's keys and channel share one slot, through a hash tag); the same on every node.
+    pub partitions: u16,
 }
 
 /// Rooms' history (kept by each room's home shard, on an embedded store) and presence.
@@ -361,6 +379,22 @@ impl Config {
                     .saturating_mul(1 << 20),
                 presence_events: keys.flag("PRESENCE_EVENTS", false)?,
             },
+            cluster: ClusterSettings {
+                redis_url: keys.redis_url("CLUSTER_REDIS_URL")?,
+                unsubscribe_linger: Duration::from_millis(
+                    keys.number("CLUSTER_UNSUBSCRIBE_LINGER_MS", 2000)?,
+                ),
+                partitions: match keys.positive("CLUSTER_PARTITIONS", 16)? {
+                    n @ 1..=16384 => n as u16,
+                    n => {
+                        return Err(Keys::invalid(
+                            "CLUSTER_PARTITIONS",
+                            &n.to_string(),
+                            "a whole number from 1 to 16384 (Redis Cluster's hash slots)",
+                        ))
+                    }
+                },
+            },
         })
     }
 }
@@ -521,6 +555,27 @@ impl Keys<'_> {
         }
     }
 
+    /// Unset or empty: no cluster. The rest of the URL (host, port, credentials) is checked when the
+    /// client is built at start-up, which names this key too.
+    fn redis_url(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.raw(key).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let scheme_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "redis" | "redis-cluster") && !rest.is_empty()
+        });
+        if !scheme_ok {
+            // Credentials may be in it: only the scheme is echoed back.
+            let shown = value.split_once("://").map_or("<no scheme>", |(s, _)| s);
+            return Err(Self::invalid(
+                key,
+                shown,
+                "redis://host:port or redis-cluster://host:port (TLS is not built in:                  put Redis on a private network)",
+            ));
+        }
+        Ok(Some(value))
+    }
+
     fn request_head(&self, key: &'static str) -> Result<usize, ConfigError> {
         let n = self.number(key, 16384)?;
         if !(1024..=1 << 20).contains(&n) {
@@ -668,11 +723,42 @@ mod tests {
             ("HISTORY_GROUP_COMMIT_US", "2000000"),
             ("HISTORY_MEMORY_MB", "0"),
             ("PRESENCE_EVENTS", "sometimes"),
+            ("CLUSTER_REDIS_URL", "localhost:6379"),
+            ("CLUSTER_REDIS_URL", "http://localhost:6379"),
+            ("CLUSTER_UNSUBSCRIBE_LINGER_MS", "2s"),
+            ("CLUSTER_PARTITIONS", "0"),
+            ("CLUSTER_PARTITIONS", "16385"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
-            assert!(err.contains(value), "{err}");
+            // A URL is not echoed whole (it may hold a password): its scheme is.
+            let shown = match key {
+                "CLUSTER_REDIS_URL" => value.split_once("://").map_or("<no scheme>", |(s, _)| s),
+                _ => value,
+            };
+            assert!(err.contains(shown), "{err}");
         }
+    }
+
+    #[test]
+    fn the_cluster_is_off_unless_a_redis_url_is_set() {
+        assert!(with(&[]).unwrap().cluster.redis_url.is_none());
+        assert!(with(&[("CLUSTER_REDIS_URL", "")])
+            .unwrap()
+            .cluster
+            .redis_url
+            .is_none());
+        let on = with(&[("CLUSTER_REDIS_URL", "redis://:secret@10.0.0.5:6379/2")]).unwrap();
+        assert_eq!(
+            on.cluster.redis_url.as_deref(),
+            Some("redis://:secret@10.0.0.5:6379/2")
+        );
+        assert_eq!(on.cluster.partitions, 16);
+        assert_eq!(on.cluster.unsubscribe_linger, Duration::from_secs(2));
+        let err = with(&[("CLUSTER_REDIS_URL", "rediss://:secret@host:6379")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

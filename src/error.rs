@@ -84,6 +84,16 @@ pub enum StartError {
         /// The OS's or the store's explanation.
         cause: String,
     },
+    /// The cluster's Redis client could not be set up from `CLUSTER_REDIS_URL` (an unreadable URL, or
+    /// the bridge thread could not start). An unreachable Redis is not this: the node starts, serves its
+    /// own sessions and keeps trying.
+    #[error(
+        "cannot use CLUSTER_REDIS_URL: {cause}. Set it to redis://host:port (one Redis) or          redis-cluster://host:port (a Redis Cluster), or leave it unset to run one node without Redis"
+    )]
+    Cluster {
+        /// The client's explanation (never the URL: it may hold a password).
+        cause: String,
+    },
 }
 
 /// A violation of RFC 6455 (or of RFC 7692, permessage-deflate) by the peer; the session is closed with

@@ -28,6 +28,7 @@ use crate::error::ProtocolError;
 use crate::handler::Callbacks;
 use crate::session::Session;
 use crate::session_state::{SessionId, SessionState};
+use crate::shard::home::Backing;
 use crate::shard::mesh::{inbox, Peers};
 use crate::shard::ring::{ShardRing, RING_ENTRIES};
 use crate::shard::writer::Writer;
@@ -162,7 +163,7 @@ impl BenchCluster {
                 peers.clone(),
                 inbox,
                 Arc::clone(&deflate_counters),
-                None,
+                Backing::Memory,
             ));
             for _ in 0..count {
                 let agreed = Agreed {
@@ -370,7 +371,7 @@ impl BenchReceives {
                 Peers::new(vec![sender]),
                 inbox,
                 Arc::default(),
-                None,
+                Backing::Memory,
             );
             (shard, Vec::with_capacity(n))
         });

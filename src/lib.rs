@@ -86,6 +86,9 @@
 //!   memory and presence; publications wait there for the store before they go out.
 //! - `history`: a room's log (offsets, epoch, newest publications, ids for idempotent publishing,
 //!   recovery). `history::store`: the fjall store under `DATA_DIR`, written by a thread of its own.
+//! - `cluster`: several nodes through Redis (`CLUSTER_REDIS_URL`): what a node asks of Redis and is told
+//!   back, and rooms' key names. `cluster::bridge`: the one thread that talks to Redis (fred on a
+//!   current-thread tokio runtime); a room's home shard mirrors its stream while it has members here.
 //! - `replies`: [`RoomReplies`], how the application words publications, acks, join answers and
 //!   presence for each subprotocol, rendered on the home shard.
 //! - `room`: a shard's local room membership (joining, then member) and fan-out.
@@ -110,6 +113,7 @@
 
 mod admission;
 mod auth;
+mod cluster;
 pub mod config;
 mod connection;
 mod dispatch;
@@ -134,15 +138,16 @@ mod shutdown;
 mod ws;
 
 pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
+pub use cluster::ClusterStats;
 pub use config::{
-    AllowedOrigins, AuthSettings, Bucket, Config, ConfigSource, HistoryFsync, RateLimits,
-    RoomSettings,
+    AllowedOrigins, AuthSettings, Bucket, ClusterSettings, Config, ConfigSource, HistoryFsync,
+    RateLimits, RoomSettings,
 };
 pub use envelope::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use history::{JoinOptions, Publication, PublishOptions, StreamPosition};
 pub use http::{HttpContext, JsonRoute};
-pub use replies::{Ack, Joined, Member, MemberChange, Presence, RoomReplies};
+pub use replies::{Ack, Joined, Member, MemberChange, Presence, PublishFailure, RoomReplies};
 pub use server::{RunningServer, Server, ServerHandle};
 pub use session::Session;
 pub use session_state::SessionId;

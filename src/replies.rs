@@ -53,6 +53,17 @@ pub trait RoomReplies: Send + Sync + 'static {
         let _ = (subprotocol, change);
         None
     }
+
+    /// What a publisher gets when its publication was not published (with `CLUSTER_REDIS_URL`, Redis
+    /// could not be reached). By default the text `message not published: <code>`.
+    fn publish_failed(
+        &self,
+        subprotocol: Option<&str>,
+        failure: &PublishFailure,
+    ) -> Option<String> {
+        let _ = subprotocol;
+        Some(format!("message not published: {}", failure.code))
+    }
 }
 
 /// The renderer of a server that registered none: publications go out as their text.
@@ -120,4 +131,16 @@ pub struct MemberChange {
     pub member: Member,
     /// True when it joined, false when it left.
     pub joined: bool,
+}
+
+/// A publish that was not carried out, for [`crate::RoomReplies::publish_failed`].
+#[derive(Debug, Clone)]
+pub struct PublishFailure {
+    /// The room.
+    pub room: String,
+    /// Why, as a stable code: `unavailable` (the cluster's Redis could not be reached; nothing was
+    /// published, and the client may send it again).
+    pub code: &'static str,
+    /// The publish's [`crate::PublishOptions::tag`].
+    pub tag: Option<String>,
 }

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::admission::Admission;
 use crate::auth::{AuthRefusal, AuthorizeJoinFn, Identity, UpgradeRequest};
+use crate::cluster::{bridge, ClusterCounters, ClusterStats};
 use crate::config::Config;
 use crate::envelope::TypedMessage;
 use crate::error::{SessionError, StartError};
@@ -31,6 +32,7 @@ use crate::session::Session;
 use crate::session_state::SessionId;
 use crate::shard::acceptor::{bind_shared, into_executor, BindError};
 use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
+use crate::shard::home::Backing;
 use crate::shard::mesh::{inbox, Peers, ShardMsg};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
@@ -231,13 +233,15 @@ impl Server {
         let stop = Arc::new(Stop::default());
         let callbacks = Arc::new(callbacks);
         let rooms = &config.rooms;
+        let clustered = config.cluster.redis_url.is_some();
         let history = keep_history && rooms.history_size > 0;
         let retention = Retention {
             size: if history { rooms.history_size } else { 0 },
             ttl_ms: rooms.history_ttl.map(|ttl| ttl.as_millis() as u64),
             recovery_max: rooms.recovery_max,
         };
-        let store = if history {
+        // With the cluster, Redis keeps the history (the rooms' streams) and no store is opened.
+        let store = if history && !clustered {
             let peers = peers.clone();
             let notify =
                 Box::new(move |shard: usize, event| peers.post(shard, ShardMsg::Store(event)));
@@ -250,6 +254,19 @@ impl Server {
             )?)
         } else {
             None
+        };
+        let bridge = if clustered {
+            let peers = peers.clone();
+            let notify =
+                Box::new(move |shard: usize, event| peers.post(shard, ShardMsg::Cluster(event)));
+            Some(bridge::start(&config.cluster, retention, notify)?)
+        } else {
+            None
+        };
+        let backing = match (&store, &bridge) {
+            (_, Some(bridge)) => Backing::Cluster(bridge.sender.clone()),
+            (Some(store), None) => Backing::Store(store.sender.clone()),
+            (None, None) => Backing::Memory,
         };
         let shard_config = ShardConfig {
             authorize_join,
@@ -268,9 +285,11 @@ impl Server {
                 shards: peers.clone(),
                 stop: stop.clone(),
                 deflate_counters: deflate_counters.clone(),
+                cluster_counters: bridge.as_ref().map(|bridge| bridge.counters.clone()),
             },
             threads: Vec::new(),
             store: None,
+            bridge: None,
         };
 
         for (index, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
@@ -284,7 +303,7 @@ impl Server {
                 inbox,
                 callbacks: callbacks.clone(),
                 stop: stop.clone(),
-                store: store.as_ref().map(|store| store.sender.clone()),
+                backing: backing.clone(),
             };
             let placement = Placement::Fixed(cpus[index % cpus.len()]);
             let thread = executor::start(
@@ -304,7 +323,7 @@ impl Server {
             routes,
             public: config.public.clone(),
             server: config.server.clone(),
-            context: HttpContext::new(websocket_addr),
+            context: HttpContext::new(websocket_addr, running.handle.clone()),
         };
         let thread = executor::start(
             "http shard".to_owned(),
@@ -327,6 +346,15 @@ impl Server {
             // The shards hold the only senders now: the store ends once they have.
             running.store = Some(store.thread);
         }
+        drop(backing);
+        if let Some(bridge) = bridge {
+            tracing::info!(
+                partitions = config.cluster.partitions,
+                "cluster: rooms shared with other nodes through Redis"
+            );
+            // Likewise the bridge, once the shards have dropped their senders.
+            running.bridge = Some(bridge.thread);
+        }
         Ok(running)
     }
 }
@@ -340,6 +368,8 @@ pub struct RunningServer {
     threads: Vec<JoinHandle<()>>,
     /// The history store's thread, which writes what the shards sent it and syncs once they have ended.
     store: Option<JoinHandle<()>>,
+    /// The cluster's bridge thread, which ends once the shards have.
+    bridge: Option<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -372,7 +402,8 @@ impl RunningServer {
     }
 
     fn join(&mut self) {
-        for thread in self.threads.drain(..).chain(self.store.take()) {
+        let after_shards = self.store.take().into_iter().chain(self.bridge.take());
+        for thread in self.threads.drain(..).chain(after_shards) {
             let _ = thread.join();
         }
     }
@@ -391,6 +422,7 @@ pub struct ServerHandle {
     shards: Peers,
     stop: Arc<Stop>,
     deflate_counters: Arc<DeflateCounters>,
+    cluster_counters: Option<Arc<ClusterCounters>>,
 }
 
 impl ServerHandle {
@@ -430,6 +462,11 @@ impl ServerHandle {
     /// What permessage-deflate did since the server started, over every shard.
     pub fn deflate_stats(&self) -> DeflateStats {
         self.deflate_counters.stats()
+    }
+
+    /// What the bridge to Redis counted, with `CLUSTER_REDIS_URL`; `None` for a single node.
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster_counters.as_ref().map(|c| c.snapshot())
     }
 
     /// Asks the server to stop, as [`RunningServer::stop`] does, and returns at once: every shard stops

@@ -112,6 +112,16 @@ pub fn chat_server(config: Config) -> Server {
             "/api/websocket",
             |ctx| json!({ "port": ctx.websocket_addr().port() }),
         )
+        // With CLUSTER_REDIS_URL: what this node's bridge to Redis counted (`{"cluster": null}` without).
+        .json_route("/api/cluster", |ctx| {
+            json!({ "cluster": ctx.server().cluster_stats().map(|s| json!({
+                "received": s.received,
+                "published": s.published,
+                "unavailable": s.unavailable,
+                "gap_filled": s.gap_filled,
+                "linked": s.linked,
+            })) })
+        })
 }
 
 /// Whether `session` asked for the JSON dialect.

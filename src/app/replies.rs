@@ -7,7 +7,9 @@
 //!
 //! It must not decide anything: what to refuse and what to send is [`super`]'s.
 
-use roomcast::{Ack, Joined, MemberChange, Presence, Publication, RoomReplies, SessionId};
+use roomcast::{
+    Ack, Joined, MemberChange, Presence, Publication, PublishFailure, RoomReplies, SessionId,
+};
 use serde_json::{json, Map, Value};
 
 use super::{MAX_ROOM_LEN, SUBPROTOCOL};
@@ -33,6 +35,8 @@ pub enum Refusal {
     UnknownType(String),
     /// Over the session's rate limits (`WEBSOCKET_RATE_LIMIT_*`).
     RateLimited,
+    /// A message the cluster could not publish (its Redis unreachable); sending it again may work.
+    Unavailable(String),
 }
 
 impl Refusal {
@@ -48,6 +52,7 @@ impl Refusal {
             Refusal::NotMember(_) => "not_member",
             Refusal::UnknownType(_) => "unknown_type",
             Refusal::RateLimited => "rate_limited",
+            Refusal::Unavailable(_) => "unavailable",
         }
     }
 
@@ -68,6 +73,9 @@ impl Refusal {
             Refusal::NotMember(room) => format!("message rejected: not a member of {room}"),
             Refusal::UnknownType(kind) => format!("unknown message type: {kind}"),
             Refusal::RateLimited => "message rejected: rate limit".to_owned(),
+            Refusal::Unavailable(room) => {
+                format!("message not sent to room {room}: the cluster is unavailable, try again")
+            }
         }
     }
 }
@@ -213,6 +221,19 @@ impl RoomReplies for ChatReplies {
                     "user": change.member.user,
                 }),
             )
+        })
+    }
+
+    fn publish_failed(
+        &self,
+        subprotocol: Option<&str>,
+        failure: &PublishFailure,
+    ) -> Option<String> {
+        let refusal = Refusal::Unavailable(failure.room.clone());
+        Some(if json_dialect(subprotocol) {
+            error(failure.tag.as_deref(), &refusal)
+        } else {
+            refusal.plain()
         })
     }
 }

@@ -13,10 +13,13 @@
 
 pub(crate) mod store;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
 
 /// One message of a room's stream, as history keeps it and recovery returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,38 @@ impl Publication {
                 .id
                 .as_ref()
                 .map_or(0, |id| 2 * id.len() + self.from.len() + 48)
+    }
+}
+
+/// A publication as it is kept outside memory, without its offset (which is where it is kept): the
+/// embedded store's values, and with the cluster, Redis's stream entries and channel messages (which the
+/// publish script writes with the same fields). The strings borrow from the bytes read when they can and
+/// are copied when JSON escaped them (a quote, a backslash, a newline).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Record<'a> {
+    pub(crate) ts: u64,
+    #[serde(borrow)]
+    pub(crate) from: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<Cow<'a, str>>,
+    /// `from` is an authenticated user ([`Publication`]'s `by_user`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) user: bool,
+    #[serde(borrow)]
+    pub(crate) text: Cow<'a, str>,
+}
+
+impl Record<'_> {
+    /// The publication at `offset`.
+    pub(crate) fn into_publication(self, offset: u64) -> Publication {
+        Publication {
+            offset,
+            text: self.text.into_owned(),
+            from: self.from.into_owned(),
+            ts: self.ts,
+            id: self.id.map(Cow::into_owned),
+            by_user: self.user,
+        }
     }
 }
 
@@ -235,6 +270,50 @@ impl RoomLog {
         }
         self.top += 1;
         publication.offset = self.top;
+        Ok(self.keep(publication, retention, now_ms))
+    }
+
+    /// Takes a publication numbered elsewhere (by Redis, with the cluster), in order: `None` for one at or
+    /// before the last offset (a repeat). One past the next offset means those between were skipped.
+    pub(crate) fn accept(
+        &mut self,
+        publication: Publication,
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Option<Arc<Publication>> {
+        if publication.offset <= self.top {
+            return None;
+        }
+        self.skip_to(publication.offset - 1);
+        self.top = publication.offset;
+        let publication = self.keep(publication, retention, now_ms);
+        // Members get it as soon as it is taken: Redis has kept it already.
+        self.delivered = self.top;
+        Some(publication)
+    }
+
+    /// Publications up to `offset` will never arrive (no longer in the stream they were read from): the
+    /// room goes on after them. What memory held no longer runs without a gap to the new last offset, so
+    /// it is dropped (a join over the gap is not recovered).
+    pub(crate) fn skip_to(&mut self, offset: u64) {
+        if offset <= self.top {
+            return;
+        }
+        let freed: usize = self.ring.iter().map(|p| p.footprint()).sum();
+        self.ring.clear();
+        self.bytes -= freed;
+        self.top = offset;
+        self.delivered = offset;
+        self.resident_from = offset + 1;
+    }
+
+    /// Keeps `publication`, the new last one (with history on), and returns it shared.
+    fn keep(
+        &mut self,
+        publication: Publication,
+        retention: &Retention,
+        now_ms: u64,
+    ) -> Arc<Publication> {
         let publication = Arc::new(publication);
         if retention.size > 0 {
             self.remember_id(&publication);
@@ -244,7 +323,7 @@ impl RoomLog {
         } else {
             self.resident_from = self.top + 1;
         }
-        Ok(publication)
+        publication
     }
 
     fn remember_id(&mut self, publication: &Publication) {

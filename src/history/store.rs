@@ -32,7 +32,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
-use super::{now_ms, Publication, Retention, RoomLog};
+use super::{now_ms, Publication, Record, Retention, RoomLog};
 use crate::config::HistoryFsync;
 use crate::error::StartError;
 
@@ -61,22 +61,6 @@ pub(crate) enum StoreEvent {
     Stored { seq: u64 },
     /// `room`'s history as the store holds it (a fresh log when it holds none).
     Loaded { room: Arc<str>, log: RoomLog },
-}
-
-/// The stored form of a publication; the offset is in the key. The strings borrow from the stored bytes
-/// when they can and are copied when JSON escaped them (a quote, a backslash, a newline).
-#[derive(Serialize, Deserialize)]
-struct Record<'a> {
-    ts: u64,
-    #[serde(borrow)]
-    from: Cow<'a, str>,
-    #[serde(borrow, skip_serializing_if = "Option::is_none")]
-    id: Option<Cow<'a, str>>,
-    /// `from` is an authenticated user ([`Publication`]'s `by_user`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    user: bool,
-    #[serde(borrow)]
-    text: Cow<'a, str>,
 }
 
 /// What the store keeps of a room besides its publications: its epoch, and its newest offset, which
@@ -411,14 +395,7 @@ fn key(room: &str, offset: u64) -> Vec<u8> {
 fn decode(key: &[u8], value: &[u8]) -> Option<Publication> {
     let offset = u64::from_be_bytes(key.get(key.len().checked_sub(8)?..)?.try_into().ok()?);
     let record: Record<'_> = serde_json::from_slice(value).ok()?;
-    Some(Publication {
-        offset,
-        text: record.text.into_owned(),
-        from: record.from.into_owned(),
-        ts: record.ts,
-        id: record.id.map(Cow::into_owned),
-        by_user: record.user,
-    })
+    Some(record.into_publication(offset))
 }
 
 #[cfg(test)]

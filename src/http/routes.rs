@@ -17,22 +17,40 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 
 use super::static_files::StaticFiles;
 use crate::config::{PublicSettings, ServerSettings};
+use crate::server::ServerHandle;
 
 /// What a JSON route can know about the running server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpContext {
     websocket_addr: SocketAddr,
+    server: ServerHandle,
 }
 
 impl HttpContext {
-    /// A context announcing the WebSocket listener at `websocket_addr`.
-    pub fn new(websocket_addr: SocketAddr) -> Self {
-        HttpContext { websocket_addr }
+    /// A context announcing the WebSocket listener at `websocket_addr` of the server `server`.
+    pub(crate) fn new(websocket_addr: SocketAddr, server: ServerHandle) -> Self {
+        HttpContext {
+            websocket_addr,
+            server,
+        }
     }
 
     /// Where the WebSocket listener is bound (its real port when `WEBSOCKET_PORT` was 0).
     pub fn websocket_addr(&self) -> SocketAddr {
         self.websocket_addr
+    }
+
+    /// The server this HTTP side belongs to (its counters, its rooms).
+    pub fn server(&self) -> &ServerHandle {
+        &self.server
+    }
+}
+
+impl std::fmt::Debug for HttpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpContext")
+            .field("websocket_addr", &self.websocket_addr)
+            .finish_non_exhaustive()
     }
 }
 

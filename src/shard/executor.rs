@@ -21,13 +21,13 @@ use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::acceptor;
+use super::home::Backing;
 use super::mesh::{InboxReceiver, Peers};
 use super::{Shard, ShardConfig, WriteBatch};
 use crate::admission::Admission;
 use crate::connection;
 use crate::error::StartError;
 use crate::handler::Callbacks;
-use crate::history::store::StoreSender;
 use crate::shutdown::{self, Stop};
 use crate::ws::deflate::DeflateCounters;
 use crate::ws::encode;
@@ -64,8 +64,8 @@ pub(crate) struct ShardStart {
     pub(crate) inbox: InboxReceiver,
     pub(crate) callbacks: Arc<Callbacks>,
     pub(crate) stop: Arc<Stop>,
-    /// The history store's channel; `None` without history.
-    pub(crate) store: Option<StoreSender>,
+    /// Where the rooms homed on the shard keep their streams.
+    pub(crate) backing: Backing,
 }
 
 /// Runs a WebSocket shard until shutdown: accept, deliver what other shards post, sweep; then the shutdown
@@ -81,7 +81,7 @@ pub(crate) async fn run(start: ShardStart) {
         inbox,
         callbacks,
         stop,
-        store,
+        backing,
     } = start;
     let shard = Rc::new(Shard::new(
         index,
@@ -90,7 +90,7 @@ pub(crate) async fn run(start: ShardStart) {
         peers,
         inbox,
         deflate_counters,
-        store,
+        backing,
     ));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));
     let write_task = glommio::spawn_local(write_loop(shard.clone()));

@@ -31,13 +31,33 @@ use std::sync::Arc;
 use super::mesh::ShardMsg;
 use super::Shard;
 use crate::auth::RoomDenied;
-use crate::history::store::{StoreEvent, StoreOp};
+use crate::cluster::{BridgeSender, ClusterEvent, ClusterOp};
+use crate::history::store::{StoreEvent, StoreOp, StoreSender};
 use crate::history::{
     now_ms, Author, Duplicate, JoinOptions, Publication, PublishOptions, RoomLog,
 };
-use crate::replies::{Ack, Joined, Member, MemberChange, Presence};
+use crate::replies::{Ack, Joined, Member, MemberChange, Presence, PublishFailure, RoomReplies};
 use crate::session_state::{SessionId, SessionState};
 use crate::ws::encode::{DataKind, Renditions};
+
+/// Where the rooms homed on a shard keep their streams.
+#[derive(Clone)]
+pub(crate) enum Backing {
+    /// Offsets only, in memory: one node, history off.
+    Memory,
+    /// The embedded store: one node, history on.
+    Store(StoreSender),
+    /// Redis, through the bridge (`CLUSTER_REDIS_URL`): offsets, history and order are Redis's, and a
+    /// room's log here mirrors its stream while it has members on this node.
+    Cluster(BridgeSender),
+}
+
+impl Backing {
+    /// Whether a room's log must be read from somewhere before it is used (else it starts fresh).
+    fn persists(&self) -> bool {
+        !matches!(self, Backing::Memory)
+    }
+}
 
 /// Where a home shard sends its answer: a session and the subprotocol it reads.
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +114,18 @@ struct HomeRoom {
     /// Its publications the store has not written yet.
     in_flight: usize,
     last_used: u64,
+    /// With the cluster: acknowledgements Redis gave before the publication reached this node's
+    /// members (the script's answer and the subscription travel apart), sent once it has.
+    acks: Vec<WaitingAck>,
+}
+
+/// An acknowledgement that waits for its publication to be delivered here.
+struct WaitingAck {
+    offset: u64,
+    epoch: Arc<str>,
+    duplicate: bool,
+    to: ReplyTo,
+    tag: Option<String>,
 }
 
 enum Log {
@@ -266,6 +298,7 @@ impl Shard {
             ShardMsg::Leave { room, session } => self.home_leave(&room, session),
             ShardMsg::Presence { room, to, tag } => self.home_presence(room, to, tag),
             ShardMsg::Store(event) => self.store_event(event),
+            ShardMsg::Cluster(event) => self.cluster_event(event),
             other => debug_assert!(false, "not a home's message: {other:?}"),
         }
     }
@@ -277,7 +310,7 @@ impl Shard {
         };
         let first_time = {
             let mut homes = self.homes.borrow_mut();
-            let entry = homes.room(&room, self.store.is_some());
+            let entry = homes.room(&room, self.backing.persists());
             let first_time = !entry.members.iter().any(|m| m.session == member.session);
             if first_time {
                 entry.members.push(member.clone());
@@ -301,7 +334,12 @@ impl Shard {
                 .iter()
                 .position(|m| m.session == session)
                 .map(|at| entry.members.remove(at));
-            homes.forget_if_unused(room);
+            let last_here = entry.members.is_empty();
+            drop(homes);
+            if last_here {
+                self.release(room);
+            }
+            self.homes.borrow_mut().forget_if_unused(room);
             left
         };
         if let Some(member) = left.filter(|_| self.config.presence_events) {
@@ -322,15 +360,26 @@ impl Shard {
             members,
             tag,
         };
-        let reply = self.rendered("presence", || {
-            self.config
-                .replies
-                .presence(self.subprotocol_name(to.subprotocol), &presence)
+        self.answer(to, "presence", |replies, subprotocol| {
+            replies.presence(subprotocol, &presence)
         });
-        self.reply(to, reply);
     }
 
     fn home_publish(&self, room: Arc<str>, request: PublishRequest) {
+        if let Backing::Cluster(bridge) = &self.backing {
+            // Redis numbers and orders it; it comes back through the subscription like any other
+            // node's, and nothing here waits for the room's log.
+            let (to, tag) = (request.to, request.options.tag.clone());
+            let sent = bridge.send(ClusterOp::Publish {
+                room: room.clone(),
+                home: self.index,
+                request,
+            });
+            if !sent {
+                self.publish_failed(&room, to, tag);
+            }
+            return;
+        }
         self.with_log(room, Deferred::Publish(request));
         // Only now: an eviction in the middle of what a room's load held back could take its log away
         // under the next operation.
@@ -343,8 +392,7 @@ impl Shard {
         let retention = self.config.retention;
         let (op, load) = {
             let mut homes = self.homes.borrow_mut();
-            let history = self.store.is_some();
-            let entry = homes.room(&room, history);
+            let entry = homes.room(&room, self.backing.persists());
             match (&mut entry.log, op) {
                 (Log::Ready(log), Deferred::Join(join))
                     if log.needs_store(&join.options, &retention) =>
@@ -372,11 +420,20 @@ impl Shard {
             }
         };
         if load {
-            if let Some(store) = &self.store {
-                let _ = store.send(StoreOp::Load {
-                    home: self.index,
-                    room: room.clone(),
-                });
+            match &self.backing {
+                Backing::Store(store) => {
+                    let _ = store.send(StoreOp::Load {
+                        home: self.index,
+                        room: room.clone(),
+                    });
+                }
+                Backing::Cluster(bridge) => {
+                    bridge.send(ClusterOp::Load {
+                        room: room.clone(),
+                        home: self.index,
+                    });
+                }
+                Backing::Memory => debug_assert!(false, "a log in memory is never loaded"),
             }
         }
         if let Some(op) = op {
@@ -470,7 +527,7 @@ impl Shard {
                 return;
             }
         };
-        if let Some(store) = &self.store {
+        if let Backing::Store(store) = &self.backing {
             let mut homes = self.homes.borrow_mut();
             let seq = homes.sent + 1;
             let op = StoreOp::Append {
@@ -537,39 +594,189 @@ impl Shard {
                     }
                 }
             },
-            StoreEvent::Loaded { room, log } => {
-                let retention = self.config.retention;
-                let waiting = {
-                    let mut homes = self.homes.borrow_mut();
-                    let Some(entry) = homes.rooms.get_mut(&room) else {
-                        return;
-                    };
-                    let (before, after, waiting) = match &mut entry.log {
-                        // Publications memory dropped are back, under what came since.
-                        Log::Ready(current) => {
-                            let before = current.bytes();
-                            current.merge(log, &retention);
-                            let waiting = entry.reloading.take().unwrap_or_default();
-                            let joins = waiting.into_iter().map(Deferred::Join).collect();
-                            (before, current.bytes(), joins)
-                        }
-                        _ => {
-                            let after = log.bytes();
-                            match std::mem::replace(&mut entry.log, Log::Ready(log)) {
-                                Log::Loading(waiting) => (0, after, waiting),
-                                _ => (0, after, Vec::new()),
-                            }
-                        }
-                    };
-                    homes.log_bytes = homes.log_bytes - before + after;
-                    waiting
-                };
-                for op in waiting {
-                    self.on_log(&room, op);
-                }
-                self.evict_over_budget();
-            }
+            StoreEvent::Loaded { room, log } => self.log_loaded(room, log),
         }
+    }
+
+    /// A room's log read back (from the store, or from Redis): it takes what waited for it.
+    fn log_loaded(&self, room: Arc<str>, log: RoomLog) {
+        let retention = self.config.retention;
+        let (waiting, nobody_here) = {
+            let mut homes = self.homes.borrow_mut();
+            let Some(entry) = homes.rooms.get_mut(&room) else {
+                return;
+            };
+            let (before, after, waiting) = match &mut entry.log {
+                // Publications memory dropped are back, under what came since.
+                Log::Ready(current) if current.epoch() == log.epoch() => {
+                    let before = current.bytes();
+                    current.merge(log, &retention);
+                    let waiting = entry.reloading.take().unwrap_or_default();
+                    let joins = waiting.into_iter().map(Deferred::Join).collect();
+                    (before, current.bytes(), joins)
+                }
+                // The room's history was lost in Redis and it started again: the new log replaces it.
+                Log::Ready(current) => {
+                    let before = current.bytes();
+                    let after = log.bytes();
+                    entry.log = Log::Ready(log);
+                    let waiting = entry.reloading.take().unwrap_or_default();
+                    (
+                        before,
+                        after,
+                        waiting.into_iter().map(Deferred::Join).collect(),
+                    )
+                }
+                _ => {
+                    let after = log.bytes();
+                    match std::mem::replace(&mut entry.log, Log::Ready(log)) {
+                        Log::Loading(waiting) => (0, after, waiting),
+                        _ => (0, after, Vec::new()),
+                    }
+                }
+            };
+            let nobody_here = entry.members.is_empty();
+            homes.log_bytes = homes.log_bytes - before + after;
+            (waiting, nobody_here)
+        };
+        for op in waiting {
+            self.on_log(&room, op);
+        }
+        if nobody_here {
+            // Every member left while it was read.
+            self.release(&room);
+        }
+        self.evict_over_budget();
+    }
+
+    /// With the cluster: `room` has no member on this node any more. The bridge unsubscribes (after its
+    /// linger), so the log here would go stale: it is dropped, and read again when someone joins.
+    fn release(&self, room: &Arc<str>) {
+        let Backing::Cluster(bridge) = &self.backing else {
+            return;
+        };
+        let acks = {
+            let mut homes = self.homes.borrow_mut();
+            let Some(entry) = homes.rooms.get_mut(room) else {
+                return;
+            };
+            if matches!(entry.log, Log::Loading(_)) {
+                return; // `log_loaded` releases it once the read is in.
+            }
+            let freed = match std::mem::replace(&mut entry.log, Log::Cold) {
+                Log::Ready(log) => log.bytes(),
+                _ => 0,
+            };
+            let acks = std::mem::take(&mut entry.acks);
+            homes.log_bytes -= freed;
+            acks
+        };
+        bridge.send(ClusterOp::Release { room: room.clone() });
+        for ack in acks {
+            self.acknowledge(ack.to, room, &ack.epoch, ack.offset, ack.duplicate, ack.tag);
+        }
+    }
+
+    /// What the bridge to Redis tells this shard, home of `room` on this node.
+    fn cluster_event(&self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::Loaded { room, log } => self.log_loaded(room, log),
+            ClusterEvent::Publication {
+                room,
+                epoch,
+                publication,
+            } => {
+                let retention = self.config.retention;
+                let accepted = self.homes.borrow_mut().update_log(&room, |log| {
+                    (*log.epoch() == epoch)
+                        .then(|| log.accept(publication, &retention, now_ms()))
+                        .flatten()
+                });
+                if let Some(Some(publication)) = accepted {
+                    self.deliver_publication(&room, &epoch, &publication, None, None);
+                    self.send_waiting_acks(&room);
+                }
+            }
+            ClusterEvent::Skipped { room, from, to } => {
+                tracing::warn!(%room, from, to, "cluster: publications no longer in the room's stream were skipped");
+                self.homes
+                    .borrow_mut()
+                    .update_log(&room, |log| log.skip_to(to));
+                self.send_waiting_acks(&room);
+            }
+            ClusterEvent::Published {
+                room,
+                epoch,
+                offset,
+                duplicate,
+                to,
+                tag,
+            } => {
+                let Some(to) = to else { return };
+                let waits = {
+                    let mut homes = self.homes.borrow_mut();
+                    match homes.rooms.get_mut(&room) {
+                        Some(entry) => match &entry.log {
+                            // Members here get it through the subscription: the publisher hears back
+                            // after they (it among them) have it, as on one node.
+                            Log::Ready(log)
+                                if *log.epoch() == epoch && log.delivered() < offset =>
+                            {
+                                entry.acks.push(WaitingAck {
+                                    offset,
+                                    epoch: epoch.clone(),
+                                    duplicate,
+                                    to,
+                                    tag: tag.clone(),
+                                });
+                                true
+                            }
+                            _ => false,
+                        },
+                        None => false,
+                    }
+                };
+                if !waits {
+                    self.acknowledge(to, &room, &epoch, offset, duplicate, tag);
+                }
+            }
+            ClusterEvent::PublishFailed { room, to, tag } => self.publish_failed(&room, to, tag),
+        }
+    }
+
+    /// Sends the acknowledgements of `room` whose publications have been delivered here.
+    fn send_waiting_acks(&self, room: &Arc<str>) {
+        let ready: Vec<WaitingAck> = {
+            let mut homes = self.homes.borrow_mut();
+            let Some(entry) = homes.rooms.get_mut(room) else {
+                return;
+            };
+            let delivered = match &entry.log {
+                Log::Ready(log) => log.delivered(),
+                _ => u64::MAX,
+            };
+            let (ready, waiting) = std::mem::take(&mut entry.acks)
+                .into_iter()
+                .partition(|ack| ack.offset <= delivered);
+            entry.acks = waiting;
+            ready
+        };
+        for ack in ready {
+            self.acknowledge(ack.to, room, &ack.epoch, ack.offset, ack.duplicate, ack.tag);
+        }
+    }
+
+    /// Tells `to` its publication in `room` was not published: the cluster cannot reach Redis.
+    fn publish_failed(&self, room: &str, to: Option<ReplyTo>, tag: Option<String>) {
+        let Some(to) = to else { return };
+        let failure = PublishFailure {
+            room: room.to_owned(),
+            code: "unavailable",
+            tag,
+        };
+        self.answer(to, "publish_failed", |replies, subprotocol| {
+            replies.publish_failed(subprotocol, &failure)
+        });
     }
 
     /// Renders `publication` once per subprotocol, fans it out and acknowledges it to its publisher.
@@ -610,12 +817,9 @@ impl Shard {
             duplicate,
             tag,
         };
-        let reply = self.rendered("ack", || {
-            self.config
-                .replies
-                .ack(self.subprotocol_name(to.subprotocol), &ack)
+        self.answer(to, "ack", |replies, subprotocol| {
+            replies.ack(subprotocol, &ack)
         });
-        self.reply(to, reply);
     }
 
     /// Tells every member of `room` that `member` joined or left (`PRESENCE_EVENTS`).
@@ -665,6 +869,19 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Renders an answer for `to` in its subprotocol (`what` names the renderer in logs) and sends it.
+    fn answer(
+        &self,
+        to: ReplyTo,
+        what: &'static str,
+        render: impl FnOnce(&dyn RoomReplies, Option<&str>) -> Option<String>,
+    ) {
+        let reply = self.rendered(what, || {
+            render(&*self.config.replies, self.subprotocol_name(to.subprotocol))
+        });
+        self.reply(to, reply);
     }
 
     /// Sends `reply`, if any, to one session of any shard.
@@ -766,6 +983,7 @@ impl Homes {
             members: Vec::new(),
             in_flight: 0,
             last_used: uses,
+            acks: Vec::new(),
         });
         entry.last_used = uses;
         entry

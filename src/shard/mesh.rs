@@ -33,6 +33,7 @@ use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::home::{JoinRequest, PublishRequest, ReplyTo};
+use crate::cluster::ClusterEvent;
 use crate::history::store::StoreEvent;
 use crate::session_state::SessionId;
 use crate::ws::encode::{DataKind, Renditions};
@@ -102,6 +103,8 @@ pub(crate) enum ShardMsg {
     },
     /// The history store answers this shard, a home shard.
     Store(StoreEvent),
+    /// The bridge to Redis tells this shard, a home shard on this node (with `CLUSTER_REDIS_URL`).
+    Cluster(ClusterEvent),
     /// Send a data message to one session of this shard, if it is still open (from
     /// [`crate::ServerHandle::send_text_to_session`]); compressed here if that session negotiated deflate.
     ToSession {

@@ -40,7 +40,6 @@ use slab::Slab;
 use crate::admission::Admission;
 use crate::auth::{AuthorizeJoinFn, Identity};
 use crate::config::{Config, WebSocketSettings};
-use crate::history::store::StoreSender;
 use crate::history::Retention;
 use crate::lifecycle::{CloseCause, Lifecycle};
 use crate::replies::{RoomReplies, TextOnly};
@@ -148,8 +147,8 @@ pub(crate) struct Shard {
     deflate_counters: Arc<DeflateCounters>,
     /// The rooms whose home this shard is: their order, history in memory and presence.
     homes: RefCell<Homes>,
-    /// Where the rooms homed here write their history; `None` without history.
-    store: Option<StoreSender>,
+    /// Where the rooms homed here keep their streams: memory, the history store, or Redis.
+    backing: home::Backing,
     /// Every shard's inbox; broadcasts are posted to all but ours.
     peers: Peers,
     /// Our own inbox: the shard's inbox task waits on it, sessions take from it before they write.
@@ -161,7 +160,7 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Shard `index`'s state with no sessions yet; `peers` holds every shard's inbox, `inbox` is ours;
-    /// `deflate_counters` is shared by every shard; `store` takes the history of the rooms homed here.
+    /// `deflate_counters` is shared by every shard; `backing` keeps the streams of the rooms homed here.
     pub(crate) fn new(
         index: usize,
         config: ShardConfig,
@@ -169,7 +168,7 @@ impl Shard {
         peers: Peers,
         inbox: InboxReceiver,
         deflate_counters: Arc<DeflateCounters>,
-        store: Option<StoreSender>,
+        backing: home::Backing,
     ) -> Shard {
         let compress_from = config.websocket.compress_from();
         let ring = match ShardRing::new() {
@@ -201,7 +200,7 @@ impl Shard {
             inflater: RefCell::new(Inflater::new(deflate_counters.clone())),
             deflate_counters,
             homes: RefCell::new(Homes::default()),
-            store,
+            backing,
             peers,
             inbox,
             next_session: Cell::new(0),
@@ -716,7 +715,15 @@ mod tests {
         let admission = Arc::new(Admission::new(&config.websocket));
         let counters = Arc::default();
         (
-            Shard::new(0, config, admission, peers.clone(), rx, counters, None),
+            Shard::new(
+                0,
+                config,
+                admission,
+                peers.clone(),
+                rx,
+                counters,
+                home::Backing::Memory,
+            ),
             peers,
         )
     }

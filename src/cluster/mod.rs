@@ -1,0 +1,210 @@
+//! Several roomcast nodes sharing rooms through Redis (`CLUSTER_REDIS_URL`): what a node asks of Redis,
+//! what it is told back, and how rooms are named there.
+//!
+//! Off (the key unset) nothing here runs: one node, rooms on its shards, history in the embedded store.
+//! On, the [`bridge`] thread owns every Redis connection and is the only code that talks to Redis. Shards
+//! reach it with a [`ClusterOp`] through a [`BridgeSender`] (never waiting for it); it answers the room's
+//! home shard on this node with a [`ClusterEvent`] posted through [`crate::shard::mesh`]. So the shards
+//! stay glommio executors that never block, and Redis's client library stays on a thread of its own.
+//!
+//! What travels, per room:
+//! - a node subscribes to a room's channel when its first local member joins, and unsubscribes after
+//!   `CLUSTER_UNSUBSCRIBE_LINGER_MS` once the last has left: a node never receives a room it has nobody in;
+//! - a publication is one Lua script ([`PUBLISH_SCRIPT`]) that gives it the room's next offset (and the
+//!   room an epoch if it has none), appends it to the room's stream (capped at `HISTORY_SIZE`, expiring
+//!   with `HISTORY_TTL_SEC`) and publishes it, atomically: every node sees one order, Redis's;
+//! - the bridge hands a room's home shard its publications in that order, without gap or repeat: a gap in
+//!   offsets (a dropped link, a message lost in between) is filled from the stream first;
+//! - a room's home shard keeps its recent publications in memory as in one node, read from the stream
+//!   when the room is first subscribed: joins and recovery are answered there, the same on every node.
+//!
+//! Every key and channel of a room carries one hash tag, `{pN}` with `N` the room's partition (its Redis
+//! Cluster hash slot modulo `CLUSTER_PARTITIONS`), so the script's keys share a slot, and resubscribing
+//! after a failover is one `SSUBSCRIBE` per partition.
+//!
+//! It must not deliver to sessions or render anything (the home shard does), and nothing on a shard may
+//! wait for Redis.
+
+pub(crate) mod bridge;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::history::RoomLog;
+use crate::shard::home::{PublishRequest, ReplyTo};
+
+/// The publish script (see its header for the keys and arguments).
+pub(crate) const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+
+/// Every key and channel of roomcast's starts with this.
+const PREFIX: &str = "roomcast";
+
+/// The names of one room's keys and channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RoomKeys {
+    /// The hash holding the room's epoch and last offset.
+    pub(crate) meta: String,
+    /// The stream of its newest publications.
+    pub(crate) stream: String,
+    /// Its channel.
+    pub(crate) channel: String,
+    /// Client ids are remembered under this, followed by the id's key.
+    pub(crate) id_prefix: String,
+}
+
+impl RoomKeys {
+    /// The names for `room` with `partitions` partitions (the same on every node).
+    pub(crate) fn of(room: &str, partitions: u16) -> RoomKeys {
+        let partition = fred::util::redis_keyslot(room.as_bytes()) % partitions.max(1);
+        let base = format!("{PREFIX}:{{p{partition}}}:{room}");
+        RoomKeys {
+            meta: format!("{base}:meta"),
+            stream: format!("{base}:stream"),
+            id_prefix: format!("{base}:id:"),
+            channel: base,
+        }
+    }
+}
+
+/// The room a channel of [`RoomKeys::channel`] belongs to; `None` for any other channel.
+pub(crate) fn room_of_channel(channel: &str) -> Option<&str> {
+    let rest = channel.strip_prefix(PREFIX)?.strip_prefix(":{p")?;
+    let (partition, room) = rest.split_once("}:")?;
+    partition
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then_some(room)
+}
+
+/// What a shard asks of the bridge.
+#[derive(Debug)]
+pub(crate) enum ClusterOp {
+    /// `room` has a member on this node (its first, or one whose join needs what memory no longer has):
+    /// subscribe to it if not yet, then read its epoch, last offset and newest publications for the home
+    /// shard `home` ([`ClusterEvent::Loaded`]), and from then on hand it every publication.
+    Load { room: Arc<str>, home: usize },
+    /// `room` has no member left on this node: unsubscribe after the linger, unless it is loaded again.
+    Release { room: Arc<str> },
+    /// Publish in `room` (the script); the home shard `home` gets [`ClusterEvent::Published`] or
+    /// [`ClusterEvent::PublishFailed`].
+    Publish {
+        room: Arc<str>,
+        home: usize,
+        request: PublishRequest,
+    },
+}
+
+/// What the bridge tells a room's home shard on this node.
+#[derive(Debug)]
+pub(crate) enum ClusterEvent {
+    /// `room`'s stream as Redis has it now; every publication handed over from now on follows it.
+    Loaded { room: Arc<str>, log: RoomLog },
+    /// The next publication of `room` (its offset follows the last one handed over, unless `epoch` is
+    /// new: the room's history was lost in Redis and it starts again).
+    Publication {
+        room: Arc<str>,
+        epoch: Arc<str>,
+        publication: crate::history::Publication,
+    },
+    /// Publications `from..=to` of `room` could not be read back (trimmed from the stream, or history
+    /// off): they are skipped; what follows is handed over.
+    Skipped { room: Arc<str>, from: u64, to: u64 },
+    /// Redis took a publish at `offset` (`duplicate`: its id was published already, at `offset`).
+    Published {
+        room: Arc<str>,
+        epoch: Arc<str>,
+        offset: u64,
+        duplicate: bool,
+        to: Option<ReplyTo>,
+        tag: Option<String>,
+    },
+    /// Redis could not be reached: nothing was published.
+    PublishFailed {
+        room: Arc<str>,
+        to: Option<ReplyTo>,
+        tag: Option<String>,
+    },
+}
+
+/// The shards' way to the bridge; `Send + Sync`, cloned into every shard.
+#[derive(Debug, Clone)]
+pub(crate) struct BridgeSender(tokio::sync::mpsc::UnboundedSender<ClusterOp>);
+
+impl BridgeSender {
+    /// Hands `op` to the bridge without waiting; false once the bridge has ended.
+    pub(crate) fn send(&self, op: ClusterOp) -> bool {
+        self.0.send(op).is_ok()
+    }
+}
+
+/// What the bridge counts, readable from any thread ([`crate::ServerHandle::cluster_stats`]).
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCounters {
+    /// Publications received from Redis for rooms this node is subscribed to.
+    pub(crate) received: AtomicU64,
+    /// Publications this node published through Redis.
+    pub(crate) published: AtomicU64,
+    /// Publishes refused because Redis could not be reached.
+    pub(crate) unavailable: AtomicU64,
+    /// Publications read back from a stream to fill a gap.
+    pub(crate) gap_filled: AtomicU64,
+    /// Whether the subscriber connection is up.
+    pub(crate) linked: AtomicBool,
+}
+
+/// A snapshot of what a node's bridge to Redis counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Room publications received from Redis (only for rooms with a member on this node).
+    pub received: u64,
+    /// Publications this node published through Redis.
+    pub published: u64,
+    /// Publishes refused with `unavailable` because Redis could not be reached.
+    pub unavailable: u64,
+    /// Publications read back from a room's stream to fill a gap in what the subscription delivered.
+    pub gap_filled: u64,
+    /// Whether the subscriber connection to Redis is up.
+    pub linked: bool,
+}
+
+impl ClusterCounters {
+    pub(crate) fn snapshot(&self) -> ClusterStats {
+        ClusterStats {
+            received: self.received.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            unavailable: self.unavailable.load(Ordering::Relaxed),
+            gap_filled: self.gap_filled.load(Ordering::Relaxed),
+            linked: self.linked.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rooms_keys_share_one_hash_tag_and_its_channel_names_it_back() {
+        for room in ["general", "a:b", "{odd}", "ünïcode room"] {
+            let keys = RoomKeys::of(room, 16);
+            let tag = |key: &str| key[key.find('{').unwrap()..=key.find('}').unwrap()].to_owned();
+            assert_eq!(tag(&keys.meta), tag(&keys.channel));
+            assert_eq!(tag(&keys.stream), tag(&keys.channel));
+            assert_eq!(tag(&keys.id_prefix), tag(&keys.channel));
+            assert_eq!(room_of_channel(&keys.channel), Some(room));
+        }
+        assert_eq!(room_of_channel("other:{p1}:x"), None);
+        assert_eq!(room_of_channel("roomcast:{px}:x"), None);
+    }
+
+    #[test]
+    fn rooms_spread_over_at_most_the_configured_partitions() {
+        let tags: std::collections::HashSet<String> = (0..1000)
+            .map(|i| {
+                let keys = RoomKeys::of(&format!("room-{i}"), 16);
+                keys.channel[..keys.channel.find('}').unwrap()].to_owned()
+            })
+            .collect();
+        assert_eq!(tags.len(), 16);
+    }
+}

@@ -1,0 +1,327 @@
+//! Several nodes through a real Redis (`CLUSTER_REDIS_URL`): two chat binaries on one machine and a
+//! `redis-server` the tests start on a free port (Debian's, which `tests/run` installs).
+//!
+//! Checked: a node subscribes only to rooms it has members in (its bridge's counter and `PUBSUB NUMSUB`);
+//! publications cross nodes in one order with Redis's offsets; a member recovers on another node; a
+//! publish while Redis is down is refused with `unavailable`, and after Redis restarts (with its
+//! append-only file) the room goes on without a gap; a killed subscriber connection loses nothing.
+//!
+//! Nothing here sleeps to wait: waits are for events or states, with a deadline.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::v1::Client;
+use common::{http_get, scratch_dir, Launch};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `redis-server` of the test's own on a free loopback port, persisting to `dir` (an append-only file,
+/// fsynced on every write) so that a restart keeps the rooms' streams. Killed when dropped.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(name: &str) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Redis {
+            port,
+            dir: scratch_dir(name),
+            child: None,
+        };
+        redis.run();
+        redis
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install Debian's redis-server (tests/run does)");
+        self.child = Some(child);
+        wait_until("redis-server answers PING", || {
+            self.cli(&["PING"]).is_some_and(|out| out.trim() == "PONG")
+        });
+    }
+
+    /// Stops it (SIGKILL: what the append-only file has, with fsync on every write, is everything).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against it; its output, or `None` when it could not connect.
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    }
+
+    /// The channel of `room`, as Redis lists it (exactly one must match).
+    fn channel_of(&self, room: &str) -> String {
+        let out = self
+            .cli(&["PUBSUB", "CHANNELS", &format!("roomcast:*:{room}")])
+            .expect("redis answers");
+        let channels: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(channels.len(), 1, "channels for {room}: {channels:?}");
+        channels[0].to_owned()
+    }
+
+    /// `PUBSUB NUMSUB` of `room`'s channel.
+    fn subscribers(&self, room: &str) -> u64 {
+        let channel = self.channel_of(room);
+        let out = self
+            .cli(&["PUBSUB", "NUMSUB", &channel])
+            .expect("redis answers");
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `done` (every 10 ms) until it holds, for at most [`DEADLINE`].
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {DEADLINE:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A chat node sharing rooms through `redis`, without rate limits (the tests publish in bursts).
+fn node(redis: &Redis, data: &Path) -> common::App {
+    Launch::new()
+        .test_network()
+        .envs(&[
+            ("CLUSTER_REDIS_URL", &redis.url()),
+            ("DATA_DIR", data.to_str().unwrap()),
+            ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
+        ])
+        .spawn()
+}
+
+/// What a node's bridge counted (`/api/cluster`).
+fn cluster_stats(app: &common::App) -> Value {
+    let response = http_get(app.http_addr, "/api/cluster");
+    let body: Value = serde_json::from_str(&response.text()).unwrap();
+    body["cluster"].clone()
+}
+
+/// Waits for `client`'s next chat message and returns its payload.
+fn next_message(client: &mut Client) -> Value {
+    let event = client.next();
+    assert_eq!(event["type"], "chat.message", "{event}");
+    event["payload"].clone()
+}
+
+#[test]
+fn a_node_gets_only_the_rooms_it_has_members_in_and_rooms_cross_nodes_in_one_order() {
+    let redis = Redis::start("cluster-interest-redis");
+    let a = node(&redis, &scratch_dir("cluster-interest-a"));
+    let b = node(&redis, &scratch_dir("cluster-interest-b"));
+
+    // "solo" has members on A only; "shared" on both.
+    let mut solo = Client::connect(a.ws_addr);
+    solo.join("solo", None);
+    let mut on_a = Client::connect(a.ws_addr);
+    on_a.join("shared", None);
+    let mut on_b = Client::connect(b.ws_addr);
+    on_b.join("shared", None);
+
+    for i in 1..=20 {
+        let (message, ack) = solo.say("solo", &format!("solo {i}"), None);
+        assert_eq!(message["offset"], i);
+        assert_eq!(ack["offset"], i);
+    }
+    for i in 1..=10 {
+        let (message, _) = on_b.say("shared", &format!("shared {i}"), None);
+        assert_eq!(message["offset"], i);
+    }
+    for i in 1..=10 {
+        let message = next_message(&mut on_a);
+        assert_eq!(message["text"], format!("shared {i}"));
+        assert_eq!(
+            message["offset"], i,
+            "Redis's order and offsets on every node"
+        );
+    }
+
+    assert_eq!(redis.subscribers("solo"), 1, "only A subscribes to solo");
+    assert_eq!(redis.subscribers("shared"), 2);
+    let stats_b = cluster_stats(&b);
+    assert_eq!(
+        stats_b["received"], 10,
+        "B got shared's 10, none of solo's 20: {stats_b}"
+    );
+    assert_eq!(stats_b["published"], 10);
+    wait_until("A has received all 30", || {
+        cluster_stats(&a)["received"] == 30
+    });
+
+    // The last member of solo leaves: A unsubscribes once the linger is over.
+    let reference = solo.request("room.leave", json!({ "room": "solo" }));
+    solo.reply(&reference, "room.left");
+    wait_until("solo has no subscriber", || {
+        redis
+            .cli(&["PUBSUB", "CHANNELS", "roomcast:*:solo"])
+            .is_some_and(|out| out.trim().is_empty())
+    });
+}
+
+#[test]
+fn a_member_who_comes_back_on_another_node_recovers_what_it_missed() {
+    let redis = Redis::start("cluster-recovery-redis");
+    let a = node(&redis, &scratch_dir("cluster-recovery-a"));
+    let b = node(&redis, &scratch_dir("cluster-recovery-b"));
+
+    let mut publisher = Client::connect(a.ws_addr);
+    publisher.join("news", None);
+    let mut reader = Client::connect(a.ws_addr);
+    let joined = reader.join("news", None);
+    let epoch = joined["epoch"].clone();
+    for i in 1..=2 {
+        publisher.say("news", &format!("n{i}"), None);
+        assert_eq!(next_message(&mut reader)["offset"], i);
+    }
+    drop(reader); // It goes away after offset 2 ...
+    for i in 3..=5 {
+        publisher.say("news", &format!("n{i}"), None);
+    }
+    // ... and comes back on the other node.
+    let mut back = Client::connect(b.ws_addr);
+    let joined = back.join("news", Some(&json!({ "offset": 2, "epoch": epoch })));
+    assert_eq!(joined["recovered"], true, "{joined}");
+    assert_eq!(joined["epoch"], epoch, "one epoch on every node");
+    let texts: Vec<&str> = joined["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["n3", "n4", "n5"]);
+    assert_eq!(joined["offset"], 5);
+    // And it is live from there.
+    publisher.say("news", "n6", None);
+    assert_eq!(next_message(&mut back)["offset"], 6);
+
+    // A retried id is published once, whichever node it is retried on.
+    let (message, ack) = publisher.say("news", "once", Some("id-1"));
+    assert_eq!(
+        (ack["offset"].as_u64(), ack["duplicate"].as_bool()),
+        (Some(7), Some(false))
+    );
+    assert_eq!(message["offset"], 7);
+    assert_eq!(next_message(&mut back)["offset"], 7);
+    // An anonymous publisher's ids are the room's (see `Publication::by_user`): the same id from another
+    // session on the other node is the same message.
+    let reference = back.request(
+        "chat.message",
+        json!({ "room": "news", "text": "once", "id": "id-1" }),
+    );
+    let ack = back.reply(&reference, "ack");
+    assert_eq!(
+        (ack["offset"].as_u64(), ack["duplicate"].as_bool()),
+        (Some(7), Some(true))
+    );
+}
+
+#[test]
+fn a_publish_while_redis_is_down_is_refused_and_a_restarted_redis_loses_nothing() {
+    let mut redis = Redis::start("cluster-restart-redis");
+    let a = node(&redis, &scratch_dir("cluster-restart-a"));
+    let b = node(&redis, &scratch_dir("cluster-restart-b"));
+
+    let mut member = Client::connect(a.ws_addr);
+    member.join("ops", None);
+    let mut publisher = Client::connect(b.ws_addr);
+    publisher.join("ops", None);
+    for i in 1..=3 {
+        publisher.say("ops", &format!("before {i}"), None);
+        assert_eq!(next_message(&mut member)["offset"], i);
+    }
+
+    redis.stop();
+    let code = publisher.error_code("chat.message", json!({ "room": "ops", "text": "lost?" }));
+    assert_eq!(code, "unavailable");
+
+    redis.run();
+    for app in [&a, &b] {
+        wait_until("the node is linked again", || {
+            cluster_stats(app)["linked"] == true
+        });
+    }
+    // The epoch and the offsets survived the restart: the room goes on at 4.
+    let (message, ack) = publisher.say("ops", "after", None);
+    assert_eq!(message["offset"], 4, "{message}");
+    assert_eq!(ack["offset"], 4);
+    let message = next_message(&mut member);
+    assert_eq!(
+        (message["offset"].as_u64(), message["text"].as_str()),
+        (Some(4), Some("after"))
+    );
+}
+
+#[test]
+fn a_killed_subscriber_connection_loses_nothing() {
+    let redis = Redis::start("cluster-kill-redis");
+    let a = node(&redis, &scratch_dir("cluster-kill-a"));
+    let b = node(&redis, &scratch_dir("cluster-kill-b"));
+
+    let mut member = Client::connect(a.ws_addr);
+    member.join("feed", None);
+    let mut publisher = Client::connect(b.ws_addr);
+    publisher.join("feed", None);
+
+    const TOTAL: u64 = 300;
+    let mut killed = 0;
+    for i in 1..=TOTAL {
+        publisher.say("feed", &format!("f{i}"), None);
+        if i % 100 == 50 {
+            // Every node's subscriber connection dropped mid-stream; they reconnect and resync.
+            let out = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+            killed += out.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    assert!(killed >= 2, "subscriber connections were killed ({killed})");
+    for i in 1..=TOTAL {
+        let message = next_message(&mut member);
+        assert_eq!(message["offset"], i, "contiguous, no repeat: {message}");
+    }
+}
