@@ -138,8 +138,9 @@ pub struct MemberChange {
 pub struct PublishFailure {
     /// The room.
     pub room: String,
-    /// Why, as a stable code: `unavailable` (the cluster's Redis could not be reached; nothing was
-    /// published, and the client may send it again).
+    /// Why, as a stable code: `unavailable` (the cluster's Redis could not be reached or did not answer
+    /// in time). Almost always nothing was published; when Redis ran it but its answer was lost, it was.
+    /// So a client sends it again with the same `id`, which is published at most once.
     pub code: &'static str,
     /// The publish's [`crate::PublishOptions::tag`].
     pub tag: Option<String>,

@@ -4,7 +4,8 @@
 //! Checked: a node subscribes only to rooms it has members in (its bridge's counter and `PUBSUB NUMSUB`);
 //! publications cross nodes in one order with Redis's offsets; a member recovers on another node; a
 //! publish while Redis is down is refused with `unavailable`, and after Redis restarts (with its
-//! append-only file) the room goes on without a gap; a killed subscriber connection loses nothing.
+//! append-only file) the room goes on without a gap; a killed subscriber connection loses nothing; the
+//! clients of a node killed with SIGKILL recover a contiguous sequence on the other node.
 //!
 //! Nothing here sleeps to wait: waits are for events or states, with a deadline.
 
@@ -31,17 +32,22 @@ struct Redis {
 
 impl Redis {
     fn start(name: &str) -> Redis {
+        let mut redis = Redis::reserve(name);
+        redis.run();
+        redis
+    }
+
+    /// A port and a directory for it, not started yet.
+    fn reserve(name: &str) -> Redis {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = Redis {
+        Redis {
             port,
             dir: scratch_dir(name),
             child: None,
-        };
-        redis.run();
-        redis
+        }
     }
 
     fn run(&mut self) {
@@ -310,18 +316,131 @@ fn a_killed_subscriber_connection_loses_nothing() {
     publisher.join("feed", None);
 
     const TOTAL: u64 = 300;
+    let channel = redis.channel_of("feed");
     let mut killed = 0;
     for i in 1..=TOTAL {
-        publisher.say("feed", &format!("f{i}"), None);
+        // Sent without waiting for each to come back, so publications are in flight when the
+        // subscriber connections drop.
+        publisher.request(
+            "chat.message",
+            json!({ "room": "feed", "text": format!("f{i}") }),
+        );
         if i % 100 == 50 {
-            // Every node's subscriber connection dropped mid-stream; they reconnect and resync.
+            // Every node's subscriber connection dropped mid-stream; they reconnect and catch up.
             let out = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
             killed += out.trim().parse::<u64>().unwrap_or(0);
+            // Both back before the next kill, so that each kill finds them.
+            wait_until("both subscribers reconnected", || {
+                redis
+                    .cli(&["PUBSUB", "NUMSUB", &channel])
+                    .and_then(|out| out.lines().nth(1).map(|n| n.trim() == "2"))
+                    .unwrap_or(false)
+            });
         }
     }
-    assert!(killed >= 2, "subscriber connections were killed ({killed})");
+    assert!(
+        killed >= 4,
+        "both nodes' subscribers were killed, twice or more ({killed})"
+    );
     for i in 1..=TOTAL {
         let message = next_message(&mut member);
         assert_eq!(message["offset"], i, "contiguous, no repeat: {message}");
+    }
+}
+
+#[test]
+fn a_room_whose_history_redis_lost_starts_a_new_epoch_that_every_member_gets() {
+    let redis = Redis::start("cluster-epoch-redis");
+    let a = node(&redis, &scratch_dir("cluster-epoch-a"));
+    let b = node(&redis, &scratch_dir("cluster-epoch-b"));
+
+    let mut member = Client::connect(a.ws_addr);
+    let first_epoch = member.join("reset", None)["epoch"].clone();
+    let mut publisher = Client::connect(b.ws_addr);
+    publisher.join("reset", None);
+    for i in 1..=3 {
+        publisher.say("reset", &format!("old {i}"), None);
+        assert_eq!(next_message(&mut member)["offset"], i);
+    }
+    redis.cli(&["FLUSHALL"]).unwrap();
+    let (message, ack) = publisher.say("reset", "new 1", None);
+    assert_eq!(message["offset"], 1, "{message}");
+    assert_ne!(ack["epoch"], first_epoch, "a new epoch");
+    let message = next_message(&mut member);
+    assert_eq!(
+        (message["offset"].as_u64(), message["text"].as_str()),
+        (Some(1), Some("new 1")),
+        "the member on the other node gets the new epoch's first publication"
+    );
+    assert_eq!(message["epoch"], ack["epoch"]);
+    publisher.say("reset", "new 2", None);
+    assert_eq!(next_message(&mut member)["offset"], 2);
+}
+
+#[test]
+fn a_node_started_before_redis_joins_the_cluster_once_redis_is_up() {
+    let mut redis = Redis::reserve("cluster-late-redis");
+    let a = node(&redis, &scratch_dir("cluster-late-a"));
+    // A join made while Redis is down waits for the room's stream ...
+    let mut early = Client::connect(a.ws_addr);
+    let reference = early.request("room.join", json!({ "room": "late" }));
+    redis.run();
+    // ... and is answered once the node has reached Redis.
+    let joined = early.reply(&reference, "room.joined");
+    assert_eq!(joined["offset"], 0, "{joined}");
+
+    let b = node(&redis, &scratch_dir("cluster-late-b"));
+    let mut on_b = Client::connect(b.ws_addr);
+    on_b.join("late", None);
+    on_b.say("late", "hello", None);
+    assert_eq!(next_message(&mut early)["text"], "hello");
+}
+
+#[test]
+fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence() {
+    let redis = Redis::start("cluster-kill9-redis");
+    let mut a = node(&redis, &scratch_dir("cluster-kill9-a"));
+    let b = node(&redis, &scratch_dir("cluster-kill9-b"));
+
+    let mut publisher = Client::connect(b.ws_addr);
+    publisher.join("live", None);
+    let mut members: Vec<Client> = (0..3).map(|_| Client::connect(a.ws_addr)).collect();
+    let mut positions = Vec::new();
+    for member in &mut members {
+        let joined = member.join("live", None);
+        positions.push((0u64, joined["epoch"].as_str().unwrap().to_owned()));
+    }
+    for i in 1..=10 {
+        publisher.say("live", &format!("l{i}"), None);
+    }
+    // Each member has read a different amount when its node dies.
+    for (n, member) in members.iter_mut().enumerate() {
+        for _ in 0..(3 + 3 * n) {
+            positions[n].0 = next_message(member)["offset"].as_u64().unwrap();
+        }
+    }
+    a.signal(libc::SIGKILL);
+    a.wait_exit();
+    for i in 11..=15 {
+        publisher.say("live", &format!("l{i}"), None);
+    }
+
+    // They come back on a node that started after: what they missed is read from Redis's stream.
+    let c = node(&redis, &scratch_dir("cluster-kill9-c"));
+    for (offset, epoch) in positions {
+        let mut back = Client::connect(c.ws_addr);
+        let joined = back.join("live", Some(&json!({ "offset": offset, "epoch": epoch })));
+        assert_eq!(joined["recovered"], true, "{joined}");
+        let offsets: Vec<u64> = joined["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            offsets,
+            ((offset + 1)..=15).collect::<Vec<_>>(),
+            "from {offset}"
+        );
     }
 }

@@ -130,7 +130,7 @@ pub(crate) fn start(
 /// Where a subscribed room is.
 enum Sync {
     /// Its stream is being read; what is received meanwhile waits, in order. `from`: the epoch and the
-    /// last offset handed over before (none for a first load).
+    /// last offset handed over before (none before its first load).
     Syncing {
         waiting: Vec<Incoming>,
         from: Option<(Arc<str>, u64)>,
@@ -147,26 +147,39 @@ impl Sync {
         }
     }
 
-    /// From `Live`, to `Syncing` from where it was, with `first` waiting; unchanged if syncing already.
-    fn hold(&mut self, first: Option<Incoming>) {
+    /// The epoch and last offset handed over, if any.
+    fn position(&self) -> Option<(Arc<str>, u64)> {
+        match self {
+            Sync::Syncing { from, .. } => from.clone(),
+            Sync::Live { epoch, last } => Some((epoch.clone(), *last)),
+        }
+    }
+
+    /// From `Live`, to `Syncing` from where it was; unchanged if syncing already.
+    fn hold(&mut self) {
         if let Sync::Live { epoch, last } = self {
             *self = Sync::Syncing {
-                waiting: first.into_iter().collect(),
+                waiting: Vec::new(),
                 from: Some((epoch.clone(), *last)),
             };
-        } else if let (Sync::Syncing { waiting, .. }, Some(first)) = (self, first) {
-            waiting.push(first);
         }
     }
 }
+
+/// Messages one room may have waiting while its stream is read; past it they are dropped and read back
+/// from the stream instead, so a read that cannot finish (Redis half-down) does not grow memory.
+const MAX_WAITING: usize = 4096;
 
 /// One room this node is subscribed to.
 struct Room {
     home: usize,
     keys: RoomKeys,
     sync: Sync,
-    /// Its home shard has its log (a load was answered): what follows is worth handing over.
-    loaded: bool,
+    /// Its channel is subscribed (false until the SUBSCRIBE succeeded, and again after a reconnect).
+    subscribed: bool,
+    /// A read of its stream is running; `next` is what to read once it is done.
+    reading: bool,
+    next: Option<Read>,
     /// When its last local member left: it is unsubscribed once the linger has passed.
     released_at: Option<Instant>,
 }
@@ -178,14 +191,27 @@ struct Incoming {
 }
 
 /// How a room's stream is read before it goes live again.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Read {
-    /// From scratch: its epoch, last offset and newest publications become the home shard's log.
-    Load,
     /// Publications `from..=to` were missed: read them and hand them over.
     Fill { from: u64, to: u64 },
-    /// After a reconnect: whatever came after the last offset handed over.
+    /// Whatever came after the last offset handed over (after a reconnect, or messages dropped while
+    /// waiting).
     Resync,
+    /// As `Resync`, and the home shard gets the room's log first ([`ClusterEvent::Loaded`]): its first
+    /// member here, or a join that needs what the home's memory dropped.
+    Load,
+}
+
+impl Read {
+    /// One read that does what both would: a load covers a resync, which covers a fill.
+    fn merge(self, other: Option<Read>) -> Read {
+        match other {
+            Some(Read::Load) => Read::Load,
+            Some(Read::Resync) if self != Read::Load => Read::Resync,
+            Some(Read::Fill { .. }) | Some(Read::Resync) | None => self,
+        }
+    }
 }
 
 struct State {
@@ -210,7 +236,7 @@ struct Head {
 
 impl State {
     fn connect(
-        config: RedisConfig,
+        mut config: RedisConfig,
         partitions: u16,
         linger: Duration,
         retention: Retention,
@@ -218,6 +244,9 @@ impl State {
         counters: Arc<ClusterCounters>,
     ) -> Result<State, String> {
         let sharded = config.server.is_clustered();
+        // Keep trying when Redis does not answer at start-up, as after any later loss (fred's default
+        // gives up after the first attempt, and the node would never join the cluster).
+        config.fail_fast = false;
         let mut builder = Builder::from_config(config);
         builder
             .with_performance_config(|perf| {
@@ -258,6 +287,7 @@ impl State {
     async fn run(self: Rc<Self>, mut ops: UnboundedReceiver<ClusterOp>) {
         let mut messages = self.subscriber.message_rx();
         let mut reconnects = self.subscriber.reconnect_rx();
+        let mut command_reconnects = self.commands.reconnect_rx();
         let mut tick = tokio::time::interval((self.linger / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -282,8 +312,22 @@ impl State {
                     Err(RecvError::Lagged(_)) => self.clone().resync_all(true),
                     Err(RecvError::Closed) => break,
                 },
+                reconnected = command_reconnects.recv() => match reconnected {
+                    // Loaded before any publish can need it: a publish that met NOSCRIPT and was retried
+                    // after the load could land after one sent later (see `publish`).
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        let state = self.clone();
+                        tokio::task::spawn_local(async move {
+                            if let Err(e) = state.script.load(&state.commands).await {
+                                tracing::warn!(error = %e, "cluster: loading the publish script failed");
+                            }
+                        });
+                    }
+                    Err(RecvError::Closed) => break,
+                },
                 _ = tick.tick() => {
-                    self.counters.linked.store(self.subscriber.is_connected(), Ordering::Relaxed);
+                    let linked = self.subscriber.is_connected() && self.commands.is_connected();
+                    self.counters.linked.store(linked, Ordering::Relaxed);
                     self.clone().unsubscribe_lingering();
                 }
             }
@@ -295,7 +339,21 @@ impl State {
     fn dispatch(self: Rc<Self>, op: ClusterOp) {
         match op {
             ClusterOp::Load { room, home } => {
-                tokio::task::spawn_local(self.load(room, home));
+                {
+                    let mut rooms = self.rooms.borrow_mut();
+                    let entry = rooms.entry(room.clone()).or_insert_with(|| Room {
+                        home,
+                        keys: RoomKeys::of(&room, self.partitions),
+                        sync: Sync::loading(),
+                        subscribed: false,
+                        reading: false,
+                        next: None,
+                        released_at: None,
+                    });
+                    entry.released_at = None;
+                    entry.home = home;
+                }
+                self.request_read(&room, Read::Load);
             }
             ClusterOp::Release { room } => {
                 if let Some(entry) = self.rooms.borrow_mut().get_mut(&room) {
@@ -312,45 +370,6 @@ impl State {
         }
     }
 
-    /// Subscribes to `room` if this node is not yet, then reads its stream for `home`.
-    async fn load(self: Rc<Self>, room: Arc<str>, home: usize) {
-        let subscribe = {
-            let mut rooms = self.rooms.borrow_mut();
-            match rooms.get_mut(&room) {
-                Some(entry) => {
-                    entry.released_at = None;
-                    entry.home = home;
-                    entry.sync.hold(None);
-                    None
-                }
-                None => {
-                    let keys = RoomKeys::of(&room, self.partitions);
-                    let channel = keys.channel.clone();
-                    rooms.insert(
-                        room.clone(),
-                        Room {
-                            home,
-                            keys,
-                            sync: Sync::loading(),
-                            loaded: false,
-                            released_at: None,
-                        },
-                    );
-                    Some(channel)
-                }
-            }
-        };
-        if let Some(channel) = subscribe {
-            // Subscribed before the stream is read, so nothing published in between is missed. If Redis
-            // is unreachable the room stays `Syncing` and the reconnect subscribes and loads it.
-            if let Err(e) = self.subscribe(vec![channel]).await {
-                tracing::warn!(%room, error = %e, "cluster: cannot subscribe yet; will on reconnect");
-                return;
-            }
-        }
-        self.read(room, Read::Load).await;
-    }
-
     async fn subscribe(&self, channels: Vec<String>) -> Result<(), fred::error::Error> {
         if self.sharded {
             self.subscriber.ssubscribe(channels).await
@@ -359,59 +378,163 @@ impl State {
         }
     }
 
-    /// Reads `room`'s stream as `read` says, hands the home shard what it must have, then what waited.
-    async fn read(self: Rc<Self>, room: Arc<str>, read: Read) {
-        let Some((keys, before)) = self.rooms.borrow().get(&room).map(|entry| {
-            let before = match &entry.sync {
-                Sync::Syncing { from, .. } => from.clone(),
-                Sync::Live { epoch, last } => Some((epoch.clone(), *last)),
+    /// Reads `room`'s stream as `read` says, unless a read of it is running: then once that one is done
+    /// (one read at a time per room, so that two never hand over the same stretch or race to go live).
+    fn request_read(self: Rc<Self>, room: &Arc<str>, read: Read) {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(entry) = rooms.get_mut(room) else {
+            return;
+        };
+        entry.sync.hold();
+        if entry.reading {
+            entry.next = Some(read.merge(entry.next));
+            return;
+        }
+        entry.reading = true;
+        drop(rooms);
+        tokio::task::spawn_local(self.reads(room.clone(), read));
+    }
+
+    /// Runs `read`, then whatever was asked meanwhile, then hands over what waited and goes live. A
+    /// read that fails (Redis unreachable, a command timed out) is tried again, backing off to 2 s, for
+    /// as long as the room is subscribed here.
+    async fn reads(self: Rc<Self>, room: Arc<str>, mut read: Read) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some((keys, subscribed, before)) = self
+                .rooms
+                .borrow()
+                .get(&room)
+                .map(|entry| (entry.keys.clone(), entry.subscribed, entry.sync.position()))
+            else {
+                return; // Unsubscribed meanwhile.
             };
-            (entry.keys.clone(), before)
-        }) else {
-            return; // Unsubscribed meanwhile.
-        };
-        let outcome = match (read, before) {
-            (Read::Fill { from, to }, Some((epoch, _))) => {
-                self.read_range(&room, &keys, &epoch, from, to).await
-            }
-            (Read::Resync, Some(before)) => self.read_since(&room, &keys, before).await,
-            _ => self.read_log(&room, &keys).await,
-        };
-        let (epoch, top) = match outcome {
-            Ok(position) => position,
-            Err(e) => {
-                // Redis went away mid-read: the reconnect resyncs this room.
-                tracing::warn!(%room, error = %e, "cluster: reading a room's stream failed; will retry on reconnect");
-                return;
-            }
-        };
-        let waiting = {
-            let mut rooms = self.rooms.borrow_mut();
-            let Some(entry) = rooms.get_mut(&room) else {
-                return;
+            // Subscribed before the stream is read, so that nothing published in between is missed.
+            let outcome = match subscribed {
+                true => Ok(()),
+                false => self.subscribe(vec![keys.channel.clone()]).await,
             };
-            if matches!(read, Read::Load) {
-                entry.loaded = true;
+            let outcome = match outcome {
+                Ok(()) => {
+                    if let Some(entry) = self.rooms.borrow_mut().get_mut(&room) {
+                        entry.subscribed = true;
+                    }
+                    self.read_once(&room, &keys, read, before).await
+                }
+                Err(e) => Err(e),
+            };
+            let position = match outcome {
+                Ok(position) => position,
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cluster: reading a room's stream failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            let waiting = {
+                let mut rooms = self.rooms.borrow_mut();
+                let Some(entry) = rooms.get_mut(&room) else {
+                    return;
+                };
+                if let Some(next) = entry.next.take() {
+                    // Asked for meanwhile: from where this read left the room.
+                    if let Sync::Syncing { from, .. } = &mut entry.sync {
+                        *from = Some(position);
+                    }
+                    read = next;
+                    continue;
+                }
+                entry.reading = false;
+                let (epoch, top) = position;
+                match std::mem::replace(&mut entry.sync, Sync::Live { epoch, last: top }) {
+                    Sync::Syncing { waiting, .. } => waiting,
+                    Sync::Live { .. } => Vec::new(),
+                }
+            };
+            for incoming in waiting {
+                self.clone().accept(&room, incoming);
             }
-            match std::mem::replace(&mut entry.sync, Sync::Live { epoch, last: top }) {
-                Sync::Syncing { waiting, .. } => waiting,
-                Sync::Live { .. } => Vec::new(),
-            }
-        };
-        for incoming in waiting {
-            self.clone().accept(&room, incoming);
+            return;
         }
     }
 
-    /// The room's epoch and last offset (creating them if the room has none yet, so that every node
-    /// agrees on the epoch before anything is published) and its newest publications, as a log for the
-    /// home shard.
-    async fn read_log(
+    /// One read of `room`'s stream, `before` being the epoch and last offset handed over until now.
+    /// Returns where the room is once what was read has been handed over.
+    async fn read_once(
         &self,
         room: &Arc<str>,
         keys: &RoomKeys,
+        read: Read,
+        before: Option<(Arc<str>, u64)>,
     ) -> Result<(Arc<str>, u64), fred::error::Error> {
+        if let (Read::Fill { from, to }, Some((epoch, last))) = (read, &before) {
+            let from = from.max(last + 1);
+            if from <= to {
+                self.hand_over_stream(room, keys, epoch, from, to).await?;
+            }
+            return Ok((epoch.clone(), (*last).max(to)));
+        }
         let (epoch, top) = self.meta(room, keys).await?;
+        match before {
+            // The first load: the room's log as it is.
+            None => {
+                let log = self.read_log(keys, &epoch, top).await?;
+                self.post_loaded(room, log);
+            }
+            Some((known, last)) if known == epoch => {
+                if read == Read::Load {
+                    // A home that still has its log keeps it (it ends at `last`) and takes older
+                    // publications from this one; a home that had dropped it takes this one and
+                    // ignores what follows, up to `top`, as repeats.
+                    let log = self.read_log(keys, &epoch, top).await?;
+                    self.post_loaded(room, log);
+                }
+                if top > last {
+                    self.hand_over_stream(room, keys, &epoch, last + 1, top)
+                        .await?;
+                } else if top < last {
+                    // Redis went back in the same epoch (restored from an older snapshot, or a
+                    // replica that lagged took over): what it numbers again is dropped as repeats
+                    // here until it passes `last`.
+                    tracing::error!(%room, last, top, "cluster: Redis holds fewer publications of the room than were delivered; Redis lost writes");
+                    return Ok((epoch, last));
+                }
+            }
+            // A new epoch: the room's history was lost in Redis and it started again. The home starts
+            // a fresh log and gets every publication of the new epoch, fanned out to its members.
+            Some(_) => {
+                self.post_loaded(
+                    room,
+                    RoomLog::restored(epoch.clone(), 0, Vec::new(), &self.retention),
+                );
+                if top > 0 {
+                    self.hand_over_stream(room, keys, &epoch, 1, top).await?;
+                }
+            }
+        }
+        Ok((epoch, top))
+    }
+
+    fn post_loaded(&self, room: &Arc<str>, log: RoomLog) {
+        if let Some(home) = self.rooms.borrow().get(room).map(|entry| entry.home) {
+            (self.notify)(
+                home,
+                ClusterEvent::Loaded {
+                    room: room.clone(),
+                    log,
+                },
+            );
+        }
+    }
+
+    /// The room's log at `top`: its newest publications that run without a gap up to it.
+    async fn read_log(
+        &self,
+        keys: &RoomKeys,
+        epoch: &Arc<str>,
+        top: u64,
+    ) -> Result<RoomLog, fred::error::Error> {
         let publications = match self.retention.resident() {
             0 => Vec::new(),
             count => {
@@ -419,7 +542,6 @@ impl State {
                     .entries(keys, None, Some(top), Some(count as u64))
                     .await?;
                 newest.reverse();
-                // Only what runs without a gap up to `top` (what a join can be given).
                 let mut expected = top;
                 let contiguous = newest
                     .iter()
@@ -433,78 +555,37 @@ impl State {
                 newest.split_off(newest.len() - contiguous)
             }
         };
-        let log = RoomLog::restored(
+        Ok(RoomLog::restored(
             epoch.clone(),
             top,
             publications.into_iter().map(Arc::new).collect(),
             &self.retention,
-        );
-        if let Some(home) = self.rooms.borrow().get(room).map(|entry| entry.home) {
-            (self.notify)(
-                home,
-                ClusterEvent::Loaded {
-                    room: room.clone(),
-                    log,
-                },
-            );
-        }
-        Ok((epoch, top))
+        ))
     }
 
-    /// Hands over publications `from..=to` read from the stream; what it no longer holds is skipped.
-    async fn read_range(
+    /// Reads publications `from..=to` from the stream and hands them to the home shard; what the stream
+    /// no longer holds (trimmed, expired, or history off) is reported skipped.
+    async fn hand_over_stream(
         &self,
         room: &Arc<str>,
         keys: &RoomKeys,
         epoch: &Arc<str>,
         from: u64,
         to: u64,
-    ) -> Result<(Arc<str>, u64), fred::error::Error> {
+    ) -> Result<(), fred::error::Error> {
         let found = if self.retention.size > 0 {
             self.entries(keys, Some(from), Some(to), None).await?
         } else {
             Vec::new()
         };
-        self.hand_over_range(room, epoch, from, to, found);
-        Ok((epoch.clone(), to))
-    }
-
-    /// After a reconnect: whatever was published after `last` (a new epoch means the room was lost in
-    /// Redis and starts again: loaded afresh).
-    async fn read_since(
-        &self,
-        room: &Arc<str>,
-        keys: &RoomKeys,
-        (known, last): (Arc<str>, u64),
-    ) -> Result<(Arc<str>, u64), fred::error::Error> {
-        let (epoch, top) = self.meta(room, keys).await?;
-        if known != epoch {
-            return self.read_log(room, keys).await;
-        }
-        if top <= last {
-            return Ok((epoch, last));
-        }
-        let found = if self.retention.size > 0 {
-            self.entries(keys, Some(last + 1), Some(top), None).await?
-        } else {
-            Vec::new()
-        };
-        self.hand_over_range(room, &epoch, last + 1, top, found);
-        Ok((epoch, top))
-    }
-
-    /// Hands `found` (publications read from the stream) to the home shard for `from..=to`, and says
-    /// which could not be found.
-    fn hand_over_range(
-        &self,
-        room: &Arc<str>,
-        epoch: &Arc<str>,
-        from: u64,
-        to: u64,
-        found: Vec<Publication>,
-    ) {
         let Some(home) = self.rooms.borrow().get(room).map(|entry| entry.home) else {
-            return;
+            return Ok(());
+        };
+        let skipped = |from: u64, to: u64| ClusterEvent::Skipped {
+            room: room.clone(),
+            epoch: epoch.clone(),
+            from,
+            to,
         };
         let mut next = from;
         for publication in found {
@@ -512,14 +593,7 @@ impl State {
                 continue;
             }
             if publication.offset > next {
-                (self.notify)(
-                    home,
-                    ClusterEvent::Skipped {
-                        room: room.clone(),
-                        from: next,
-                        to: publication.offset - 1,
-                    },
-                );
+                (self.notify)(home, skipped(next, publication.offset - 1));
             }
             next = publication.offset + 1;
             self.counters.gap_filled.fetch_add(1, Ordering::Relaxed);
@@ -533,15 +607,9 @@ impl State {
             );
         }
         if next <= to {
-            (self.notify)(
-                home,
-                ClusterEvent::Skipped {
-                    room: room.clone(),
-                    from: next,
-                    to,
-                },
-            );
+            (self.notify)(home, skipped(next, to));
         }
+        Ok(())
     }
 
     /// The room's epoch and last offset, created (epoch new, offset 0) if the room has none in Redis.
@@ -555,6 +623,8 @@ impl State {
             .hsetnx(&keys.meta, "epoch", &*new_epoch(room))
             .await?;
         if created {
+            // A stream left from an epoch that is gone would refuse the new epoch's first ids.
+            let _: () = self.commands.del(&keys.stream).await?;
             if let Some(ttl) = self.retention.ttl_ms {
                 let _: () = self.commands.pexpire(&keys.meta, ttl as i64, None).await?;
             }
@@ -627,39 +697,39 @@ impl State {
         self.clone().accept(&room, incoming);
     }
 
-    /// Hands `incoming` over if it follows what was, waits it while the room syncs, drops a repeat, and
-    /// reads what was missed before it.
+    /// Hands `incoming` over if it follows what was, keeps it waiting while the room's stream is read,
+    /// drops a repeat, and has what was missed before it read first.
     fn accept(self: Rc<Self>, room: &Arc<str>, incoming: Incoming) {
+        /// What to do with a message, decided before anything moves.
+        enum Then {
+            Wait,
+            Overflow,
+            Repeat,
+            Deliver,
+            Read(Read),
+        }
         let mut rooms = self.rooms.borrow_mut();
         let Some(entry) = rooms.get_mut(room) else {
             return;
         };
         let offset = incoming.publication.offset;
-        let read = match &mut entry.sync {
-            Sync::Syncing { waiting, .. } => {
-                waiting.push(incoming);
-                None
-            }
-            Sync::Live { epoch, .. } if *epoch != incoming.epoch => {
-                // The room was lost in Redis and started again: load it afresh.
-                entry.sync = Sync::Syncing {
-                    waiting: vec![incoming],
-                    from: None,
-                };
-                Some(Read::Load)
-            }
-            Sync::Live { last, .. } if offset <= *last => None,
-            Sync::Live { last, .. } if offset > *last + 1 => {
-                let from = *last + 1;
-                entry.sync.hold(Some(incoming));
-                Some(Read::Fill {
-                    from,
-                    to: offset - 1,
-                })
-            }
-            Sync::Live { epoch, last } => {
-                *last = offset;
-                if entry.loaded {
+        let then = match &entry.sync {
+            Sync::Syncing { waiting, .. } if waiting.len() >= MAX_WAITING => Then::Overflow,
+            Sync::Syncing { .. } => Then::Wait,
+            // A new epoch (the room was lost in Redis and started again), or a gap: read the stream.
+            Sync::Live { epoch, .. } if *epoch != incoming.epoch => Then::Read(Read::Resync),
+            Sync::Live { last, .. } if offset <= *last => Then::Repeat,
+            Sync::Live { last, .. } if offset > *last + 1 => Then::Read(Read::Fill {
+                from: *last + 1,
+                to: offset - 1,
+            }),
+            Sync::Live { .. } => Then::Deliver,
+        };
+        let read = match then {
+            Then::Repeat => None,
+            Then::Deliver => {
+                if let Sync::Live { epoch, last } = &mut entry.sync {
+                    *last = offset;
                     (self.notify)(
                         entry.home,
                         ClusterEvent::Publication {
@@ -671,45 +741,71 @@ impl State {
                 }
                 None
             }
+            Then::Wait | Then::Read(_) => {
+                // It waits for the read, which hands over what came before it.
+                entry.sync.hold();
+                if let Sync::Syncing { waiting, .. } = &mut entry.sync {
+                    waiting.push(incoming);
+                }
+                match then {
+                    Then::Read(read) => Some(read),
+                    _ => None,
+                }
+            }
+            Then::Overflow => {
+                // Dropped, with what waited: read back from the stream once the running read is done.
+                if let Sync::Syncing { waiting, .. } = &mut entry.sync {
+                    waiting.clear();
+                }
+                Some(Read::Resync)
+            }
         };
         drop(rooms);
         if let Some(read) = read {
-            tokio::task::spawn_local(self.read(room.clone(), read));
+            self.request_read(room, read);
         }
     }
 
-    /// After a reconnect (`subscribe`: subscribe every room again first) or falling behind: every room
-    /// reads what it missed.
+    /// After a reconnect (`subscribe`: every room's channel is subscribed again first, one command per
+    /// partition) or falling behind: every room reads what it missed.
     fn resync_all(self: Rc<Self>, subscribe: bool) {
         tokio::task::spawn_local(async move {
-            let mut by_partition: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            let rooms: Vec<(Arc<str>, bool)> = {
+            let mut by_partition: BTreeMap<String, Vec<Arc<str>>> = BTreeMap::new();
+            let rooms: Vec<Arc<str>> = {
                 let mut rooms = self.rooms.borrow_mut();
-                for entry in rooms.values_mut() {
-                    let channel = &entry.keys.channel;
-                    let tag = channel[..=channel.find('}').unwrap_or(0)].to_owned();
-                    by_partition.entry(tag).or_default().push(channel.clone());
+                for (name, entry) in rooms.iter_mut() {
+                    if subscribe {
+                        entry.subscribed = false;
+                        let channel = &entry.keys.channel;
+                        let tag = channel[..=channel.find('}').unwrap_or(0)].to_owned();
+                        by_partition.entry(tag).or_default().push(name.clone());
+                    }
                     // What arrives waits until the room has caught up.
-                    entry.sync.hold(None);
+                    entry.sync.hold();
                 }
-                rooms
-                    .iter()
-                    .map(|(name, entry)| (name.clone(), entry.loaded))
-                    .collect()
+                rooms.keys().cloned().collect()
             };
-            if subscribe {
-                // One command per partition: in a Redis Cluster a partition is one hash slot, and a
-                // multi-slot SSUBSCRIBE would be refused (CROSSSLOT).
-                for (_, channels) in by_partition {
-                    if let Err(e) = self.subscribe(channels).await {
-                        tracing::warn!(error = %e, "cluster: resubscribing failed; will retry on the next reconnect");
-                        return;
+            // In a Redis Cluster a partition is one hash slot: a multi-slot SSUBSCRIBE would be refused
+            // (CROSSSLOT). A partition that fails is subscribed room by room by its reads.
+            for names in by_partition.into_values() {
+                let channels: Vec<String> = {
+                    let rooms = self.rooms.borrow();
+                    names
+                        .iter()
+                        .filter_map(|name| rooms.get(name).map(|e| e.keys.channel.clone()))
+                        .collect()
+                };
+                if self.subscribe(channels).await.is_ok() {
+                    let mut rooms = self.rooms.borrow_mut();
+                    for name in &names {
+                        if let Some(entry) = rooms.get_mut(name) {
+                            entry.subscribed = true;
+                        }
                     }
                 }
             }
-            for (room, loaded) in rooms {
-                let read = if loaded { Read::Resync } else { Read::Load };
-                tokio::task::spawn_local(self.clone().read(room, read));
+            for room in rooms {
+                self.clone().request_read(&room, Read::Resync);
             }
         });
     }
@@ -717,7 +813,7 @@ impl State {
     /// Unsubscribes the rooms whose last local member left longer than the linger ago.
     fn unsubscribe_lingering(self: Rc<Self>) {
         let now = Instant::now();
-        let expired: Vec<String> = {
+        let expired: Vec<(Arc<str>, String)> = {
             let mut rooms = self.rooms.borrow_mut();
             let gone: Vec<Arc<str>> = rooms
                 .iter()
@@ -728,16 +824,18 @@ impl State {
                 })
                 .map(|(name, _)| name.clone())
                 .collect();
-            gone.iter()
-                .filter_map(|name| rooms.remove(name))
-                .map(|entry| entry.keys.channel)
+            gone.into_iter()
+                .filter_map(|name| rooms.remove(&name).map(|entry| (name, entry.keys.channel)))
                 .collect()
         };
         if expired.is_empty() {
             return;
         }
         tokio::task::spawn_local(async move {
-            for channel in expired {
+            for (room, channel) in expired {
+                if self.rooms.borrow().contains_key(&room) {
+                    continue; // Loaded again meanwhile: its subscription stays.
+                }
                 let result = if self.sharded {
                     self.subscriber.sunsubscribe(channel).await
                 } else {
@@ -780,10 +878,21 @@ impl State {
             new_epoch(&room).to_string(),
             if self.sharded { "1" } else { "0" }.to_owned(),
         ];
+        // EVALSHA, never a reload and retry: a publish retried after NOSCRIPT could land after one sent
+        // later. The script is loaded whenever the connection is made (`run`); one that met NOSCRIPT
+        // meanwhile is refused `unavailable` and loads it again.
         let result: Result<(u64, String, u8), _> = self
             .script
-            .evalsha_with_reload(&self.commands, vec![keys.meta, keys.stream, id_key], args)
+            .evalsha(&self.commands, vec![keys.meta, keys.stream, id_key], args)
             .await;
+        if let Err(e) = &result {
+            if e.details().contains("NOSCRIPT") {
+                let state = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = state.script.load(&state.commands).await;
+                });
+            }
+        }
         match result {
             Ok((offset, epoch, duplicate)) => {
                 self.counters.published.fetch_add(1, Ordering::Relaxed);

@@ -108,7 +108,12 @@ pub(crate) enum ClusterEvent {
     },
     /// Publications `from..=to` of `room` could not be read back (trimmed from the stream, or history
     /// off): they are skipped; what follows is handed over.
-    Skipped { room: Arc<str>, from: u64, to: u64 },
+    Skipped {
+        room: Arc<str>,
+        epoch: Arc<str>,
+        from: u64,
+        to: u64,
+    },
     /// Redis took a publish at `offset` (`duplicate`: its id was published already, at `offset`).
     Published {
         room: Arc<str>,

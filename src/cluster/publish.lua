@@ -25,6 +25,8 @@ local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   epoch = fresh_epoch
   redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  -- A stream left from an epoch that is gone would refuse this epoch's first ids.
+  redis.call('DEL', stream)
 end
 
 if id ~= '' then

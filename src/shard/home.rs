@@ -642,9 +642,11 @@ impl Shard {
         for op in waiting {
             self.on_log(&room, op);
         }
+        self.send_waiting_acks(&room);
         if nobody_here {
             // Every member left while it was read.
             self.release(&room);
+            self.homes.borrow_mut().forget_if_unused(&room);
         }
         self.evict_over_budget();
     }
@@ -668,6 +670,8 @@ impl Shard {
                 _ => 0,
             };
             let acks = std::mem::take(&mut entry.acks);
+            // Joins waiting for a reload were of sessions that have left.
+            entry.reloading = None;
             homes.log_bytes -= freed;
             acks
         };
@@ -697,11 +701,18 @@ impl Shard {
                     self.send_waiting_acks(&room);
                 }
             }
-            ClusterEvent::Skipped { room, from, to } => {
+            ClusterEvent::Skipped {
+                room,
+                epoch,
+                from,
+                to,
+            } => {
                 tracing::warn!(%room, from, to, "cluster: publications no longer in the room's stream were skipped");
-                self.homes
-                    .borrow_mut()
-                    .update_log(&room, |log| log.skip_to(to));
+                self.homes.borrow_mut().update_log(&room, |log| {
+                    if *log.epoch() == epoch {
+                        log.skip_to(to);
+                    }
+                });
                 self.send_waiting_acks(&room);
             }
             ClusterEvent::Published {
@@ -716,12 +727,17 @@ impl Shard {
                 let waits = {
                     let mut homes = self.homes.borrow_mut();
                     match homes.rooms.get_mut(&room) {
-                        Some(entry) => match &entry.log {
+                        Some(entry) => {
                             // Members here get it through the subscription: the publisher hears back
                             // after they (it among them) have it, as on one node.
-                            Log::Ready(log)
-                                if *log.epoch() == epoch && log.delivered() < offset =>
-                            {
+                            let waits = match &entry.log {
+                                Log::Ready(log) => {
+                                    *log.epoch() == epoch && log.delivered() < offset
+                                }
+                                Log::Loading(_) => true,
+                                Log::Cold => false,
+                            };
+                            if waits {
                                 entry.acks.push(WaitingAck {
                                     offset,
                                     epoch: epoch.clone(),
@@ -729,10 +745,9 @@ impl Shard {
                                     to,
                                     tag: tag.clone(),
                                 });
-                                true
                             }
-                            _ => false,
-                        },
+                            waits
+                        }
                         None => false,
                     }
                 };
@@ -751,13 +766,15 @@ impl Shard {
             let Some(entry) = homes.rooms.get_mut(room) else {
                 return;
             };
-            let delivered = match &entry.log {
-                Log::Ready(log) => log.delivered(),
-                _ => u64::MAX,
+            let (epoch, delivered) = match &entry.log {
+                Log::Ready(log) => (Some(log.epoch().clone()), log.delivered()),
+                Log::Loading(_) => return,
+                Log::Cold => (None, u64::MAX),
             };
+            // One of another epoch will not be delivered in this one: it goes now.
             let (ready, waiting) = std::mem::take(&mut entry.acks)
                 .into_iter()
-                .partition(|ack| ack.offset <= delivered);
+                .partition(|ack| ack.offset <= delivered || Some(&ack.epoch) != epoch.as_ref());
             entry.acks = waiting;
             ready
         };
