@@ -277,9 +277,10 @@ impl Driver {
             if slot.churner && self.shared.phase() != Phase::Run {
                 continue;
             }
+            let target = self.plan.target_of(self.slots[local]);
             let client = &mut self.clients[local];
             let registered = client
-                .connect(&self.plan.target, slot.source, deadline, self.plan.deflate)
+                .connect(target, slot.source, deadline, self.plan.deflate)
                 .and_then(|stream| {
                     self.poll.registry().register(
                         stream,

@@ -34,6 +34,13 @@ struct Common {
     /// The server's process id: its RSS and CPU are read from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// Another node of the same server (a cluster), repeatable: clients are spread over --url and these
+    /// in turn, so the members of a room are on every node.
+    #[arg(long, global = true)]
+    also_url: Vec<String>,
+    /// Another node's process id, repeatable: its RSS and CPU are added to --server-pid's.
+    #[arg(long, global = true)]
+    also_server_pid: Vec<u32>,
     /// Draw latency percentiles and delivery rate over time to this SVG file.
     #[arg(long, global = true)]
     plot: Option<PathBuf>,
@@ -207,6 +214,8 @@ fn main() -> ExitCode {
         url: c.url.clone(),
         threads: c.threads,
         server_pid: c.server_pid,
+        also_urls: c.also_url.clone(),
+        also_server_pids: c.also_server_pid.clone(),
         progress: !c.quiet,
         setup_timeout: Duration::from_secs(c.setup_timeout),
         drain_timeout: Duration::from_secs(c.drain_timeout),

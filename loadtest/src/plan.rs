@@ -60,6 +60,8 @@ pub enum Pacing {
 pub struct Plan {
     /// The server.
     pub target: Target,
+    /// More nodes of it; [`Plan::target_of`] says which node a client slot connects to.
+    pub also_targets: Vec<Target>,
     /// The rooms used.
     pub rooms: Vec<RoomPlan>,
     /// Every client slot.
@@ -82,6 +84,19 @@ pub struct Plan {
     pub connect_window: usize,
     /// Every upgrade offers permessage-deflate and must get it (`--deflate`).
     pub deflate: bool,
+}
+
+impl Plan {
+    /// The node client slot `slot` connects to: spread by a hash of the slot, not the slot itself, since
+    /// scenarios give rooms by slot modulo the room count (slots modulo 2 would put every member of a
+    /// room on one node).
+    pub fn target_of(&self, slot: usize) -> &Target {
+        let spread = ((slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+        match spread % (1 + self.also_targets.len()) {
+            0 => &self.target,
+            n => &self.also_targets[n - 1],
+        }
+    }
 }
 
 /// The phase of a run, announced by the main thread.

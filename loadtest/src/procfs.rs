@@ -20,6 +20,17 @@ pub struct Sample {
     pub sleeps: Option<u64>,
 }
 
+impl Sample {
+    /// Two processes' readings together (the nodes of a cluster).
+    pub fn plus(&self, other: &Sample) -> Sample {
+        Sample {
+            rss_bytes: self.rss_bytes + other.rss_bytes,
+            cpu_seconds: self.cpu_seconds + other.cpu_seconds,
+            sleeps: self.sleeps.zip(other.sleeps).map(|(a, b)| a + b),
+        }
+    }
+}
+
 /// Reads `pid`, or the harness itself for `None`.
 pub fn sample(pid: Option<u32>) -> io::Result<Sample> {
     let dir = match pid {

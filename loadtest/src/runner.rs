@@ -63,6 +63,8 @@ pub fn interrupted() -> bool {
 pub struct Observe {
     /// The server process to sample, if known.
     pub server_pid: Option<u32>,
+    /// More processes of it (the other nodes of a cluster), summed with it.
+    pub also_server_pids: Vec<u32>,
     /// Draw progress bars on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
     /// Track the server's RSS from the start of the run to after every client is gone (a soak).
@@ -217,9 +219,13 @@ pub fn execute(
     }
     let setup_count = plan.clients.iter().filter(|c| !c.churner).count() as u64;
     let sample_server = || {
+        let first = procfs::sample(Some(observe.server_pid?)).ok()?;
         observe
-            .server_pid
-            .and_then(|pid| procfs::sample(Some(pid)).ok())
+            .also_server_pids
+            .iter()
+            .try_fold(first, |sum, &pid| {
+                procfs::sample(Some(pid)).ok().map(|s| sum.plus(&s))
+            })
     };
     let server_before = sample_server();
 

@@ -136,6 +136,10 @@ pub struct RunOptions {
     pub threads: usize,
     /// The server process, for RSS and CPU.
     pub server_pid: Option<u32>,
+    /// More nodes of the same server (a cluster): clients are spread over `url` and these in turn.
+    pub also_urls: Vec<String>,
+    /// Their processes: RSS and CPU are summed over `server_pid` and these.
+    pub also_server_pids: Vec<u32>,
     /// Draw progress bars.
     pub progress: bool,
     /// Set-up deadline.
@@ -156,6 +160,8 @@ impl RunOptions {
             url: url.to_owned(),
             threads: 1,
             server_pid: None,
+            also_urls: Vec::new(),
+            also_server_pids: Vec::new(),
             progress: false,
             setup_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(5),
@@ -189,6 +195,12 @@ impl std::error::Error for Error {}
 /// is not loopback or a parameter exceeds the caps.
 pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Error> {
     let target = Target::parse(&options.url).map_err(Error::Target)?;
+    let also_targets = options
+        .also_urls
+        .iter()
+        .map(|url| Target::parse(url))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Target)?;
     check_bounds(scenario, options)?;
     let parameters = serde_json::to_value(scenario).unwrap_or_default();
     if *scenario == Scenario::Smoke {
@@ -196,7 +208,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Error> {
         report.parameters = parameters;
         return Ok(report);
     }
-    let plan = plan(scenario, target, options);
+    let mut plan = plan(scenario, target, options);
+    plan.also_targets = also_targets;
     let fd_limit = runner::raise_fd_limit();
     if plan.clients.len() as u64 + 64 > fd_limit {
         return Err(Error::Bounds(format!(
@@ -206,6 +219,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Error> {
     }
     let observe = Observe {
         server_pid: options.server_pid,
+        also_server_pids: options.also_server_pids.clone(),
         progress: options.progress,
         track_rss: matches!(scenario, Scenario::Soak { .. }),
     };
@@ -314,6 +328,7 @@ fn plan(scenario: &Scenario, target: Target, options: &RunOptions) -> Plan {
     };
     let mut plan = Plan {
         target,
+        also_targets: Vec::new(),
         rooms: Vec::new(),
         clients: Vec::new(),
         message_size: 0,
@@ -469,6 +484,41 @@ mod tests {
 
     fn opts() -> RunOptions {
         RunOptions::new("ws://127.0.0.1:9/")
+    }
+
+    #[test]
+    fn with_two_nodes_every_room_has_members_on_both() {
+        let s = Scenario::Rooms {
+            clients: 2000,
+            rooms: 200,
+            rate: 1.0,
+            duration: Duration::from_secs(1),
+            size: 10,
+        };
+        let mut p = plan(&s, Target::parse(&opts().url).unwrap(), &opts());
+        p.also_targets = vec![Target::parse("ws://127.0.0.1:10/").unwrap()];
+        for r in 0..p.rooms.len() as u32 {
+            let ports: std::collections::BTreeSet<u16> = (0..p.clients.len())
+                .filter(|&slot| p.clients[slot].room == Some(r))
+                .map(|slot| p.target_of(slot).addr.port())
+                .collect();
+            assert_eq!(ports.len(), 2, "room {r}'s members are on both nodes");
+        }
+        let saturate = Scenario::Saturate {
+            members: 100,
+            window: 1,
+            duration: Duration::from_secs(1),
+            size: 10,
+        };
+        let mut p = plan(&saturate, Target::parse(&opts().url).unwrap(), &opts());
+        p.also_targets = vec![Target::parse("ws://127.0.0.1:10/").unwrap()];
+        let on_first = (0..p.clients.len())
+            .filter(|&slot| p.target_of(slot).addr.port() == 9)
+            .count();
+        assert!(
+            (30..=70).contains(&on_first),
+            "{on_first} of 100 on the first node"
+        );
     }
 
     #[test]
