@@ -182,6 +182,9 @@ struct Room {
     next: Option<Read>,
     /// When its last local member left: it is unsubscribed once the linger has passed.
     released_at: Option<Instant>,
+    /// Which subscription of the room this is: a read started for one that was unsubscribed since must
+    /// not act on the next one.
+    generation: u64,
 }
 
 /// A publication as the channel delivered it.
@@ -225,6 +228,8 @@ struct State {
     notify: Notify,
     counters: Arc<ClusterCounters>,
     rooms: RefCell<HashMap<Arc<str>, Room>>,
+    /// The last [`Room::generation`] given.
+    generations: std::cell::Cell<u64>,
 }
 
 /// The head of a channel message (the rest is a [`Record`]).
@@ -280,6 +285,7 @@ impl State {
             notify,
             counters,
             rooms: RefCell::new(HashMap::new()),
+            generations: std::cell::Cell::new(0),
         })
     }
 
@@ -341,14 +347,19 @@ impl State {
             ClusterOp::Load { room, home } => {
                 {
                     let mut rooms = self.rooms.borrow_mut();
-                    let entry = rooms.entry(room.clone()).or_insert_with(|| Room {
-                        home,
-                        keys: RoomKeys::of(&room, self.partitions),
-                        sync: Sync::loading(),
-                        subscribed: false,
-                        reading: false,
-                        next: None,
-                        released_at: None,
+                    let generation = self.generations.get() + 1;
+                    let entry = rooms.entry(room.clone()).or_insert_with(|| {
+                        self.generations.set(generation);
+                        Room {
+                            home,
+                            keys: RoomKeys::of(&room, self.partitions),
+                            sync: Sync::loading(),
+                            subscribed: false,
+                            reading: false,
+                            next: None,
+                            released_at: None,
+                            generation,
+                        }
                     });
                     entry.released_at = None;
                     entry.home = home;
@@ -391,20 +402,22 @@ impl State {
             return;
         }
         entry.reading = true;
+        let generation = entry.generation;
         drop(rooms);
-        tokio::task::spawn_local(self.reads(room.clone(), read));
+        tokio::task::spawn_local(self.reads(room.clone(), generation, read));
     }
 
     /// Runs `read`, then whatever was asked meanwhile, then hands over what waited and goes live. A
     /// read that fails (Redis unreachable, a command timed out) is tried again, backing off to 2 s, for
     /// as long as the room is subscribed here.
-    async fn reads(self: Rc<Self>, room: Arc<str>, mut read: Read) {
+    async fn reads(self: Rc<Self>, room: Arc<str>, generation: u64, mut read: Read) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let Some((keys, subscribed, before)) = self
                 .rooms
                 .borrow()
                 .get(&room)
+                .filter(|entry| entry.generation == generation)
                 .map(|entry| (entry.keys.clone(), entry.subscribed, entry.sync.position()))
             else {
                 return; // Unsubscribed meanwhile.
@@ -417,7 +430,7 @@ impl State {
             let outcome = match outcome {
                 Ok(()) => {
                     if let Some(entry) = self.rooms.borrow_mut().get_mut(&room) {
-                        entry.subscribed = true;
+                        entry.subscribed |= entry.generation == generation;
                     }
                     self.read_once(&room, &keys, read, before).await
                 }
@@ -434,7 +447,10 @@ impl State {
             };
             let waiting = {
                 let mut rooms = self.rooms.borrow_mut();
-                let Some(entry) = rooms.get_mut(&room) else {
+                let Some(entry) = rooms
+                    .get_mut(&room)
+                    .filter(|entry| entry.generation == generation)
+                else {
                     return;
                 };
                 if let Some(next) = entry.next.take() {
