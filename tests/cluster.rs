@@ -5,19 +5,25 @@
 //! publications cross nodes in one order with Redis's offsets; a member recovers on another node; a
 //! publish while Redis is down is refused with `unavailable`, and after Redis restarts (with its
 //! append-only file) the room goes on without a gap; a killed subscriber connection loses nothing; the
-//! clients of a node killed with SIGKILL recover a contiguous sequence on the other node.
+//! clients of a node killed with SIGKILL recover a contiguous sequence on the other node; a node built on
+//! the library that only publishes to a room receives none of it; and against a Redis Cluster of three
+//! masters with a replica each (six `redis-server`s, `redis-cli --cluster create`), a `CLUSTER FAILOVER`
+//! of the room's slot in the middle of a stream loses and repeats nothing.
 //!
 //! Nothing here sleeps to wait: waits are for events or states, with a deadline.
 
 mod common;
+mod library;
 
+use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::v1::Client;
-use common::{http_get, scratch_dir, Launch};
+use common::{http_get, recv_text, scratch_dir, send_text, Launch};
+use roomcast::{Ack, PublishOptions, RoomReplies};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -27,6 +33,8 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct Redis {
     port: u16,
     dir: PathBuf,
+    /// The port of its cluster bus, when it is a node of a Redis Cluster.
+    cluster_bus: Option<u16>,
     child: Option<Child>,
 }
 
@@ -39,13 +47,10 @@ impl Redis {
 
     /// A port and a directory for it, not started yet.
     fn reserve(name: &str) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         Redis {
-            port,
+            port: free_port(),
             dir: scratch_dir(name),
+            cluster_bus: None,
             child: None,
         }
     }
@@ -61,6 +66,16 @@ impl Redis {
                 "--appendfsync",
                 "always",
             ])
+            .args(self.cluster_bus.iter().flat_map(|bus| {
+                [
+                    "--cluster-enabled".to_owned(),
+                    "yes".to_owned(),
+                    "--cluster-port".to_owned(),
+                    bus.to_string(),
+                    "--cluster-node-timeout".to_owned(),
+                    "2000".to_owned(),
+                ]
+            }))
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -122,6 +137,121 @@ impl Drop for Redis {
     }
 }
 
+/// A port nothing listens on now (the kernel's pick).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A Redis Cluster of three masters, each with one replica: six `redis-server`s of the test's own.
+struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    fn start(name: &str) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6)
+            .map(|n| {
+                let mut node = Redis::reserve(&format!("{name}-{n}"));
+                node.cluster_bus = Some(free_port());
+                node.run();
+                node
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(created.success(), "redis-cli --cluster create");
+        let cluster = RedisCluster { nodes };
+        wait_until("three masters with a replica each, all in sync", || {
+            cluster.nodes.iter().all(|node| {
+                node.cli(&["CLUSTER", "INFO"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            }) && cluster
+                .nodes
+                .iter()
+                .filter(|node| {
+                    node.cli(&["INFO", "replication"])
+                        .is_some_and(|info| info.contains("master_link_status:up"))
+                })
+                .count()
+                == 3
+        });
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// The node whose `ROLE` starts with `role` and that serves `room`'s slot (a master holds it, a
+    /// replica copies the master that does).
+    fn node_of(&self, room: &str, role: &str) -> &Redis {
+        let channel = self
+            .nodes
+            .iter()
+            .find_map(|node| {
+                let out = node.cli(&["PUBSUB", "SHARDCHANNELS", &format!("roomcast:*:{room}")])?;
+                out.lines().find(|l| !l.is_empty()).map(str::to_owned)
+            })
+            .expect("the room's sharded channel is subscribed on its master");
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", &channel])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let master_id = self.nodes[0]
+            .cli(&["CLUSTER", "NODES"])
+            .unwrap()
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serves = fields.get(8..)?.iter().any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
+                });
+                (fields[2].contains("master") && serves).then(|| fields[0].to_owned())
+            })
+            .expect("a master serves the slot");
+        self.nodes
+            .iter()
+            .find(|node| {
+                let Some(myself) = node.cli(&["CLUSTER", "MYID"]) else {
+                    return false;
+                };
+                let Some(info) = node.cli(&["INFO", "replication"]) else {
+                    return false;
+                };
+                let is_master = info.contains("role:master");
+                match role {
+                    "master" => is_master && myself.trim() == master_id,
+                    _ => {
+                        !is_master
+                            && node
+                                .cli(&["CLUSTER", "NODES"])
+                                .unwrap()
+                                .lines()
+                                .any(|l| l.contains("myself") && l.contains(&master_id))
+                    }
+                }
+            })
+            .unwrap_or_else(|| panic!("the {role} of {room}'s slot"))
+    }
+}
+
 /// Polls `done` (every 10 ms) until it holds, for at most [`DEADLINE`].
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -131,12 +261,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A chat node sharing rooms through `redis`, without rate limits (the tests publish in bursts).
-fn node(redis: &Redis, data: &Path) -> common::App {
+/// A chat node sharing rooms through the Redis at `redis_url`, without rate limits (the tests publish in bursts).
+fn node(redis_url: &str, data: &Path) -> common::App {
     Launch::new()
         .test_network()
         .envs(&[
-            ("CLUSTER_REDIS_URL", &redis.url()),
+            ("CLUSTER_REDIS_URL", redis_url),
             ("DATA_DIR", data.to_str().unwrap()),
             ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
         ])
@@ -160,8 +290,8 @@ fn next_message(client: &mut Client) -> Value {
 #[test]
 fn a_node_gets_only_the_rooms_it_has_members_in_and_rooms_cross_nodes_in_one_order() {
     let redis = Redis::start("cluster-interest-redis");
-    let a = node(&redis, &scratch_dir("cluster-interest-a"));
-    let b = node(&redis, &scratch_dir("cluster-interest-b"));
+    let a = node(&redis.url(), &scratch_dir("cluster-interest-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-interest-b"));
 
     // "solo" has members on A only; "shared" on both.
     let mut solo = Client::connect(a.ws_addr);
@@ -214,8 +344,8 @@ fn a_node_gets_only_the_rooms_it_has_members_in_and_rooms_cross_nodes_in_one_ord
 #[test]
 fn a_member_who_comes_back_on_another_node_recovers_what_it_missed() {
     let redis = Redis::start("cluster-recovery-redis");
-    let a = node(&redis, &scratch_dir("cluster-recovery-a"));
-    let b = node(&redis, &scratch_dir("cluster-recovery-b"));
+    let a = node(&redis.url(), &scratch_dir("cluster-recovery-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-recovery-b"));
 
     let mut publisher = Client::connect(a.ws_addr);
     publisher.join("news", None);
@@ -271,8 +401,8 @@ fn a_member_who_comes_back_on_another_node_recovers_what_it_missed() {
 #[test]
 fn a_publish_while_redis_is_down_is_refused_and_a_restarted_redis_loses_nothing() {
     let mut redis = Redis::start("cluster-restart-redis");
-    let a = node(&redis, &scratch_dir("cluster-restart-a"));
-    let b = node(&redis, &scratch_dir("cluster-restart-b"));
+    let a = node(&redis.url(), &scratch_dir("cluster-restart-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-restart-b"));
 
     let mut member = Client::connect(a.ws_addr);
     member.join("ops", None);
@@ -307,8 +437,8 @@ fn a_publish_while_redis_is_down_is_refused_and_a_restarted_redis_loses_nothing(
 #[test]
 fn a_killed_subscriber_connection_loses_nothing() {
     let redis = Redis::start("cluster-kill-redis");
-    let a = node(&redis, &scratch_dir("cluster-kill-a"));
-    let b = node(&redis, &scratch_dir("cluster-kill-b"));
+    let a = node(&redis.url(), &scratch_dir("cluster-kill-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-kill-b"));
 
     let mut member = Client::connect(a.ws_addr);
     member.join("feed", None);
@@ -351,8 +481,8 @@ fn a_killed_subscriber_connection_loses_nothing() {
 #[test]
 fn a_room_whose_history_redis_lost_starts_a_new_epoch_that_every_member_gets() {
     let redis = Redis::start("cluster-epoch-redis");
-    let a = node(&redis, &scratch_dir("cluster-epoch-a"));
-    let b = node(&redis, &scratch_dir("cluster-epoch-b"));
+    let a = node(&redis.url(), &scratch_dir("cluster-epoch-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-epoch-b"));
 
     let mut member = Client::connect(a.ws_addr);
     let first_epoch = member.join("reset", None)["epoch"].clone();
@@ -380,7 +510,7 @@ fn a_room_whose_history_redis_lost_starts_a_new_epoch_that_every_member_gets() {
 #[test]
 fn a_node_started_before_redis_joins_the_cluster_once_redis_is_up() {
     let mut redis = Redis::reserve("cluster-late-redis");
-    let a = node(&redis, &scratch_dir("cluster-late-a"));
+    let a = node(&redis.url(), &scratch_dir("cluster-late-a"));
     // A join made while Redis is down waits for the room's stream ...
     let mut early = Client::connect(a.ws_addr);
     let reference = early.request("room.join", json!({ "room": "late" }));
@@ -389,7 +519,7 @@ fn a_node_started_before_redis_joins_the_cluster_once_redis_is_up() {
     let joined = early.reply(&reference, "room.joined");
     assert_eq!(joined["offset"], 0, "{joined}");
 
-    let b = node(&redis, &scratch_dir("cluster-late-b"));
+    let b = node(&redis.url(), &scratch_dir("cluster-late-b"));
     let mut on_b = Client::connect(b.ws_addr);
     on_b.join("late", None);
     on_b.say("late", "hello", None);
@@ -399,8 +529,8 @@ fn a_node_started_before_redis_joins_the_cluster_once_redis_is_up() {
 #[test]
 fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence() {
     let redis = Redis::start("cluster-kill9-redis");
-    let mut a = node(&redis, &scratch_dir("cluster-kill9-a"));
-    let b = node(&redis, &scratch_dir("cluster-kill9-b"));
+    let mut a = node(&redis.url(), &scratch_dir("cluster-kill9-a"));
+    let b = node(&redis.url(), &scratch_dir("cluster-kill9-b"));
 
     let mut publisher = Client::connect(b.ws_addr);
     publisher.join("live", None);
@@ -426,7 +556,7 @@ fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence()
     }
 
     // They come back on a node that started after: what they missed is read from Redis's stream.
-    let c = node(&redis, &scratch_dir("cluster-kill9-c"));
+    let c = node(&redis.url(), &scratch_dir("cluster-kill9-c"));
     for (offset, epoch) in positions {
         let mut back = Client::connect(c.ws_addr);
         let joined = back.join("live", Some(&json!({ "offset": offset, "epoch": epoch })));
@@ -443,4 +573,135 @@ fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence()
             "from {offset}"
         );
     }
+}
+
+#[test]
+fn a_failover_in_a_redis_cluster_loses_nothing() {
+    let cluster = RedisCluster::start("cluster-failover");
+    let a = node(&cluster.url(), &scratch_dir("cluster-failover-a"));
+    let b = node(&cluster.url(), &scratch_dir("cluster-failover-b"));
+
+    let mut member = Client::connect(a.ws_addr);
+    member.join("orders", None);
+    let mut publisher = Client::connect(b.ws_addr);
+    publisher.join("orders", None);
+
+    const TOTAL: u64 = 300;
+    const FAILOVER_AT: u64 = 100;
+    let send = |publisher: &mut Client, i: u64| {
+        // With the client's id: a publish refused as `unavailable` is sent again, and Redis keeps it once.
+        publisher.request(
+            "chat.message",
+            json!({ "room": "orders", "text": format!("o{i}"), "id": format!("o{i}") }),
+        )
+    };
+    let mut pending = HashMap::new();
+    for i in 1..=TOTAL {
+        // Sent without waiting for each to come back, so publications are in flight during the failover.
+        pending.insert(send(&mut publisher, i), i);
+        if i == FAILOVER_AT {
+            let replica = cluster.node_of("orders", "replica");
+            assert_eq!(replica.cli(&["CLUSTER", "FAILOVER"]).unwrap().trim(), "OK");
+            wait_until("the replica took over the room's slot", || {
+                replica
+                    .cli(&["ROLE"])
+                    .is_some_and(|role| role.starts_with("master"))
+            });
+        }
+    }
+    let (mut resent, deadline) = (0, Instant::now() + DEADLINE);
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "unanswered: {pending:?}");
+        let event = publisher.next();
+        let Some(reference) = event["ref"].as_str() else {
+            continue; // The publisher's own copy of a publication.
+        };
+        let i = pending
+            .remove(reference)
+            .expect("a reply to a pending publish");
+        match event["type"].as_str() {
+            Some("ack") => {}
+            Some("error") if event["payload"]["code"] == "unavailable" => {
+                resent += 1;
+                pending.insert(send(&mut publisher, i), i);
+            }
+            _ => panic!("unexpected {event}"),
+        }
+    }
+
+    let mut texts = HashSet::new();
+    for offset in 1..=TOTAL {
+        let message = next_message(&mut member);
+        assert_eq!(message["offset"], offset, "contiguous: {message}");
+        assert!(
+            texts.insert(message["text"].as_str().unwrap().to_owned()),
+            "no repeat: {message}"
+        );
+    }
+    assert_eq!(
+        texts.len() as u64,
+        TOTAL,
+        "every publication, once ({resent} resent)"
+    );
+    // Nothing more is coming: a last publication is the next one the member gets.
+    let (last, _) = publisher.say("orders", "last", None);
+    assert_eq!(last["offset"], TOTAL + 1);
+    assert_eq!(next_message(&mut member)["offset"], TOTAL + 1);
+}
+
+/// A backend's view of a room: what the test's library node tells a publisher once Redis has its message.
+struct PublishedReplies;
+
+impl RoomReplies for PublishedReplies {
+    fn ack(&self, _subprotocol: Option<&str>, ack: &Ack) -> Option<String> {
+        Some(format!("published {} {}", ack.room, ack.offset))
+    }
+}
+
+#[test]
+fn a_node_that_only_publishes_to_a_room_receives_none_of_it() {
+    let redis = Redis::start("cluster-publisher-redis");
+    let a = node(&redis.url(), &scratch_dir("cluster-publisher-a"));
+    // B is a node built on the library whose clients publish to rooms they are not in, as a backend
+    // sending notifications would: "<room> <text>".
+    let b = library::start(&[("CLUSTER_REDIS_URL", &redis.url())], |server| {
+        server
+            .room_replies(PublishedReplies)
+            .on_message(|session, text| {
+                if let Some((room, text)) = text.split_once(' ') {
+                    session.publish(room, text, PublishOptions::default());
+                }
+            })
+    });
+
+    let mut members: Vec<Client> = (0..3).map(|_| Client::connect(a.ws_addr)).collect();
+    for member in &mut members {
+        member.join("alerts", None);
+    }
+    let mut backend = common::connect(b.websocket_addr());
+    const TOTAL: u64 = 50;
+    for i in 1..=TOTAL {
+        send_text(&mut backend, &format!("alerts alert {i}"));
+        assert_eq!(recv_text(&mut backend), format!("published alerts {i}"));
+    }
+    for member in &mut members {
+        for i in 1..=TOTAL {
+            let message = next_message(member);
+            assert_eq!(
+                (message["offset"].as_u64(), message["text"].as_str()),
+                (Some(i), Some(format!("alert {i}").as_str())),
+                "{message}"
+            );
+        }
+    }
+
+    let stats = b.handle().cluster_stats().expect("B is clustered");
+    assert_eq!(stats.published, TOTAL);
+    assert_eq!(
+        stats.received, 0,
+        "B has no member in alerts: nothing comes back to it"
+    );
+    assert_eq!(redis.subscribers("alerts"), 1, "only A subscribes");
+    wait_until("A received all", || cluster_stats(&a)["received"] == TOTAL);
+    b.stop();
 }

@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{
-    ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, StreamsInterface,
+    ClientLike, ClusterInterface, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
+    StreamsInterface,
 };
+use fred::types::config::Server;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
@@ -51,6 +53,10 @@ pub(crate) type Notify = Box<dyn Fn(usize, ClusterEvent) + Send>;
 /// `unavailable` within this, not held.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How often a node in a Redis Cluster asks which master serves which slot (see
+/// [`State::check_topology`]).
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
+
 /// Reconnection: first retry at once, then doubling up to 2 s, for ever.
 fn reconnect_policy() -> ReconnectPolicy {
     ReconnectPolicy::new_exponential(0, 50, 2000, 2)
@@ -64,8 +70,9 @@ pub(crate) struct Bridge {
     pub(crate) thread: JoinHandle<()>,
 }
 
-/// Starts the bridge for `settings` (whose `redis_url` is set). Fails only when the URL cannot be used;
-/// a Redis that does not answer yet is retried in the background while the node serves its own sessions.
+/// Starts the bridge for `settings` (whose `redis_url` is set), waiting up to [`COMMAND_TIMEOUT`] for
+/// Redis to answer. Fails only when the URL cannot be used; a Redis that does not answer yet is retried in
+/// the background while the node serves its own sessions.
 pub(crate) fn start(
     settings: &ClusterSettings,
     retention: Retention,
@@ -107,6 +114,18 @@ pub(crate) fn start(
                             return;
                         }
                     };
+                // A node whose Redis answers starts ready to publish: connected, the script loaded
+                // (else its first publishes would be refused `unavailable`). One whose Redis does not
+                // answer starts anyway, after this wait, and joins once Redis is up.
+                let ready = tokio::time::timeout(COMMAND_TIMEOUT, async {
+                    state.commands.wait_for_connect().await?;
+                    state.subscriber.wait_for_connect().await?;
+                    state.script.load(&state.commands).await
+                })
+                .await;
+                if !matches!(ready, Ok(Ok(()))) {
+                    tracing::warn!("cluster: Redis does not answer yet; serving this node's sessions and retrying");
+                }
                 let _ = ready_tx.send(Ok(()));
                 state.run(rx).await;
             });
@@ -230,6 +249,10 @@ struct State {
     rooms: RefCell<HashMap<Arc<str>, Room>>,
     /// The last [`Room::generation`] given.
     generations: std::cell::Cell<u64>,
+    /// Redis Cluster: which master served each range of slots at the last check.
+    topology: RefCell<Option<Vec<(u16, u16, Server)>>>,
+    /// A topology check is running.
+    checking: std::cell::Cell<bool>,
 }
 
 /// The head of a channel message (the rest is a [`Record`]).
@@ -286,6 +309,8 @@ impl State {
             counters,
             rooms: RefCell::new(HashMap::new()),
             generations: std::cell::Cell::new(0),
+            topology: RefCell::new(None),
+            checking: std::cell::Cell::new(false),
         })
     }
 
@@ -296,6 +321,8 @@ impl State {
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut tick = tokio::time::interval((self.linger / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut topology = tokio::time::interval(TOPOLOGY_CHECK);
+        topology.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 op = ops.recv() => match op {
@@ -331,6 +358,9 @@ impl State {
                     }
                     Err(RecvError::Closed) => break,
                 },
+                _ = topology.tick(), if self.sharded && !self.checking.get() => {
+                    tokio::task::spawn_local(self.clone().check_topology());
+                }
                 _ = tick.tick() => {
                     let linked = self.subscriber.is_connected() && self.commands.is_connected();
                     self.counters.linked.store(linked, Ordering::Relaxed);
@@ -824,6 +854,35 @@ impl State {
                 self.clone().request_read(&room, Read::Resync);
             }
         });
+    }
+
+    /// Redis Cluster: asks again which master serves which slot, and when that changed (a failover, slots
+    /// moved) subscribes every room again and resyncs it from its stream. A master that loses a slot
+    /// ends its clients' subscriptions to the slot's sharded channels with a `sunsubscribe` push, which
+    /// fred drops without a word, and a node that only receives sends no command that a `MOVED` could
+    /// answer: without this check it would stay subscribed to nothing and never know.
+    async fn check_topology(self: Rc<Self>) {
+        self.checking.set(true);
+        let synced = self.subscriber.sync_cluster().await;
+        self.checking.set(false);
+        if let Err(e) = synced {
+            tracing::debug!(error = %e, "cluster: reading the slots' masters failed (the link is down: a reconnect resubscribes)");
+            return;
+        }
+        let Some(now) = self.subscriber.cached_cluster_state().map(|state| {
+            state
+                .slots()
+                .iter()
+                .map(|range| (range.start, range.end, range.primary.clone()))
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        let before = self.topology.borrow_mut().replace(now.clone());
+        if before.is_some_and(|before| before != now) {
+            tracing::info!("cluster: the slots' masters changed; subscribing every room again");
+            self.resync_all(true);
+        }
     }
 
     /// Unsubscribes the rooms whose last local member left longer than the linger ago.
