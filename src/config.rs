@@ -48,6 +48,10 @@ pub struct ClusterSettings {
     /// `CLUSTER_PARTITIONS` (default 16, 1 to 16384): how many Redis Cluster hash slots rooms are spread
     /// over (each room's keys and channel share one slot, through a hash tag); the same on every node.
     pub partitions: u16,
+    /// `CLUSTER_PRESENCE_TTL_MS` (default 30000): how long a room's member stays in Redis's presence
+    /// without its node refreshing it (each node refreshes its own every third of this): the longest a
+    /// node that died leaves its members behind.
+    pub presence_ttl: Duration,
 }
 
 /// Rooms' history (kept by each room's home shard, on an embedded store) and presence.
@@ -383,6 +387,9 @@ impl Config {
                 redis_url: keys.redis_url("CLUSTER_REDIS_URL")?,
                 unsubscribe_linger: Duration::from_millis(
                     keys.number("CLUSTER_UNSUBSCRIBE_LINGER_MS", 2000)?,
+                ),
+                presence_ttl: Duration::from_millis(
+                    keys.positive("CLUSTER_PRESENCE_TTL_MS", 30_000)?,
                 ),
                 partitions: match keys.positive("CLUSTER_PARTITIONS", 16)? {
                     n @ 1..=16384 => n as u16,
@@ -728,6 +735,7 @@ mod tests {
             ("CLUSTER_UNSUBSCRIBE_LINGER_MS", "2s"),
             ("CLUSTER_PARTITIONS", "0"),
             ("CLUSTER_PARTITIONS", "16385"),
+            ("CLUSTER_PRESENCE_TTL_MS", "0"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -109,14 +109,19 @@ pub struct Member {
     pub session: SessionId,
     /// Its user: the authenticated user, or the session id without authentication.
     pub user: String,
+    /// With the cluster, the node it is connected to when that is another node (whose session ids are
+    /// not this node's: `session` names it there only); `None` for this node's members.
+    pub node: Option<String>,
 }
 
-/// Who is in a room, on every shard, for [`crate::RoomReplies::presence`].
+/// Who is in a room, on every shard (and with the cluster, on every node), for
+/// [`crate::RoomReplies::presence`].
 #[derive(Debug, Clone)]
 pub struct Presence {
     /// The room.
     pub room: String,
-    /// Every member, in the order they joined.
+    /// Every member: this node's in the order they joined, then (with the cluster) other nodes' by
+    /// node and session.
     pub members: Vec<Member>,
     /// The request's tag.
     pub tag: Option<String>,

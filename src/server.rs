@@ -259,7 +259,12 @@ impl Server {
             let peers = peers.clone();
             let notify =
                 Box::new(move |shard: usize, event| peers.post(shard, ShardMsg::Cluster(event)));
-            Some(bridge::start(&config.cluster, retention, notify)?)
+            Some(bridge::start(
+                &config.cluster,
+                retention,
+                config.rooms.presence_events,
+                notify,
+            )?)
         } else {
             None
         };

@@ -8,7 +8,9 @@
 //! clients of a node killed with SIGKILL recover a contiguous sequence on the other node; a node built on
 //! the library that only publishes to a room receives none of it; and against a Redis Cluster of three
 //! masters with a replica each (six `redis-server`s, `redis-cli --cluster create`), a `CLUSTER FAILOVER`
-//! of the room's slot in the middle of a stream loses and repeats nothing.
+//! of the room's slot in the middle of a stream loses and repeats nothing. Presence spans nodes: each
+//! node answers with every member and hears of other nodes' joins and leaves; a node that stops takes its
+//! members out of Redis, one killed leaves them only until `CLUSTER_PRESENCE_TTL_MS` runs out.
 //!
 //! Nothing here sleeps to wait: waits are for events or states, with a deadline.
 
@@ -263,6 +265,11 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A chat node sharing rooms through the Redis at `redis_url`, without rate limits (the tests publish in bursts).
 fn node(redis_url: &str, data: &Path) -> common::App {
+    node_with(redis_url, data, &[])
+}
+
+/// [`node`], with more settings.
+fn node_with(redis_url: &str, data: &Path, settings: &[(&str, &str)]) -> common::App {
     Launch::new()
         .test_network()
         .envs(&[
@@ -270,7 +277,28 @@ fn node(redis_url: &str, data: &Path) -> common::App {
             ("DATA_DIR", data.to_str().unwrap()),
             ("WEBSOCKET_RATE_LIMIT_MESSAGES", "0"),
         ])
+        .envs(settings)
         .spawn()
+}
+
+/// `client`'s answer to `room.presence` for `room` (presence events that come before it are passed over:
+/// when a node stops, its members' leaves may or may not be told before they are gone).
+fn presence(client: &mut Client, room: &str) -> Value {
+    let reference = client.request("room.presence", json!({ "room": room }));
+    loop {
+        let event = client.next();
+        match event["type"].as_str() {
+            Some("room.member_joined" | "room.member_left") => continue,
+            _ => {
+                assert_eq!(
+                    (event["type"].as_str(), event["ref"].as_str()),
+                    (Some("room.presence"), Some(reference.as_str())),
+                    "{event}"
+                );
+                return event["payload"].clone();
+            }
+        }
+    }
 }
 
 /// What a node's bridge counted (`/api/cluster`).
@@ -704,4 +732,105 @@ fn a_node_that_only_publishes_to_a_room_receives_none_of_it() {
     assert_eq!(redis.subscribers("alerts"), 1, "only A subscribes");
     wait_until("A received all", || cluster_stats(&a)["received"] == TOTAL);
     b.stop();
+}
+
+#[test]
+fn presence_spans_nodes_and_a_dead_nodes_members_leave_it_within_the_ttl() {
+    let redis = Redis::start("cluster-presence-redis");
+    let settings = [
+        ("PRESENCE_EVENTS", "true"),
+        ("CLUSTER_PRESENCE_TTL_MS", "1500"),
+    ];
+    let mut a = node_with(&redis.url(), &scratch_dir("cluster-presence-a"), &settings);
+    let b = node_with(&redis.url(), &scratch_dir("cluster-presence-b"), &settings);
+
+    let mut on_b = Client::connect(b.ws_addr);
+    on_b.join("lobby", None);
+    let mut on_a: Vec<Client> = (0..2).map(|_| Client::connect(a.ws_addr)).collect();
+    for member in &mut on_a {
+        member.join("lobby", None);
+    }
+    // B's member hears of each of A's, named with their node: their session ids are A's.
+    let mut a_node = None;
+    for member in &on_a {
+        let event = on_b.next();
+        assert_eq!(event["type"], "room.member_joined", "{event}");
+        assert_eq!(event["payload"]["session"], member.session.as_str());
+        let node = event["payload"]["node"]
+            .as_str()
+            .expect("another node's member")
+            .to_owned();
+        assert_eq!(*a_node.get_or_insert_with(|| node.clone()), node);
+    }
+    let a_node = a_node.unwrap();
+    // (A's first member heard of A's second, from A itself.)
+    assert_eq!(on_a[0].next()["type"], "room.member_joined");
+
+    // Each node answers with every member: its own without a node, the other's with it.
+    let members = |presence: &Value| -> HashSet<(String, Option<String>)> {
+        presence["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let node = m["node"].as_str().map(str::to_owned);
+                (m["session"].as_str().unwrap().to_owned(), node)
+            })
+            .collect()
+    };
+    let from_b = presence(&mut on_b, "lobby");
+    assert_eq!(from_b["count"], 3, "{from_b}");
+    let expected: HashSet<_> = on_a
+        .iter()
+        .map(|m| (m.session.clone(), Some(a_node.clone())))
+        .chain([(on_b.session.clone(), None)])
+        .collect();
+    assert_eq!(members(&from_b), expected);
+    let from_a = presence(&mut on_a[0], "lobby");
+    assert_eq!(from_a["count"], 3, "{from_a}");
+    let b_entry = members(&from_a)
+        .into_iter()
+        .find(|(session, node)| *session == on_b.session && node.is_some());
+    assert!(
+        b_entry.is_some_and(|(_, node)| node.unwrap() != a_node),
+        "{from_a}"
+    );
+
+    // A member who leaves is told to the other node and gone from its presence.
+    let leaving = on_a.pop().unwrap();
+    let gone = leaving.session.clone();
+    drop(leaving);
+    let event = on_b.next();
+    assert_eq!(
+        (event["type"].as_str(), event["payload"]["session"].as_str()),
+        (Some("room.member_left"), Some(gone.as_str())),
+        "{event}"
+    );
+    assert_eq!(presence(&mut on_b, "lobby")["count"], 2);
+
+    // A node that stops takes its members out of Redis as it goes.
+    let mut c = node_with(&redis.url(), &scratch_dir("cluster-presence-c"), &settings);
+    let mut on_c = Client::connect(c.ws_addr);
+    on_c.join("lobby", None);
+    assert_eq!(on_b.next()["type"], "room.member_joined");
+    assert_eq!(presence(&mut on_b, "lobby")["count"], 3);
+    c.terminate();
+    let key = format!("{}:presence", redis.channel_of("lobby"));
+    let entries = redis.cli(&["ZRANGE", &key, "0", "-1"]).unwrap();
+    assert_eq!(
+        entries.lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "{entries}"
+    );
+
+    // A node that dies has nobody to take its members out: they expire within the TTL.
+    a.signal(libc::SIGKILL);
+    a.wait_exit();
+    wait_until("A's member expired from the presence B answers", || {
+        presence(&mut on_b, "lobby")["count"] == 1
+    });
+    assert_eq!(
+        members(&presence(&mut on_b, "lobby")),
+        HashSet::from([(on_b.session.clone(), None)])
+    );
 }

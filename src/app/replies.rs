@@ -8,7 +8,8 @@
 //! It must not decide anything: what to refuse and what to send is [`super`]'s.
 
 use roomcast::{
-    Ack, Joined, MemberChange, Presence, Publication, PublishFailure, RoomReplies, SessionId,
+    Ack, Joined, Member, MemberChange, Presence, Publication, PublishFailure, RoomReplies,
+    SessionId,
 };
 use serde_json::{json, Map, Value};
 
@@ -117,6 +118,16 @@ pub struct ChatReplies {
     pub names_senders: bool,
 }
 
+/// A member in `room.presence` and presence events: its session and user, and with the cluster the node
+/// of a member connected to another one (a session id names a session on its own node only).
+fn member_json(member: &Member) -> Value {
+    let mut json = json!({ "session": member.session.to_string(), "user": member.user });
+    if let Some(node) = &member.node {
+        json["node"] = json!(node);
+    }
+    json
+}
+
 fn json_dialect(subprotocol: Option<&str>) -> bool {
     subprotocol == Some(SUBPROTOCOL)
 }
@@ -184,11 +195,7 @@ impl RoomReplies for ChatReplies {
 
     fn presence(&self, subprotocol: Option<&str>, presence: &Presence) -> Option<String> {
         Some(if json_dialect(subprotocol) {
-            let members: Vec<Value> = presence
-                .members
-                .iter()
-                .map(|m| json!({ "session": m.session.to_string(), "user": m.user }))
-                .collect();
+            let members: Vec<Value> = presence.members.iter().map(member_json).collect();
             event(
                 "room.presence",
                 presence.tag.as_deref(),
@@ -212,15 +219,9 @@ impl RoomReplies for ChatReplies {
             } else {
                 "room.member_left"
             };
-            event(
-                kind,
-                None,
-                json!({
-                    "room": change.room,
-                    "session": change.member.session.to_string(),
-                    "user": change.member.user,
-                }),
-            )
+            let mut payload = member_json(&change.member);
+            payload["room"] = json!(change.room);
+            event(kind, None, payload)
         })
     }
 

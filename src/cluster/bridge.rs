@@ -14,6 +14,10 @@
 //! room is subscribed again (one command per partition) and resynced the same way: nothing published while
 //! the link was down is lost while the stream still holds it.
 //!
+//! It also keeps this node's members of each room in the room's presence in Redis (written on join,
+//! removed on leave, refreshed every third of the TTL, all removed as the node stops) and reads the other
+//! nodes' members for a presence request.
+//!
 //! It must not reach sessions or shard state: it only posts [`ClusterEvent`]s.
 
 use std::cell::RefCell;
@@ -27,23 +31,25 @@ use std::time::{Duration, Instant};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{
     ClientLike, ClusterInterface, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
-    StreamsInterface,
+    SortedSetsInterface, StreamsInterface,
 };
 use fred::types::config::Server;
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{
     room_of_channel, BridgeSender, ClusterCounters, ClusterEvent, ClusterOp, RoomKeys,
-    PUBLISH_SCRIPT,
+    PRESENCE_SCRIPT, PUBLISH_SCRIPT,
 };
 use crate::config::ClusterSettings;
 use crate::error::StartError;
 use crate::history::{new_epoch, Publication, PublishOptions, Record, Retention, RoomLog};
+use crate::replies::Member;
+use crate::session_state::SessionId;
 use crate::shard::home::{PublishRequest, ReplyTo};
 
 /// How the bridge reaches a home shard: `(shard, event)`.
@@ -76,6 +82,7 @@ pub(crate) struct Bridge {
 pub(crate) fn start(
     settings: &ClusterSettings,
     retention: Retention,
+    presence_events: bool,
     notify: Notify,
 ) -> Result<Bridge, StartError> {
     let url = settings
@@ -89,8 +96,7 @@ pub(crate) fn start(
     let counters = Arc::new(ClusterCounters::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let shared = counters.clone();
-    let partitions = settings.partitions;
-    let linger = settings.unsubscribe_linger;
+    let settings = settings.clone();
     let thread = std::thread::Builder::new()
         .name("cluster-bridge".to_owned())
         .spawn(move || {
@@ -106,8 +112,9 @@ pub(crate) fn start(
             };
             let local = tokio::task::LocalSet::new();
             local.block_on(&runtime, async move {
-                let state =
-                    match State::connect(config, partitions, linger, retention, notify, shared) {
+                let connected =
+                    State::connect(config, &settings, retention, presence_events, notify, shared);
+                let state = match connected {
                         Ok(state) => Rc::new(state),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -120,7 +127,8 @@ pub(crate) fn start(
                 let ready = tokio::time::timeout(COMMAND_TIMEOUT, async {
                     state.commands.wait_for_connect().await?;
                     state.subscriber.wait_for_connect().await?;
-                    state.script.load(&state.commands).await
+                    state.script.load(&state.commands).await?;
+                    state.presence_script.load(&state.commands).await
                 })
                 .await;
                 if !matches!(ready, Ok(Ok(()))) {
@@ -240,9 +248,19 @@ struct State {
     commands: Client,
     subscriber: SubscriberClient,
     script: Script,
+    presence_script: Script,
     sharded: bool,
     partitions: u16,
     linger: Duration,
+    /// This node's name in presence (random, new at each start).
+    node: Arc<str>,
+    presence_ttl: Duration,
+    presence_events: bool,
+    /// This node's members per room, each as it is written in the room's presence in Redis.
+    members: RefCell<HashMap<Arc<str>, HashMap<SessionId, String>>>,
+    /// Presence writes not finished yet: a node that stops waits for them (see `run`).
+    presence_writes: std::cell::Cell<usize>,
+    presence_written: tokio::sync::Notify,
     retention: Retention,
     notify: Notify,
     counters: Arc<ClusterCounters>,
@@ -262,12 +280,45 @@ struct Head {
     epoch: String,
 }
 
+/// A member in a room's presence in Redis (and, with a `presence` field, a [`Notice`]).
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct PresenceEntry {
+    node: String,
+    session: u64,
+    user: String,
+}
+
+impl PresenceEntry {
+    fn into_member(self) -> Member {
+        Member {
+            session: SessionId(self.session),
+            user: self.user,
+            node: Some(self.node),
+        }
+    }
+}
+
+/// A member of another node joined or left a room (`PRESENCE_EVENTS`), told on the room's channel.
+#[derive(Serialize, Deserialize, Debug)]
+struct Notice {
+    presence: Change,
+    #[serde(flatten)]
+    member: PresenceEntry,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    Joined,
+    Left,
+}
+
 impl State {
     fn connect(
         mut config: RedisConfig,
-        partitions: u16,
-        linger: Duration,
+        settings: &ClusterSettings,
         retention: Retention,
+        presence_events: bool,
         notify: Notify,
         counters: Arc<ClusterCounters>,
     ) -> Result<State, String> {
@@ -297,13 +348,22 @@ impl State {
         // are detached: dropping their handles does not stop them).
         drop(commands.connect());
         drop(subscriber.connect());
+        let node = new_epoch(&format!("node {}", std::process::id()));
+        tracing::info!(%node, "cluster: this node's name in presence");
         Ok(State {
             commands,
             subscriber,
             script: Script::from_lua(PUBLISH_SCRIPT),
+            presence_script: Script::from_lua(PRESENCE_SCRIPT),
             sharded,
-            partitions,
-            linger,
+            partitions: settings.partitions,
+            linger: settings.unsubscribe_linger,
+            node,
+            presence_ttl: settings.presence_ttl,
+            presence_events,
+            members: RefCell::new(HashMap::new()),
+            presence_writes: std::cell::Cell::new(0),
+            presence_written: tokio::sync::Notify::new(),
             retention,
             notify,
             counters,
@@ -321,6 +381,8 @@ impl State {
         let mut command_reconnects = self.commands.reconnect_rx();
         let mut tick = tokio::time::interval((self.linger / 4).max(Duration::from_millis(50)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut refresh = tokio::time::interval(self.presence_ttl / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut topology = tokio::time::interval(TOPOLOGY_CHECK);
         topology.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -354,10 +416,13 @@ impl State {
                             if let Err(e) = state.script.load(&state.commands).await {
                                 tracing::warn!(error = %e, "cluster: loading the publish script failed");
                             }
+                            // Redis may have lost this node's members (a restart without them).
+                            state.refresh_presence();
                         });
                     }
                     Err(RecvError::Closed) => break,
                 },
+                _ = refresh.tick() => self.clone().refresh_presence(),
                 _ = topology.tick(), if self.sharded && !self.checking.get() => {
                     tokio::task::spawn_local(self.clone().check_topology());
                 }
@@ -368,6 +433,7 @@ impl State {
                 }
             }
         }
+        self.leave_presence().await;
         let _ = self.subscriber.quit().await;
         let _ = self.commands.quit().await;
     }
@@ -408,7 +474,191 @@ impl State {
             } => {
                 tokio::task::spawn_local(self.publish(room, home, request));
             }
+            ClusterOp::MemberJoined { room, member } => {
+                let entry = PresenceEntry {
+                    node: self.node.to_string(),
+                    session: member.session.0,
+                    user: member.user,
+                };
+                let written = serde_json::to_string(&entry).unwrap_or_default();
+                self.members
+                    .borrow_mut()
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(member.session, written.clone());
+                self.presence_write(room, entry, written, Change::Joined);
+            }
+            ClusterOp::MemberLeft { room, session } => {
+                let written = {
+                    let mut members = self.members.borrow_mut();
+                    let Some(here) = members.get_mut(&room) else {
+                        return;
+                    };
+                    let written = here.remove(&session);
+                    if here.is_empty() {
+                        members.remove(&room);
+                    }
+                    written
+                };
+                if let Some(written) = written {
+                    let entry = serde_json::from_str(&written).expect("written from an entry");
+                    self.presence_write(room, entry, written, Change::Left);
+                }
+            }
+            ClusterOp::Presence {
+                room,
+                home,
+                to,
+                tag,
+            } => {
+                tokio::task::spawn_local(self.presence(room, home, to, tag));
+            }
         }
+    }
+
+    // ---- Presence. ----
+
+    /// Writes one member's join or leave into its room's presence in Redis and, with
+    /// `PRESENCE_EVENTS`, tells the other nodes on the room's channel. Failing (Redis unreachable), the
+    /// join is written by the next refresh; a leave is not needed then: the member expires.
+    fn presence_write(
+        self: Rc<Self>,
+        room: Arc<str>,
+        member: PresenceEntry,
+        written: String,
+        change: Change,
+    ) {
+        self.presence_writes.set(self.presence_writes.get() + 1);
+        tokio::task::spawn_local(async move {
+            let keys = RoomKeys::of(&room, self.partitions);
+            let result = async {
+                match change {
+                    Change::Joined => self.refresh_room(&keys, vec![written]).await?,
+                    Change::Left => {
+                        let _: i64 = self.commands.zrem(&keys.presence, written).await?;
+                    }
+                }
+                if self.presence_events {
+                    let notice = Notice {
+                        presence: change,
+                        member,
+                    };
+                    let notice = serde_json::to_string(&notice).unwrap_or_default();
+                    let _: i64 = if self.sharded {
+                        self.commands.spublish(&keys.channel, notice).await?
+                    } else {
+                        self.commands.publish(&keys.channel, notice).await?
+                    };
+                }
+                Ok::<(), fred::error::Error>(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(%room, error = %e, "cluster: a presence change was not written (the next refresh writes what is)");
+            }
+            self.presence_writes.set(self.presence_writes.get() - 1);
+            if self.presence_writes.get() == 0 {
+                self.presence_written.notify_waiters();
+            }
+        });
+    }
+
+    /// Gives `members` (this node's, in `keys`' room) a new expiry, and removes the members whose
+    /// nodes stopped refreshing them.
+    async fn refresh_room(
+        &self,
+        keys: &RoomKeys,
+        members: Vec<String>,
+    ) -> Result<(), fred::error::Error> {
+        let mut args = vec![
+            "refresh".to_owned(),
+            self.presence_ttl.as_millis().to_string(),
+        ];
+        args.extend(members);
+        self.presence_script
+            .evalsha_with_reload(&self.commands, vec![keys.presence.clone()], args)
+            .await
+    }
+
+    /// Every third of the TTL: this node's members of every room get a new expiry (one script per room,
+    /// sent together).
+    fn refresh_presence(self: Rc<Self>) {
+        let rooms: Vec<(Arc<str>, Vec<String>)> = self
+            .members
+            .borrow()
+            .iter()
+            .map(|(room, members)| (room.clone(), members.values().cloned().collect()))
+            .collect();
+        for (room, members) in rooms {
+            let state = self.clone();
+            tokio::task::spawn_local(async move {
+                let keys = RoomKeys::of(&room, state.partitions);
+                if let Err(e) = state.refresh_room(&keys, members).await {
+                    tracing::debug!(%room, error = %e, "cluster: refreshing presence failed; trying at the next refresh");
+                }
+            });
+        }
+    }
+
+    /// The members of `room` on other nodes, for the home shard to answer `to`.
+    async fn presence(
+        self: Rc<Self>,
+        room: Arc<str>,
+        home: usize,
+        to: ReplyTo,
+        tag: Option<String>,
+    ) {
+        let others = if self.commands.is_connected() {
+            let keys = RoomKeys::of(&room, self.partitions);
+            let read: Result<Vec<String>, _> = self
+                .presence_script
+                .evalsha_with_reload(&self.commands, vec![keys.presence], vec!["read"])
+                .await;
+            match read {
+                Ok(entries) => {
+                    let mut others: Vec<PresenceEntry> = entries
+                        .iter()
+                        .filter_map(|entry| serde_json::from_str::<PresenceEntry>(entry).ok())
+                        .filter(|entry| *entry.node != *self.node)
+                        .collect();
+                    others.sort_by(|a, b| (&a.node, a.session).cmp(&(&b.node, b.session)));
+                    Some(others.into_iter().map(PresenceEntry::into_member).collect())
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cluster: reading presence failed; answering with this node's members");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        (self.notify)(
+            home,
+            ClusterEvent::Presence {
+                room,
+                others,
+                to,
+                tag,
+            },
+        );
+    }
+
+    /// As the node stops: waits for the presence writes under way, then takes what is left of this
+    /// node's members out of Redis, so that they do not linger until they expire (at most
+    /// [`COMMAND_TIMEOUT`] in all).
+    async fn leave_presence(&self) {
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, async {
+            while self.presence_writes.get() > 0 {
+                self.presence_written.notified().await;
+            }
+            let rooms = std::mem::take(&mut *self.members.borrow_mut());
+            for (room, members) in rooms {
+                let keys = RoomKeys::of(&room, self.partitions);
+                let members: Vec<String> = members.into_values().collect();
+                let _: Result<i64, _> = self.commands.zrem(&keys.presence, members).await;
+            }
+        })
+        .await;
     }
 
     async fn subscribe(&self, channels: Vec<String>) -> Result<(), fred::error::Error> {
@@ -728,7 +978,7 @@ impl State {
             serde_json::from_slice::<Head>(bytes),
             serde_json::from_slice::<Record<'_>>(bytes),
         ) else {
-            tracing::warn!(%room, "cluster: a message on a room's channel is not a publication; ignored");
+            self.receive_notice(room, bytes);
             return;
         };
         self.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -741,6 +991,33 @@ impl State {
             publication: record.into_publication(head.offset),
         };
         self.clone().accept(&room, incoming);
+    }
+
+    /// A message on a room's channel that is not a publication: a presence notice of another node's.
+    fn receive_notice(&self, room: &str, bytes: &[u8]) {
+        let Ok(notice) = serde_json::from_slice::<Notice>(bytes) else {
+            tracing::warn!(%room, "cluster: a message on a room's channel is neither a publication nor a presence notice; ignored");
+            return;
+        };
+        if *notice.member.node == *self.node {
+            return; // This node's members were told when they joined or left.
+        }
+        let Some((room, home)) = self
+            .rooms
+            .borrow()
+            .get_key_value(room)
+            .map(|(name, entry)| (name.clone(), entry.home))
+        else {
+            return;
+        };
+        (self.notify)(
+            home,
+            ClusterEvent::MemberChange {
+                room,
+                member: notice.member.into_member(),
+                joined: notice.presence == Change::Joined,
+            },
+        );
     }
 
     /// Hands `incoming` over if it follows what was, keeps it waiting while the room's stream is read,

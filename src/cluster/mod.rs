@@ -16,7 +16,12 @@
 //! - the bridge hands a room's home shard its publications in that order, without gap or repeat: a gap in
 //!   offsets (a dropped link, a message lost in between) is filled from the stream first;
 //! - a room's home shard keeps its recent publications in memory as in one node, read from the stream
-//!   when the room is first subscribed: joins and recovery are answered there, the same on every node.
+//!   when the room is first subscribed: joins and recovery are answered there, the same on every node;
+//! - presence: every node keeps its own members of a room in a sorted set of the room's, scored by when
+//!   each expires (`CLUSTER_PRESENCE_TTL_MS`) and refreshed by the node every third of that; a presence
+//!   request reads the other nodes' members there, so a node that dies leaves no member behind for longer
+//!   than the TTL. With `PRESENCE_EVENTS`, a join or leave is also told to the other nodes on the room's
+//!   channel (a notice with no offset, not in the stream).
 //!
 //! Every key and channel of a room carries one hash tag, `{pN}` with `N` the room's partition (its Redis
 //! Cluster hash slot modulo `CLUSTER_PARTITIONS`), so the script's keys share a slot, and resubscribing
@@ -31,10 +36,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::history::RoomLog;
+use crate::replies::Member;
+use crate::session_state::SessionId;
 use crate::shard::home::{PublishRequest, ReplyTo};
 
 /// The publish script (see its header for the keys and arguments).
 pub(crate) const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+
+/// The presence script: refresh a node's members of a room, or read the members not expired.
+pub(crate) const PRESENCE_SCRIPT: &str = include_str!("presence.lua");
 
 /// Every key and channel of roomcast's starts with this.
 const PREFIX: &str = "roomcast";
@@ -50,6 +60,8 @@ pub(crate) struct RoomKeys {
     pub(crate) channel: String,
     /// Client ids are remembered under this, followed by the id's key.
     pub(crate) id_prefix: String,
+    /// The sorted set of its members on every node, scored by when each expires.
+    pub(crate) presence: String,
 }
 
 impl RoomKeys {
@@ -61,6 +73,7 @@ impl RoomKeys {
             meta: format!("{base}:meta"),
             stream: format!("{base}:stream"),
             id_prefix: format!("{base}:id:"),
+            presence: format!("{base}:presence"),
             channel: base,
         }
     }
@@ -91,6 +104,17 @@ pub(crate) enum ClusterOp {
         room: Arc<str>,
         home: usize,
         request: PublishRequest,
+    },
+    /// `member` of this node joined `room`: into the room's presence in Redis, refreshed until it leaves.
+    MemberJoined { room: Arc<str>, member: Member },
+    /// The member `session` of this node left `room`.
+    MemberLeft { room: Arc<str>, session: SessionId },
+    /// Who is in `room` on the other nodes; the home shard `home` gets [`ClusterEvent::Presence`].
+    Presence {
+        room: Arc<str>,
+        home: usize,
+        to: ReplyTo,
+        tag: Option<String>,
     },
 }
 
@@ -128,6 +152,20 @@ pub(crate) enum ClusterEvent {
         room: Arc<str>,
         to: Option<ReplyTo>,
         tag: Option<String>,
+    },
+    /// The members of `room` on other nodes, for `to` (`None`: Redis could not be reached, only this
+    /// node's members are known).
+    Presence {
+        room: Arc<str>,
+        others: Option<Vec<Member>>,
+        to: ReplyTo,
+        tag: Option<String>,
+    },
+    /// `member` of another node joined or left `room` (with `PRESENCE_EVENTS`).
+    MemberChange {
+        room: Arc<str>,
+        member: Member,
+        joined: bool,
     },
 }
 
@@ -196,6 +234,7 @@ mod tests {
             assert_eq!(tag(&keys.meta), tag(&keys.channel));
             assert_eq!(tag(&keys.stream), tag(&keys.channel));
             assert_eq!(tag(&keys.id_prefix), tag(&keys.channel));
+            assert_eq!(tag(&keys.presence), tag(&keys.channel));
             assert_eq!(room_of_channel(&keys.channel), Some(room));
         }
         assert_eq!(room_of_channel("other:{p1}:x"), None);

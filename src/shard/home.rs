@@ -307,6 +307,7 @@ impl Shard {
         let member = Member {
             session: request.to.session,
             user: request.user.clone(),
+            node: None,
         };
         let first_time = {
             let mut homes = self.homes.borrow_mut();
@@ -317,8 +318,16 @@ impl Shard {
             }
             first_time
         };
-        if first_time && self.config.presence_events {
-            self.fan_out_change(&room, member, true);
+        if first_time {
+            if let Backing::Cluster(bridge) = &self.backing {
+                bridge.send(ClusterOp::MemberJoined {
+                    room: room.clone(),
+                    member: member.clone(),
+                });
+            }
+            if self.config.presence_events {
+                self.fan_out_change(&room, member, true);
+            }
         }
         self.with_log(room, Deferred::Join(request));
     }
@@ -342,19 +351,50 @@ impl Shard {
             self.homes.borrow_mut().forget_if_unused(room);
             left
         };
-        if let Some(member) = left.filter(|_| self.config.presence_events) {
+        let Some(member) = left else { return };
+        if let Backing::Cluster(bridge) = &self.backing {
+            bridge.send(ClusterOp::MemberLeft {
+                room: room.clone(),
+                session,
+            });
+        }
+        if self.config.presence_events {
             self.fan_out_change(room, member, false);
         }
     }
 
     fn home_presence(&self, room: Arc<str>, to: ReplyTo, tag: Option<String>) {
-        let members = self
+        if let Backing::Cluster(bridge) = &self.backing {
+            // The other nodes' members are in Redis; this node's are added to them when they come back.
+            let asked = bridge.send(ClusterOp::Presence {
+                room: room.clone(),
+                home: self.index,
+                to,
+                tag: tag.clone(),
+            });
+            if asked {
+                return;
+            }
+        }
+        self.answer_presence(room, Vec::new(), to, tag);
+    }
+
+    /// Answers `to` with `room`'s members here, then `others` (other nodes' members, with the cluster).
+    fn answer_presence(
+        &self,
+        room: Arc<str>,
+        others: Vec<Member>,
+        to: ReplyTo,
+        tag: Option<String>,
+    ) {
+        let mut members = self
             .homes
             .borrow()
             .rooms
             .get(&room)
             .map(|entry| entry.members.clone())
             .unwrap_or_default();
+        members.extend(others);
         let presence = Presence {
             room: room.to_string(),
             members,
@@ -756,6 +796,21 @@ impl Shard {
                 }
             }
             ClusterEvent::PublishFailed { room, to, tag } => self.publish_failed(&room, to, tag),
+            ClusterEvent::Presence {
+                room,
+                others,
+                to,
+                tag,
+            } => self.answer_presence(room, others.unwrap_or_default(), to, tag),
+            ClusterEvent::MemberChange {
+                room,
+                member,
+                joined,
+            } => {
+                if self.config.presence_events {
+                    self.fan_out_change(&room, member, joined);
+                }
+            }
         }
     }
 
