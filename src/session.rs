@@ -166,7 +166,9 @@ impl Session {
     /// Every broadcast to a room goes through the room's home shard (this one, or one it is posted to),
     /// so all members see a room's messages in one order. There it is encoded once, and compressed at most
     /// once: members that negotiated permessage-deflate share the compressed frame, the others the plain
-    /// one.
+    /// one. With the cluster (`CLUSTER_REDIS_URL`) it also reaches the room's members on other nodes,
+    /// through Redis: each node's broadcasts in the order it made them, but those of different nodes in
+    /// no one order (for that, and for history, [`Session::publish`]).
     pub fn broadcast_text_to_room(&self, room: &str, text: &str) {
         self.shard.broadcast(room, DataKind::Text, text.as_bytes());
     }

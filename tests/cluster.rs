@@ -10,7 +10,8 @@
 //! masters with a replica each (six `redis-server`s, `redis-cli --cluster create`), a `CLUSTER FAILOVER`
 //! of the room's slot in the middle of a stream loses and repeats nothing. Presence spans nodes: each
 //! node answers with every member and hears of other nodes' joins and leaves; a node that stops takes its
-//! members out of Redis, one killed leaves them only until `CLUSTER_PRESENCE_TTL_MS` runs out.
+//! members out of Redis, one killed leaves them only until `CLUSTER_PRESENCE_TTL_MS` runs out. The
+//! library's raw broadcasts (text and binary) reach a room's members on both nodes, once each.
 //!
 //! Nothing here sleeps to wait: waits are for events or states, with a deadline.
 
@@ -25,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use common::v1::Client;
 use common::{http_get, recv_text, scratch_dir, send_text, Launch};
-use roomcast::{Ack, PublishOptions, RoomReplies};
+use roomcast::{Ack, Joined, PublishOptions, RoomReplies};
 use serde_json::{json, Value};
+use tungstenite::Message;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -833,4 +835,71 @@ fn presence_spans_nodes_and_a_dead_nodes_members_leave_it_within_the_ttl() {
         members(&presence(&mut on_b, "lobby")),
         HashSet::from([(on_b.session.clone(), None)])
     );
+}
+
+/// What the raw-broadcast test's library nodes tell a session once its join is done.
+struct JoinedReplies;
+
+impl RoomReplies for JoinedReplies {
+    fn joined(&self, _subprotocol: Option<&str>, joined: &Joined) -> Option<String> {
+        Some(format!("joined {}", joined.room))
+    }
+}
+
+#[test]
+fn raw_broadcasts_reach_the_rooms_members_on_every_node_once() {
+    let redis = Redis::start("cluster-raw-redis");
+    // Library nodes whose sessions send "join <room>", and whose other messages are raw broadcasts to
+    // "r" (no offset, no history: `broadcast_*_to_room`).
+    let start = || {
+        library::start(&[("CLUSTER_REDIS_URL", &redis.url())], |server| {
+            server
+                .room_replies(JoinedReplies)
+                .on_message(|session, text| match text.strip_prefix("join ") {
+                    Some(room) => session.join_room(room).expect("a room's name"),
+                    None => session.broadcast_text_to_room("r", text),
+                })
+                .on_binary(|session, data| session.broadcast_binary_to_room("r", data))
+        })
+    };
+    let (a, b) = (start(), start());
+    let mut on_a = common::connect(a.websocket_addr());
+    let mut on_b = common::connect(b.websocket_addr());
+    for member in [&mut on_a, &mut on_b] {
+        send_text(member, "join r");
+        assert_eq!(recv_text(member), "joined r");
+    }
+
+    const TEXTS: usize = 20;
+    for i in 0..TEXTS {
+        send_text(&mut on_b, &format!("hello {i}"));
+    }
+    let binary = vec![0u8, 1, 2, 255];
+    on_b.send(Message::binary(binary.clone())).unwrap();
+    // Each node's members get it once, in the order it was sent: B's at once, A's through Redis.
+    for member in [&mut on_a, &mut on_b] {
+        for i in 0..TEXTS {
+            assert_eq!(recv_text(member), format!("hello {i}"));
+        }
+        match member.read().unwrap() {
+            Message::Binary(data) => assert_eq!(&data[..], &binary[..]),
+            other => panic!("expected the binary broadcast, got {other:?}"),
+        }
+    }
+    // And the other way; had B's own broadcasts come back to it from Redis, B would read one of them here.
+    send_text(&mut on_a, "from a");
+    assert_eq!(recv_text(&mut on_b), "from a");
+    assert_eq!(recv_text(&mut on_a), "from a");
+
+    // Received counts are in before delivery; a publish is counted once Redis answered it.
+    let stats = |node: &roomcast::RunningServer| node.handle().cluster_stats().unwrap();
+    assert_eq!(
+        (stats(&a).received, stats(&b).received),
+        (TEXTS as u64 + 1, 1)
+    );
+    wait_until("both nodes' publishes counted", || {
+        (stats(&a).published, stats(&b).published) == (1, TEXTS as u64 + 1)
+    });
+    a.stop();
+    b.stop();
 }

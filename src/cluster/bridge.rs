@@ -51,6 +51,7 @@ use crate::history::{new_epoch, Publication, PublishOptions, Record, Retention, 
 use crate::replies::Member;
 use crate::session_state::SessionId;
 use crate::shard::home::{PublishRequest, ReplyTo};
+use crate::ws::encode::DataKind;
 
 /// How the bridge reaches a home shard: `(shard, event)`.
 pub(crate) type Notify = Box<dyn Fn(usize, ClusterEvent) + Send>;
@@ -280,6 +281,51 @@ struct Head {
     epoch: String,
 }
 
+/// A raw broadcast as it travels on a room's channel: a zero byte (no JSON message starts with one), `t`
+/// or `b` for text or binary, the length of the sending node's name in one byte, the name, then the
+/// payload as it is: binary needs no escaping, and text none either.
+struct RawMessage<'a> {
+    node: &'a str,
+    kind: DataKind,
+    payload: &'a [u8],
+}
+
+impl<'a> RawMessage<'a> {
+    fn encode(node: &str, kind: DataKind, payload: &[u8]) -> Vec<u8> {
+        let node = &node.as_bytes()[..node.len().min(255)];
+        let mut out = Vec::with_capacity(3 + node.len() + payload.len());
+        out.push(0);
+        out.push(match kind {
+            DataKind::Text => b't',
+            DataKind::Binary => b'b',
+        });
+        out.push(node.len() as u8);
+        out.extend_from_slice(node);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn decode(bytes: &'a [u8]) -> Option<RawMessage<'a>> {
+        let [0, kind, len, rest @ ..] = bytes else {
+            return None;
+        };
+        let kind = match kind {
+            b't' => DataKind::Text,
+            b'b' => DataKind::Binary,
+            _ => return None,
+        };
+        let (node, payload) = rest.split_at_checked(usize::from(*len))?;
+        if kind == DataKind::Text && std::str::from_utf8(payload).is_err() {
+            return None;
+        }
+        Some(RawMessage {
+            node: std::str::from_utf8(node).ok()?,
+            kind,
+            payload,
+        })
+    }
+}
+
 /// A member in a room's presence in Redis (and, with a `presence` field, a [`Notice`]).
 #[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct PresenceEntry {
@@ -474,6 +520,13 @@ impl State {
             } => {
                 tokio::task::spawn_local(self.publish(room, home, request));
             }
+            ClusterOp::Broadcast {
+                room,
+                kind,
+                payload,
+            } => {
+                tokio::task::spawn_local(self.broadcast(room, kind, payload));
+            }
             ClusterOp::MemberJoined { room, member } => {
                 let entry = PresenceEntry {
                     node: self.node.to_string(),
@@ -512,6 +565,28 @@ impl State {
                 tag,
             } => {
                 tokio::task::spawn_local(self.presence(room, home, to, tag));
+            }
+        }
+    }
+
+    /// Publishes a raw broadcast of this node on `room`'s channel, as a [`RawMessage`]. Redis unreachable,
+    /// the room's members on other nodes miss it (a raw broadcast has no offset to recover it by; this
+    /// node's members had it already).
+    async fn broadcast(self: Rc<Self>, room: Arc<str>, kind: DataKind, payload: Box<[u8]>) {
+        let keys = RoomKeys::of(&room, self.partitions);
+        let message = RawMessage::encode(&self.node, kind, &payload);
+        let sent: Result<i64, _> = if self.sharded {
+            self.commands.spublish(&keys.channel, message).await
+        } else {
+            self.commands.publish(&keys.channel, message).await
+        };
+        match sent {
+            Ok(_) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%room, error = %e, "cluster: a raw broadcast reached only this node's members");
             }
         }
     }
@@ -974,6 +1049,10 @@ impl State {
         let Some(bytes) = value.as_bytes() else {
             return;
         };
+        if let Some(raw) = RawMessage::decode(bytes) {
+            self.receive_raw(room, raw);
+            return;
+        }
         let (Ok(head), Ok(record)) = (
             serde_json::from_slice::<Head>(bytes),
             serde_json::from_slice::<Record<'_>>(bytes),
@@ -993,6 +1072,34 @@ impl State {
         self.clone().accept(&room, incoming);
     }
 
+    /// `room`'s name as this node is subscribed to it, and its home shard; `None` once unsubscribed.
+    fn subscribed(&self, room: &str) -> Option<(Arc<str>, usize)> {
+        self.rooms
+            .borrow()
+            .get_key_value(room)
+            .map(|(name, entry)| (name.clone(), entry.home))
+    }
+
+    /// A raw broadcast from the room's channel: handed to the room's home shard here unless this node
+    /// made it (its members had it at once).
+    fn receive_raw(&self, room: &str, raw: RawMessage<'_>) {
+        if *raw.node == *self.node {
+            return;
+        }
+        let Some((room, home)) = self.subscribed(room) else {
+            return; // Unsubscribed since.
+        };
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        (self.notify)(
+            home,
+            ClusterEvent::Broadcast {
+                room,
+                kind: raw.kind,
+                payload: raw.payload.into(),
+            },
+        );
+    }
+
     /// A message on a room's channel that is not a publication: a presence notice of another node's.
     fn receive_notice(&self, room: &str, bytes: &[u8]) {
         let Ok(notice) = serde_json::from_slice::<Notice>(bytes) else {
@@ -1002,12 +1109,7 @@ impl State {
         if *notice.member.node == *self.node {
             return; // This node's members were told when they joined or left.
         }
-        let Some((room, home)) = self
-            .rooms
-            .borrow()
-            .get_key_value(room)
-            .map(|(name, entry)| (name.clone(), entry.home))
-        else {
+        let Some((room, home)) = self.subscribed(room) else {
             return;
         };
         (self.notify)(
@@ -1276,5 +1378,35 @@ impl State {
     ) {
         self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
         (self.notify)(home, ClusterEvent::PublishFailed { room, to, tag });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raw_broadcast_travels_as_it_was_and_no_publication_reads_as_one() {
+        for (kind, payload) in [
+            (DataKind::Text, "héllo {\"offset\":1}".as_bytes()),
+            (DataKind::Binary, &[0u8, 255, 0, 1][..]),
+            (DataKind::Text, &[][..]),
+        ] {
+            let encoded = RawMessage::encode("0123456789abcdef", kind, payload);
+            let raw = RawMessage::decode(&encoded).expect("decodes");
+            assert_eq!(
+                (raw.node, raw.kind, raw.payload),
+                ("0123456789abcdef", kind, payload)
+            );
+        }
+        assert!(RawMessage::decode(br#"{"offset":1,"epoch":"e","text":"t"}"#).is_none());
+        assert!(
+            RawMessage::decode(br#"{"presence":"joined","node":"n","session":1,"user":"u"}"#)
+                .is_none()
+        );
+        // Cut short, or text that is not UTF-8: not a raw broadcast.
+        assert!(RawMessage::decode(&[0, b't', 16, b'a']).is_none());
+        assert!(RawMessage::decode(&[0, b't', 0, 0xff]).is_none());
+        assert!(RawMessage::decode(&[0, b'x', 0]).is_none());
     }
 }

@@ -21,7 +21,10 @@
 //!   each expires (`CLUSTER_PRESENCE_TTL_MS`) and refreshed by the node every third of that; a presence
 //!   request reads the other nodes' members there, so a node that dies leaves no member behind for longer
 //!   than the TTL. With `PRESENCE_EVENTS`, a join or leave is also told to the other nodes on the room's
-//!   channel (a notice with no offset, not in the stream).
+//!   channel (a notice with no offset, not in the stream);
+//! - a raw broadcast (`broadcast_text_to_room`, no offset, no history) is delivered on its own node at
+//!   once and published on the room's channel for the other nodes' members: each node's broadcasts keep
+//!   their order, but broadcasts of different nodes are not put in one order (publications are).
 //!
 //! Every key and channel of a room carries one hash tag, `{pN}` with `N` the room's partition (its Redis
 //! Cluster hash slot modulo `CLUSTER_PARTITIONS`), so the script's keys share a slot, and resubscribing
@@ -39,6 +42,7 @@ use crate::history::RoomLog;
 use crate::replies::Member;
 use crate::session_state::SessionId;
 use crate::shard::home::{PublishRequest, ReplyTo};
+use crate::ws::encode::DataKind;
 
 /// The publish script (see its header for the keys and arguments).
 pub(crate) const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
@@ -105,6 +109,12 @@ pub(crate) enum ClusterOp {
         home: usize,
         request: PublishRequest,
     },
+    /// A raw broadcast to `room` made on this node (and delivered here already): for the other nodes.
+    Broadcast {
+        room: Arc<str>,
+        kind: DataKind,
+        payload: Box<[u8]>,
+    },
     /// `member` of this node joined `room`: into the room's presence in Redis, refreshed until it leaves.
     MemberJoined { room: Arc<str>, member: Member },
     /// The member `session` of this node left `room`.
@@ -161,6 +171,12 @@ pub(crate) enum ClusterEvent {
         to: ReplyTo,
         tag: Option<String>,
     },
+    /// A raw broadcast to `room` made on another node.
+    Broadcast {
+        room: Arc<str>,
+        kind: DataKind,
+        payload: Box<[u8]>,
+    },
     /// `member` of another node joined or left `room` (with `PRESENCE_EVENTS`).
     MemberChange {
         room: Arc<str>,
@@ -183,9 +199,10 @@ impl BridgeSender {
 /// What the bridge counts, readable from any thread ([`crate::ServerHandle::cluster_stats`]).
 #[derive(Debug, Default)]
 pub(crate) struct ClusterCounters {
-    /// Publications received from Redis for rooms this node is subscribed to.
+    /// Room messages (publications and raw broadcasts) received from Redis for rooms this node is
+    /// subscribed to.
     pub(crate) received: AtomicU64,
-    /// Publications this node published through Redis.
+    /// Room messages this node published through Redis.
     pub(crate) published: AtomicU64,
     /// Publishes refused because Redis could not be reached.
     pub(crate) unavailable: AtomicU64,
@@ -198,9 +215,10 @@ pub(crate) struct ClusterCounters {
 /// A snapshot of what a node's bridge to Redis counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterStats {
-    /// Room publications received from Redis (only for rooms with a member on this node).
+    /// Room messages (publications and raw broadcasts) received from Redis (only for rooms with a member
+    /// on this node).
     pub received: u64,
-    /// Publications this node published through Redis.
+    /// Room messages (publications and raw broadcasts) this node published through Redis.
     pub published: u64,
     /// Publishes refused with `unavailable` because Redis could not be reached.
     pub unavailable: u64,

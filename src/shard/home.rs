@@ -802,6 +802,11 @@ impl Shard {
                 to,
                 tag,
             } => self.answer_presence(room, others.unwrap_or_default(), to, tag),
+            ClusterEvent::Broadcast {
+                room,
+                kind,
+                payload,
+            } => self.fan_out(&room, kind, &payload),
             ClusterEvent::MemberChange {
                 room,
                 member,

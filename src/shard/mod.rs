@@ -39,6 +39,7 @@ use slab::Slab;
 
 use crate::admission::Admission;
 use crate::auth::{AuthorizeJoinFn, Identity};
+use crate::cluster::ClusterOp;
 use crate::config::{Config, WebSocketSettings};
 use crate::history::Retention;
 use crate::lifecycle::{CloseCause, Lifecycle};
@@ -361,8 +362,21 @@ impl Shard {
     /// the room's home shard (see [`Peers::home_of`]), which is this one or gets it posted.
     pub(crate) fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
         match self.peers.home_of(room) {
-            home if home == self.index => self.fan_out(room, kind, payload),
+            home if home == self.index => self.broadcast_from_here(room, kind, payload),
             home => self.peers.post_broadcast(home, room, kind, payload),
+        }
+    }
+
+    /// On the room's home shard: a raw broadcast made on this node, fanned out here and, with the
+    /// cluster, handed to the bridge for the room's members on other nodes.
+    fn broadcast_from_here(&self, room: &str, kind: DataKind, payload: &[u8]) {
+        self.fan_out(room, kind, payload);
+        if let home::Backing::Cluster(bridge) = &self.backing {
+            bridge.send(ClusterOp::Broadcast {
+                room: Arc::from(room),
+                kind,
+                payload: payload.into(),
+            });
         }
     }
 
@@ -647,7 +661,7 @@ impl Shard {
                     room,
                     kind,
                     payload,
-                } => self.fan_out(&room, kind, &payload),
+                } => self.broadcast_from_here(&room, kind, &payload),
                 ShardMsg::ToSession { id, kind, payload } => {
                     if let Some(session) = self.session(id) {
                         self.send_data(&session, kind, &payload);
