@@ -585,11 +585,14 @@ fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence()
         publisher.say("live", &format!("l{i}"), None);
     }
 
-    // They come back on a node that started after: what they missed is read from Redis's stream.
+    // They come back on B, live in the room (its log is in memory), or on a node that started after
+    // (what they missed is read from Redis's stream), while the publisher goes on.
     let c = node(&redis.url(), &scratch_dir("cluster-kill9-c"));
-    for (offset, epoch) in positions {
-        let mut back = Client::connect(c.ws_addr);
-        let joined = back.join("live", Some(&json!({ "offset": offset, "epoch": epoch })));
+    let mut back = Vec::new();
+    for (n, (offset, epoch)) in positions.into_iter().enumerate() {
+        let to = if n == 1 { c.ws_addr } else { b.ws_addr };
+        let mut client = Client::connect(to);
+        let joined = client.join("live", Some(&json!({ "offset": offset, "epoch": epoch })));
         assert_eq!(joined["recovered"], true, "{joined}");
         let offsets: Vec<u64> = joined["publications"]
             .as_array()
@@ -597,9 +600,18 @@ fn clients_of_a_killed_node_reconnect_to_another_and_get_a_contiguous_sequence()
             .iter()
             .map(|p| p["offset"].as_u64().unwrap())
             .collect();
+        let next = 16 + n as u64;
+        publisher.say("live", &format!("l{next}"), None);
+        back.push((client, offset, offsets));
+    }
+    // Each gets every offset after its own once, in order: the recovery, then what followed live.
+    for (mut client, offset, mut offsets) in back {
+        while offsets.last() != Some(&18) {
+            offsets.push(next_message(&mut client)["offset"].as_u64().unwrap());
+        }
         assert_eq!(
             offsets,
-            ((offset + 1)..=15).collect::<Vec<_>>(),
+            ((offset + 1)..=18).collect::<Vec<_>>(),
             "from {offset}"
         );
     }
