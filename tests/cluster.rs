@@ -1,7 +1,8 @@
 //! Several nodes through a real Redis (`CLUSTER_REDIS_URL`): two chat binaries on one machine and a
 //! `redis-server` the tests start on a free port (Debian's, which `tests/run` installs).
 //!
-//! Checked: a node subscribes only to rooms it has members in (its bridge's counter and `PUBSUB NUMSUB`);
+//! Checked: a node subscribes only to rooms it has members in (its bridge's counter and `PUBSUB NUMSUB`),
+//! and rooms that come or go together share subscribe commands (`INFO commandstats`);
 //! publications cross nodes in one order with Redis's offsets; a member recovers on another node; a
 //! publish while Redis is down is refused with `unavailable`, and after Redis restarts (with its
 //! append-only file) the room goes on without a gap; a killed subscriber connection loses nothing; the
@@ -914,4 +915,59 @@ fn raw_broadcasts_reach_the_rooms_members_on_every_node_once() {
     });
     a.stop();
     b.stop();
+}
+
+/// `calls` of `command` in Redis's `INFO commandstats`.
+fn command_calls(redis: &Redis, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn rooms_that_come_and_go_together_share_subscribe_commands() {
+    let redis = Redis::start("cluster-batch-redis");
+    let a = node_with(
+        &redis.url(),
+        &scratch_dir("cluster-batch-a"),
+        &[("CLUSTER_UNSUBSCRIBE_LINGER_MS", "100")],
+    );
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
+
+    // One client asks for 40 rooms without waiting: the joins reach the bridge together.
+    const ROOMS: usize = 40;
+    let mut client = Client::connect(a.ws_addr);
+    for i in 0..ROOMS {
+        client.request("room.join", json!({ "room": format!("batch-{i}") }));
+    }
+    let mut joined = HashSet::new();
+    while joined.len() < ROOMS {
+        let event = client.next();
+        assert_eq!(event["type"], "room.joined", "{event}");
+        joined.insert(event["payload"]["room"].as_str().unwrap().to_owned());
+    }
+    for i in 0..ROOMS {
+        assert_eq!(redis.subscribers(&format!("batch-{i}")), 1);
+    }
+    let subscribes = command_calls(&redis, "subscribe");
+    // Not one per room: every join would have to reach the bridge alone for that.
+    assert!(
+        (1..ROOMS as u64).contains(&subscribes),
+        "{subscribes} SUBSCRIBE for {ROOMS} rooms"
+    );
+
+    // Its leaving releases them all at once: after the linger they go in shared commands too.
+    drop(client);
+    wait_until("every room unsubscribed", || {
+        redis
+            .cli(&["PUBSUB", "CHANNELS", "roomcast:*"])
+            .is_some_and(|out| out.trim().is_empty())
+    });
+    let unsubscribes = command_calls(&redis, "unsubscribe");
+    assert!(
+        (1..ROOMS as u64).contains(&unsubscribes),
+        "{unsubscribes} UNSUBSCRIBE for {ROOMS} rooms"
+    );
 }

@@ -194,6 +194,40 @@ impl Sync {
     }
 }
 
+/// Where a batched subscribe tells a room's read how it went.
+type SubscribeDone = tokio::sync::oneshot::Sender<Result<(), fred::error::Error>>;
+
+/// The most channels one subscribe or unsubscribe command names.
+const CHANNELS_PER_COMMAND: usize = 512;
+
+/// The partition part of a room's channel (`roomcast:{pN}`), which every channel of one partition shares.
+fn partition_of(channel: &str) -> &str {
+    &channel[..=channel.find('}').unwrap_or(0)]
+}
+
+/// `channels` split so that each part is one command: by partition in a Redis Cluster (`sharded`: a
+/// partition is one hash slot, and a command over several slots is refused with `CROSSSLOT`), at most
+/// [`CHANNELS_PER_COMMAND`] each.
+fn command_groups<T>(sharded: bool, channels: Vec<(String, T)>) -> Vec<Vec<(String, T)>> {
+    let mut by_partition: BTreeMap<String, Vec<(String, T)>> = BTreeMap::new();
+    for (channel, with) in channels {
+        let key = match sharded {
+            true => partition_of(&channel).to_owned(),
+            false => String::new(),
+        };
+        by_partition.entry(key).or_default().push((channel, with));
+    }
+    let mut groups = Vec::new();
+    for mut group in by_partition.into_values() {
+        while group.len() > CHANNELS_PER_COMMAND {
+            let rest = group.split_off(CHANNELS_PER_COMMAND);
+            groups.push(std::mem::replace(&mut group, rest));
+        }
+        groups.push(group);
+    }
+    groups
+}
+
 /// Messages one room may have waiting while its stream is read; past it they are dropped and read back
 /// from the stream instead, so a read that cannot finish (Redis half-down) does not grow memory.
 const MAX_WAITING: usize = 4096;
@@ -272,6 +306,8 @@ struct State {
     topology: RefCell<Option<Vec<(u16, u16, Server)>>>,
     /// A topology check is running.
     checking: std::cell::Cell<bool>,
+    /// Channels to subscribe with the next batch, each with who waits for the outcome.
+    subscribe_queue: RefCell<Vec<(String, SubscribeDone)>>,
 }
 
 /// The head of a channel message (the rest is a [`Record`]).
@@ -417,6 +453,7 @@ impl State {
             generations: std::cell::Cell::new(0),
             topology: RefCell::new(None),
             checking: std::cell::Cell::new(false),
+            subscribe_queue: RefCell::new(Vec::new()),
         })
     }
 
@@ -744,6 +781,40 @@ impl State {
         }
     }
 
+    /// Subscribes `channel` together with the others asked for in the same turn of the bridge (rooms
+    /// loaded at once: a node starting, many clients coming back): one command per partition, not one
+    /// per room.
+    async fn subscribe_batched(self: &Rc<Self>, channel: String) -> Result<(), fred::error::Error> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut queue = self.subscribe_queue.borrow_mut();
+            queue.push((channel, done));
+            queue.len() == 1
+        };
+        if first {
+            tokio::task::spawn_local(self.clone().flush_subscribes());
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Canceled,
+                "the bridge stopped",
+            ))
+        })
+    }
+
+    /// Sends the queued subscribes, once the rest of this turn's loads have joined them.
+    async fn flush_subscribes(self: Rc<Self>) {
+        tokio::task::yield_now().await;
+        let queued = std::mem::take(&mut *self.subscribe_queue.borrow_mut());
+        for group in command_groups(self.sharded, queued) {
+            let (channels, waiting): (Vec<String>, Vec<SubscribeDone>) = group.into_iter().unzip();
+            let outcome = self.subscribe(channels).await;
+            for done in waiting {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
+
     /// Reads `room`'s stream as `read` says, unless a read of it is running: then once that one is done
     /// (one read at a time per room, so that two never hand over the same stretch or race to go live).
     fn request_read(self: Rc<Self>, room: &Arc<str>, read: Read) {
@@ -780,7 +851,7 @@ impl State {
             // Subscribed before the stream is read, so that nothing published in between is missed.
             let outcome = match subscribed {
                 true => Ok(()),
-                false => self.subscribe(vec![keys.channel.clone()]).await,
+                false => self.subscribe_batched(keys.channel.clone()).await,
             };
             let outcome = match outcome {
                 Ok(()) => {
@@ -1195,31 +1266,22 @@ impl State {
     /// partition) or falling behind: every room reads what it missed.
     fn resync_all(self: Rc<Self>, subscribe: bool) {
         tokio::task::spawn_local(async move {
-            let mut by_partition: BTreeMap<String, Vec<Arc<str>>> = BTreeMap::new();
+            let mut channels = Vec::new();
             let rooms: Vec<Arc<str>> = {
                 let mut rooms = self.rooms.borrow_mut();
                 for (name, entry) in rooms.iter_mut() {
                     if subscribe {
                         entry.subscribed = false;
-                        let channel = &entry.keys.channel;
-                        let tag = channel[..=channel.find('}').unwrap_or(0)].to_owned();
-                        by_partition.entry(tag).or_default().push(name.clone());
+                        channels.push((entry.keys.channel.clone(), name.clone()));
                     }
                     // What arrives waits until the room has caught up.
                     entry.sync.hold();
                 }
                 rooms.keys().cloned().collect()
             };
-            // In a Redis Cluster a partition is one hash slot: a multi-slot SSUBSCRIBE would be refused
-            // (CROSSSLOT). A partition that fails is subscribed room by room by its reads.
-            for names in by_partition.into_values() {
-                let channels: Vec<String> = {
-                    let rooms = self.rooms.borrow();
-                    names
-                        .iter()
-                        .filter_map(|name| rooms.get(name).map(|e| e.keys.channel.clone()))
-                        .collect()
-                };
+            // A group that fails is subscribed room by room by its reads.
+            for group in command_groups(self.sharded, channels) {
+                let (channels, names): (Vec<String>, Vec<Arc<str>>) = group.into_iter().unzip();
                 if self.subscribe(channels).await.is_ok() {
                     let mut rooms = self.rooms.borrow_mut();
                     for name in &names {
@@ -1285,15 +1347,29 @@ impl State {
         if expired.is_empty() {
             return;
         }
+        let expired = expired
+            .into_iter()
+            .map(|(room, channel)| (channel, room))
+            .collect();
         tokio::task::spawn_local(async move {
-            for (room, channel) in expired {
-                if self.rooms.borrow().contains_key(&room) {
-                    continue; // Loaded again meanwhile: its subscription stays.
+            for group in command_groups(self.sharded, expired) {
+                // Checked just before the command goes: a room loaded again meanwhile keeps its
+                // subscription, and one loaded after it is subscribed after it, on the same connection.
+                let channels: Vec<String> = {
+                    let rooms = self.rooms.borrow();
+                    group
+                        .into_iter()
+                        .filter(|(_, room)| !rooms.contains_key(room))
+                        .map(|(channel, _)| channel)
+                        .collect()
+                };
+                if channels.is_empty() {
+                    continue;
                 }
                 let result = if self.sharded {
-                    self.subscriber.sunsubscribe(channel).await
+                    self.subscriber.sunsubscribe(channels).await
                 } else {
-                    self.subscriber.unsubscribe(channel).await
+                    self.subscriber.unsubscribe(channels).await
                 };
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "cluster: unsubscribe failed (the link is down: nothing to undo)");
@@ -1384,6 +1460,32 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subscribes_are_grouped_one_command_per_partition_in_a_cluster_and_bounded_in_size() {
+        let channels: Vec<(String, usize)> = (0..1200)
+            .map(|i| (format!("roomcast:{{p{}}}:room-{i}", i % 3), i))
+            .collect();
+        let one_server = command_groups(false, channels.clone());
+        assert_eq!(
+            one_server.iter().map(Vec::len).collect::<Vec<_>>(),
+            [512, 512, 176]
+        );
+        let cluster = command_groups(true, channels);
+        assert_eq!(cluster.iter().map(Vec::len).sum::<usize>(), 1200);
+        for group in &cluster {
+            assert!(group.len() <= CHANNELS_PER_COMMAND);
+            let partition = partition_of(&group[0].0);
+            assert!(group
+                .iter()
+                .all(|(channel, _)| partition_of(channel) == partition));
+        }
+        assert_eq!(
+            cluster.len(),
+            3,
+            "400 channels in each of 3 partitions fit one command each"
+        );
+    }
 
     #[test]
     fn a_raw_broadcast_travels_as_it_was_and_no_publication_reads_as_one() {

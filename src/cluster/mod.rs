@@ -9,7 +9,8 @@
 //!
 //! What travels, per room:
 //! - a node subscribes to a room's channel when its first local member joins, and unsubscribes after
-//!   `CLUSTER_UNSUBSCRIBE_LINGER_MS` once the last has left: a node never receives a room it has nobody in;
+//!   `CLUSTER_UNSUBSCRIBE_LINGER_MS` once the last has left: a node never receives a room it has nobody in.
+//!   Rooms that come or go together share a command (one per partition);
 //! - a publication is one Lua script ([`PUBLISH_SCRIPT`]) that gives it the room's next offset (and the
 //!   room an epoch if it has none), appends it to the room's stream (capped at `HISTORY_SIZE`, expiring
 //!   with `HISTORY_TTL_SEC`) and publishes it, atomically: every node sees one order, Redis's;
