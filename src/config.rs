@@ -48,10 +48,15 @@ pub struct ClusterSettings {
     /// `CLUSTER_PARTITIONS` (default 16, 1 to 16384): how many Redis Cluster hash slots rooms are spread
     /// over (each room's keys and channel share one slot, through a hash tag); the same on every node.
     pub partitions: u16,
-    /// `CLUSTER_PRESENCE_TTL_MS` (default 30000): how long a room's member stays in Redis's presence
-    /// without its node refreshing it (each node refreshes its own every third of this): the longest a
-    /// node that died leaves its members behind.
+    /// `CLUSTER_PRESENCE_TTL_MS` (default 30000, at least 3000; the same on every node): how long a room's
+    /// member stays in Redis's presence without its node refreshing it (each node refreshes its own every
+    /// third of this): the longest a node that died leaves its members behind.
     pub presence_ttl: Duration,
+    /// `CLUSTER_PUBLISH_BATCH_US` (default 1000, 0: none, at most 1000000): how long the bridge gathers
+    /// publishes before sending them to Redis together. Latency traded for CPU, as
+    /// `HISTORY_GROUP_COMMIT_US` does on one node: publications that travel together wake Redis, this
+    /// node's bridge, and every subscribed node's bridge and home shard once, not once each.
+    pub publish_batch: Option<Duration>,
 }
 
 /// Rooms' history (kept by each room's home shard, on an embedded store) and presence.
@@ -388,9 +393,17 @@ impl Config {
                 unsubscribe_linger: Duration::from_millis(
                     keys.number("CLUSTER_UNSUBSCRIBE_LINGER_MS", 2000)?,
                 ),
-                presence_ttl: Duration::from_millis(
-                    keys.positive("CLUSTER_PRESENCE_TTL_MS", 30_000)?,
-                ),
+                publish_batch: keys.micros_or_off("CLUSTER_PUBLISH_BATCH_US", 1000)?,
+                presence_ttl: match keys.number("CLUSTER_PRESENCE_TTL_MS", 30_000)? {
+                    ms @ 3_000.. => Duration::from_millis(ms),
+                    ms => {
+                        return Err(Keys::invalid(
+                            "CLUSTER_PRESENCE_TTL_MS",
+                            &ms.to_string(),
+                            "a number of milliseconds of at least 3000 (a refresh every third of it must outlast a slow Redis)",
+                        ))
+                    }
+                },
                 partitions: match keys.positive("CLUSTER_PARTITIONS", 16)? {
                     n @ 1..=16384 => n as u16,
                     n => {
@@ -735,7 +748,8 @@ mod tests {
             ("CLUSTER_UNSUBSCRIBE_LINGER_MS", "2s"),
             ("CLUSTER_PARTITIONS", "0"),
             ("CLUSTER_PARTITIONS", "16385"),
-            ("CLUSTER_PRESENCE_TTL_MS", "0"),
+            ("CLUSTER_PRESENCE_TTL_MS", "2999"),
+            ("CLUSTER_PUBLISH_BATCH_US", "2000000"),
         ] {
             let err = with(&[(key, value)]).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

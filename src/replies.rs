@@ -104,6 +104,7 @@ pub struct Ack {
 
 /// One member of a room, for presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Member {
     /// The member's session.
     pub session: SessionId,

@@ -754,7 +754,7 @@ fn presence_spans_nodes_and_a_dead_nodes_members_leave_it_within_the_ttl() {
     let redis = Redis::start("cluster-presence-redis");
     let settings = [
         ("PRESENCE_EVENTS", "true"),
-        ("CLUSTER_PRESENCE_TTL_MS", "1500"),
+        ("CLUSTER_PRESENCE_TTL_MS", "3000"),
     ];
     let mut a = node_with(&redis.url(), &scratch_dir("cluster-presence-a"), &settings);
     let b = node_with(&redis.url(), &scratch_dir("cluster-presence-b"), &settings);

@@ -129,7 +129,12 @@ pub(crate) fn start(
                     state.commands.wait_for_connect().await?;
                     state.subscriber.wait_for_connect().await?;
                     state.script.load(&state.commands).await?;
-                    state.presence_script.load(&state.commands).await
+                    state.presence_script.load(&state.commands).await?;
+                    if state.sharded {
+                        // Which master serves which slot now: a failover from here on is noticed.
+                        state.clone().check_topology().await;
+                    }
+                    Ok::<(), fred::error::Error>(())
                 })
                 .await;
                 if !matches!(ready, Ok(Ok(()))) {
@@ -291,8 +296,10 @@ struct State {
     node: Arc<str>,
     presence_ttl: Duration,
     presence_events: bool,
-    /// This node's members per room, each as it is written in the room's presence in Redis.
-    members: RefCell<HashMap<Arc<str>, HashMap<SessionId, String>>>,
+    /// This node's members per room, each with its entry as written in the room's presence in Redis.
+    members: RefCell<HashMap<Arc<str>, RoomMembers>>,
+    /// The node is stopping: presence is no longer refreshed.
+    stopping: std::cell::Cell<bool>,
     /// Presence writes not finished yet: a node that stops waits for them (see `run`).
     presence_writes: std::cell::Cell<usize>,
     presence_written: tokio::sync::Notify,
@@ -306,6 +313,9 @@ struct State {
     topology: RefCell<Option<Vec<(u16, u16, Server)>>>,
     /// A topology check is running.
     checking: std::cell::Cell<bool>,
+    /// `CLUSTER_PUBLISH_BATCH_US`, and the publishes gathered for the next batch.
+    publish_batch: Option<Duration>,
+    publish_queue: RefCell<Vec<(Arc<str>, usize, PublishRequest)>>,
     /// Channels to subscribe with the next batch, each with who waits for the outcome.
     subscribe_queue: RefCell<Vec<(String, SubscribeDone)>>,
 }
@@ -362,8 +372,12 @@ impl<'a> RawMessage<'a> {
     }
 }
 
+/// This node's members of one room: each one's entry, and the entry as written in Redis (what a leave
+/// removes).
+type RoomMembers = HashMap<SessionId, (PresenceEntry, String)>;
+
 /// A member in a room's presence in Redis (and, with a `presence` field, a [`Notice`]).
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
+#[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
 struct PresenceEntry {
     node: String,
     session: u64,
@@ -445,6 +459,7 @@ impl State {
             presence_events,
             members: RefCell::new(HashMap::new()),
             presence_writes: std::cell::Cell::new(0),
+            stopping: std::cell::Cell::new(false),
             presence_written: tokio::sync::Notify::new(),
             retention,
             notify,
@@ -454,6 +469,8 @@ impl State {
             topology: RefCell::new(None),
             checking: std::cell::Cell::new(false),
             subscribe_queue: RefCell::new(Vec::new()),
+            publish_batch: settings.publish_batch,
+            publish_queue: RefCell::new(Vec::new()),
         })
     }
 
@@ -554,9 +571,21 @@ impl State {
                 room,
                 home,
                 request,
-            } => {
-                tokio::task::spawn_local(self.publish(room, home, request));
-            }
+            } => match self.publish_batch {
+                None => {
+                    tokio::task::spawn_local(self.publish(room, home, request));
+                }
+                Some(window) => {
+                    let first = {
+                        let mut queue = self.publish_queue.borrow_mut();
+                        queue.push((room, home, request));
+                        queue.len() == 1
+                    };
+                    if first {
+                        tokio::task::spawn_local(self.flush_publishes(window));
+                    }
+                }
+            },
             ClusterOp::Broadcast {
                 room,
                 kind,
@@ -575,23 +604,22 @@ impl State {
                     .borrow_mut()
                     .entry(room.clone())
                     .or_default()
-                    .insert(member.session, written.clone());
+                    .insert(member.session, (entry.clone(), written.clone()));
                 self.presence_write(room, entry, written, Change::Joined);
             }
             ClusterOp::MemberLeft { room, session } => {
-                let written = {
+                let left = {
                     let mut members = self.members.borrow_mut();
                     let Some(here) = members.get_mut(&room) else {
                         return;
                     };
-                    let written = here.remove(&session);
+                    let left = here.remove(&session);
                     if here.is_empty() {
                         members.remove(&room);
                     }
-                    written
+                    left
                 };
-                if let Some(written) = written {
-                    let entry = serde_json::from_str(&written).expect("written from an entry");
+                if let Some((entry, written)) = left {
                     self.presence_write(room, entry, written, Change::Left);
                 }
             }
@@ -610,6 +638,10 @@ impl State {
     /// the room's members on other nodes miss it (a raw broadcast has no offset to recover it by; this
     /// node's members had it already).
     async fn broadcast(self: Rc<Self>, room: Arc<str>, kind: DataKind, payload: Box<[u8]>) {
+        if !self.commands.is_connected() {
+            self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let keys = RoomKeys::of(&room, self.partitions);
         let message = RawMessage::encode(&self.node, kind, &payload);
         let sent: Result<i64, _> = if self.sharded {
@@ -631,8 +663,10 @@ impl State {
     // ---- Presence. ----
 
     /// Writes one member's join or leave into its room's presence in Redis and, with
-    /// `PRESENCE_EVENTS`, tells the other nodes on the room's channel. Failing (Redis unreachable), the
-    /// join is written by the next refresh; a leave is not needed then: the member expires.
+    /// `PRESENCE_EVENTS`, tells the other nodes on the room's channel, in one script call: a node's
+    /// changes to a room reach Redis and the other nodes in the order it made them. Failing (Redis
+    /// unreachable, the script not loaded there yet), the join is written by the next refresh (without
+    /// its notice); a leave is not needed then: the member expires.
     fn presence_write(
         self: Rc<Self>,
         room: Arc<str>,
@@ -643,28 +677,27 @@ impl State {
         self.presence_writes.set(self.presence_writes.get() + 1);
         tokio::task::spawn_local(async move {
             let keys = RoomKeys::of(&room, self.partitions);
-            let result = async {
-                match change {
-                    Change::Joined => self.refresh_room(&keys, vec![written]).await?,
-                    Change::Left => {
-                        let _: i64 = self.commands.zrem(&keys.presence, written).await?;
-                    }
-                }
-                if self.presence_events {
-                    let notice = Notice {
-                        presence: change,
-                        member,
-                    };
-                    let notice = serde_json::to_string(&notice).unwrap_or_default();
-                    let _: i64 = if self.sharded {
-                        self.commands.spublish(&keys.channel, notice).await?
-                    } else {
-                        self.commands.publish(&keys.channel, notice).await?
-                    };
-                }
-                Ok::<(), fred::error::Error>(())
-            }
-            .await;
+            let notice = match self.presence_events {
+                true => serde_json::to_string(&Notice {
+                    presence: change,
+                    member,
+                })
+                .unwrap_or_default(),
+                false => String::new(),
+            };
+            let mode = match change {
+                Change::Joined => "join",
+                Change::Left => "leave",
+            };
+            let args = vec![
+                mode.to_owned(),
+                self.presence_ttl.as_millis().to_string(),
+                written,
+                keys.channel.clone(),
+                notice,
+                if self.sharded { "1" } else { "0" }.to_owned(),
+            ];
+            let result = self.presence_script_call(&keys, args).await;
             if let Err(e) = result {
                 tracing::debug!(%room, error = %e, "cluster: a presence change was not written (the next refresh writes what is)");
             }
@@ -675,21 +708,40 @@ impl State {
         });
     }
 
+    /// Runs the presence script on `keys`' room with `args`: `EVALSHA` only, never a reload and a
+    /// second try that could land after a change sent later. A script Redis does not have (restarted, a
+    /// replica promoted) is loaded for next time, and the refresh repairs what was missed.
+    async fn presence_script_call(
+        self: &Rc<Self>,
+        keys: &RoomKeys,
+        args: Vec<String>,
+    ) -> Result<(), fred::error::Error> {
+        let result = self
+            .presence_script
+            .evalsha(&self.commands, vec![keys.presence.clone()], args)
+            .await;
+        if let Err(e) = &result {
+            self.load_scripts_on_noscript(e);
+        }
+        result
+    }
+
     /// Gives `members` (this node's, in `keys`' room) a new expiry, and removes the members whose
-    /// nodes stopped refreshing them.
+    /// nodes stopped refreshing them. Not once the node is stopping: its members are being taken out.
     async fn refresh_room(
-        &self,
+        self: &Rc<Self>,
         keys: &RoomKeys,
         members: Vec<String>,
     ) -> Result<(), fred::error::Error> {
+        if self.stopping.get() {
+            return Ok(());
+        }
         let mut args = vec![
             "refresh".to_owned(),
             self.presence_ttl.as_millis().to_string(),
         ];
         args.extend(members);
-        self.presence_script
-            .evalsha_with_reload(&self.commands, vec![keys.presence.clone()], args)
-            .await
+        self.presence_script_call(keys, args).await
     }
 
     /// Every third of the TTL: this node's members of every room get a new expiry (one script per room,
@@ -699,7 +751,10 @@ impl State {
             .members
             .borrow()
             .iter()
-            .map(|(room, members)| (room.clone(), members.values().cloned().collect()))
+            .map(|(room, members)| {
+                let written = members.values().map(|(_, written)| written.clone());
+                (room.clone(), written.collect())
+            })
             .collect();
         for (room, members) in rooms {
             let state = self.clone();
@@ -758,16 +813,28 @@ impl State {
     /// As the node stops: waits for the presence writes under way, then takes what is left of this
     /// node's members out of Redis, so that they do not linger until they expire (at most
     /// [`COMMAND_TIMEOUT`] in all).
-    async fn leave_presence(&self) {
+    async fn leave_presence(self: &Rc<Self>) {
+        self.stopping.set(true);
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, async {
             while self.presence_writes.get() > 0 {
                 self.presence_written.notified().await;
             }
             let rooms = std::mem::take(&mut *self.members.borrow_mut());
-            for (room, members) in rooms {
-                let keys = RoomKeys::of(&room, self.partitions);
-                let members: Vec<String> = members.into_values().collect();
-                let _: Result<i64, _> = self.commands.zrem(&keys.presence, members).await;
+            // All sent at once (pipelined), then waited for.
+            let removals: Vec<_> = rooms
+                .into_iter()
+                .map(|(room, members)| {
+                    let state = self.clone();
+                    tokio::task::spawn_local(async move {
+                        let keys = RoomKeys::of(&room, state.partitions);
+                        let members: Vec<String> =
+                            members.into_values().map(|(_, written)| written).collect();
+                        let _: Result<i64, _> = state.commands.zrem(&keys.presence, members).await;
+                    })
+                })
+                .collect();
+            for removal in removals {
+                let _ = removal.await;
             }
         })
         .await;
@@ -1304,10 +1371,10 @@ impl State {
     /// answer: without this check it would stay subscribed to nothing and never know.
     async fn check_topology(self: Rc<Self>) {
         self.checking.set(true);
-        let synced = self.subscriber.sync_cluster().await;
+        let synced = tokio::time::timeout(COMMAND_TIMEOUT, self.subscriber.sync_cluster()).await;
         self.checking.set(false);
-        if let Err(e) = synced {
-            tracing::debug!(error = %e, "cluster: reading the slots' masters failed (the link is down: a reconnect resubscribes)");
+        if !matches!(synced, Ok(Ok(()))) {
+            tracing::debug!("cluster: reading the slots' masters failed (the link is down: a reconnect resubscribes)");
             return;
         }
         let Some(now) = self.subscriber.cached_cluster_state().map(|state| {
@@ -1322,6 +1389,8 @@ impl State {
         let before = self.topology.borrow_mut().replace(now.clone());
         if before.is_some_and(|before| before != now) {
             tracing::info!("cluster: the slots' masters changed; subscribing every room again");
+            // A promoted replica has neither script: Redis does not copy `SCRIPT LOAD` to replicas.
+            tokio::task::spawn_local(self.clone().load_scripts());
             self.resync_all(true);
         }
     }
@@ -1378,6 +1447,16 @@ impl State {
         });
     }
 
+    /// Sends the publishes gathered over `window`, in the order they came: each script call is started
+    /// in turn, so they reach Redis in that order, pipelined together.
+    async fn flush_publishes(self: Rc<Self>, window: Duration) {
+        tokio::time::sleep(window).await;
+        let queued = std::mem::take(&mut *self.publish_queue.borrow_mut());
+        for (room, home, request) in queued {
+            tokio::task::spawn_local(self.clone().publish(room, home, request));
+        }
+    }
+
     /// Runs the publish script for `room` and tells its home shard how it went.
     async fn publish(self: Rc<Self>, room: Arc<str>, home: usize, request: PublishRequest) {
         let PublishRequest {
@@ -1416,12 +1495,7 @@ impl State {
             .evalsha(&self.commands, vec![keys.meta, keys.stream, id_key], args)
             .await;
         if let Err(e) = &result {
-            if e.details().contains("NOSCRIPT") {
-                let state = self.clone();
-                tokio::task::spawn_local(async move {
-                    let _ = state.script.load(&state.commands).await;
-                });
-            }
+            self.load_scripts_on_noscript(e);
         }
         match result {
             Ok((offset, epoch, duplicate)) => {
@@ -1441,6 +1515,23 @@ impl State {
             Err(e) => {
                 tracing::warn!(%room, error = %e, "cluster: publish failed");
                 self.publish_failed(room, home, to, tag);
+            }
+        }
+    }
+
+    /// Loads both scripts again when `error` says Redis does not have them (restarted without them, a
+    /// replica promoted: Redis does not copy `SCRIPT LOAD` to replicas).
+    fn load_scripts_on_noscript(self: &Rc<Self>, error: &fred::error::Error) {
+        if error.details().contains("NOSCRIPT") {
+            tokio::task::spawn_local(self.clone().load_scripts());
+        }
+    }
+
+    /// Loads the publish and presence scripts on every master.
+    async fn load_scripts(self: Rc<Self>) {
+        for script in [&self.script, &self.presence_script] {
+            if let Err(e) = script.load(&self.commands).await {
+                tracing::warn!(error = %e, "cluster: loading a script failed");
             }
         }
     }

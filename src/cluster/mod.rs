@@ -205,7 +205,8 @@ pub(crate) struct ClusterCounters {
     pub(crate) received: AtomicU64,
     /// Room messages this node published through Redis.
     pub(crate) published: AtomicU64,
-    /// Publishes refused because Redis could not be reached.
+    /// Publishes refused, and raw broadcasts that reached only this node, because Redis could not be
+    /// reached.
     pub(crate) unavailable: AtomicU64,
     /// Publications read back from a stream to fill a gap.
     pub(crate) gap_filled: AtomicU64,
@@ -221,7 +222,8 @@ pub struct ClusterStats {
     pub received: u64,
     /// Room messages (publications and raw broadcasts) this node published through Redis.
     pub published: u64,
-    /// Publishes refused with `unavailable` because Redis could not be reached.
+    /// Publishes refused with `unavailable`, and raw broadcasts that reached only this node, because
+    /// Redis could not be reached.
     pub unavailable: u64,
     /// Publications read back from a room's stream to fill a gap in what the subscription delivered.
     pub gap_filled: u64,
