@@ -32,6 +32,36 @@ pub struct Config {
     pub rooms: RoomSettings,
     /// `CLUSTER_*`: several nodes sharing rooms through Redis; off unless `CLUSTER_REDIS_URL` is set.
     pub cluster: ClusterSettings,
+    /// `METRICS_*`: the scrape endpoints of the HTTP side.
+    pub metrics: MetricsSettings,
+    /// `API_KEY`: the server API for backends on the HTTP side.
+    pub api: ApiSettings,
+}
+
+/// What the HTTP side tells operators: `GET /metrics` (Prometheus) and `GET /api/stats` (JSON, for the
+/// dashboard page).
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// `METRICS_ENABLED` (default true): serve both; off, they answer 404.
+    pub enabled: bool,
+    /// `METRICS_PATH` (default `/metrics`): where the Prometheus text is served.
+    pub path: String,
+}
+
+/// The server API for backends: `POST /api/publish`, `GET /api/rooms/{room}`.
+#[derive(Clone, Default)]
+pub struct ApiSettings {
+    /// `API_KEY` (default: unset, the API answers 404): what a backend sends as
+    /// `Authorization: Bearer <API_KEY>`; at least 16 bytes.
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("key", &self.key.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// Several roomcast nodes sharing rooms through Redis ([`crate::cluster`]).
@@ -415,6 +445,13 @@ impl Config {
                     }
                 },
             },
+            metrics: MetricsSettings {
+                enabled: keys.flag("METRICS_ENABLED", true)?,
+                path: keys.url_path("METRICS_PATH", "/metrics")?,
+            },
+            api: ApiSettings {
+                key: keys.api_key("API_KEY")?,
+            },
         })
     }
 }
@@ -649,6 +686,35 @@ impl Keys<'_> {
             origins.push(origin);
         }
         Ok(AllowedOrigins::List(origins))
+    }
+
+    /// A URL path of its own: starts with `/`, nothing to resolve, no query.
+    fn url_path(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
+        let v = self.text(key, default)?;
+        if !v.starts_with('/') || v.len() < 2 || v.contains("..") || v.contains(['?', '#', ' ']) {
+            return Err(Self::invalid(
+                key,
+                &v,
+                "a URL path such as /metrics (starting with /, without .., ? or #)",
+            ));
+        }
+        Ok(v)
+    }
+
+    fn api_key(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            // As with AUTH_SECRET, the value is not echoed back.
+            Some(v) if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err(Self::invalid(
+                    key,
+                    &format!("<{} bytes>", v.len()),
+                    "a key of at least 16 printable characters without spaces (e.g. `openssl rand -hex 24`)",
+                ))
+            }
+            Some(v) => Ok(Some(v)),
+        }
     }
 
     fn mount(&self, key: &'static str) -> Result<String, ConfigError> {

@@ -50,9 +50,10 @@ use crate::dispatch::dispatch_text;
 use crate::error::SessionError;
 use crate::handler::{guarded, Callbacks};
 use crate::lifecycle::{AfterFlush, Lifecycle};
+use crate::metrics::HandshakeFailure;
 use crate::rate_limit::{RateLimiter, Verdict};
 use crate::session::Session;
-use crate::session_state::{Receiving, SessionState};
+use crate::session_state::Receiving;
 use crate::shard::Shard;
 use crate::ws::codec::{Decoder, Flow, Inbound, Limits};
 use crate::ws::encode;
@@ -182,6 +183,7 @@ fn serve(
                     }
                 }
                 Event::SlowConsumer(queued) => {
+                    session.owner().count(|t| t.slow_consumers += 1);
                     session.state().transition(Lifecycle::cause_reported);
                     let limit = session.owner().settings().max_backpressure;
                     let error = SessionError::SlowConsumer {
@@ -283,6 +285,7 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
             })
             .await?;
             if n == 0 {
+                shard.count(|t| t.handshake_failed(HandshakeFailure::Disconnected));
                 return Ok(None);
             }
             let offerable = Offerable {
@@ -300,6 +303,8 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
                     let identity = match admit(shard, callbacks, &upgrade, peer) {
                         Ok(identity) => identity,
                         Err(refused) => {
+                            let failure = HandshakeFailure::of_status(refused.status);
+                            shard.count(|t| t.handshake_failed(failure));
                             tracing::debug!(shard = shard.index(), %peer, reason = %refused.reason, "upgrade refused");
                             let answer = handshake::refusal(
                                 refused.status,
@@ -319,6 +324,7 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
                     return Ok(Some((request, identity, agreed)));
                 }
                 Handshake::Reject { response, reason } => {
+                    shard.count(|t| t.handshake_failed(HandshakeFailure::InvalidRequest));
                     tracing::debug!(shard = shard.index(), %reason, "upgrade refused");
                     let _ = stream.write_all(&response).await;
                     return Ok(None);
@@ -328,8 +334,14 @@ async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) ->
     };
     let (early_frames, identity, agreed) =
         match glommio::timer::timeout(shard.config().request_timeout, exchange).await {
-            Ok(admitted) => admitted?,
+            Ok(Some(admitted)) => admitted,
+            Ok(None) => return None,
             Err(e) => {
+                let failure = match e {
+                    glommio::GlommioError::TimedOut(_) => HandshakeFailure::Timeout,
+                    _ => HandshakeFailure::Disconnected,
+                };
+                shard.count(|t| t.handshake_failed(failure));
                 tracing::debug!(shard = shard.index(), error = %e, "upgrade not completed");
                 return None;
             }
@@ -434,7 +446,7 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
     if let Some(queued) = state.lifecycle().unreported_slow_consumer() {
         return Poll::Ready(Event::SlowConsumer(queued));
     }
-    if let Err(e) = poll_flush(state, io, cx) {
+    if let Err(e) = poll_flush(session, io, cx) {
         return Poll::Ready(Event::Failed(e));
     }
     let lifecycle = state.lifecycle();
@@ -494,20 +506,26 @@ fn poll_event(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> Poll<Even
 }
 
 /// Writes what is queued; when the socket is full, arms a writability wake-up through glommio.
-fn poll_flush(state: &SessionState, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
+fn poll_flush(session: &Session, io: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
+    let state = session.state();
     if !state.lifecycle().can_write() {
         return Ok(());
     }
     let fd = io.socket.as_raw_fd();
-    state.outbound.flush(fd, || {
+    let before = state.outbound.queued();
+    let flushed = state.outbound.flush(fd, || {
         poll_ready(&mut io.writable, cx, || glommio::io::writable(fd))
-    })
+    });
+    let written = before.saturating_sub(state.outbound.queued()) as u64;
+    session.owner().count(|t| t.socket_bytes_written += written);
+    flushed
 }
 
 /// Decodes received bytes and acts on each message.
 fn process(session: &Session, callbacks: &Callbacks, bytes: &mut [u8]) {
     let state = session.state();
     let shard = session.owner();
+    shard.count(|t| t.socket_bytes_read += bytes.len() as u64);
     state.seen(shard.now());
     if !state.lifecycle().reads_messages() {
         return; // Flushing or draining after a close: nothing more is read as messages.
@@ -531,6 +549,7 @@ fn process(session: &Session, callbacks: &Callbacks, bytes: &mut [u8]) {
     if let Err(error) = result {
         if state.is_open() {
             report(session, callbacks, &SessionError::Protocol(error));
+            state.closing_with(error.close_code());
             state
                 .outbound
                 .push_unbounded(encode::close_frame(error.close_code(), &error.to_string()));
@@ -547,6 +566,17 @@ fn handle(
     message: Inbound<'_>,
 ) -> Flow {
     let open = session.is_open();
+    let data_len = match &message {
+        Inbound::Text(text) => Some(text.len()),
+        Inbound::Binary(data) => Some(data.len()),
+        _ => None,
+    };
+    if let Some(len) = data_len {
+        session.owner().count(|t| {
+            t.messages_received += 1;
+            t.message_bytes_received += len as u64;
+        });
+    }
     match message {
         Inbound::Text(text) if open => {
             if admitted(
@@ -586,6 +616,8 @@ fn handle(
         }
         Inbound::Close(code) => {
             let state = session.state();
+            // 1005: a close frame without a code (RFC 6455 §7.1.5).
+            state.closing_with(code.map_or(1005, |(code, _)| code));
             if open {
                 // Echo the peer's code (RFC 6455 §5.5.1); an empty close is answered with an empty one.
                 let echo = match code {

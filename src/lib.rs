@@ -126,6 +126,7 @@ mod http;
 #[doc(hidden)]
 pub mod internals;
 mod lifecycle;
+mod metrics;
 mod outbound;
 mod rate_limit;
 mod replies;
@@ -140,8 +141,8 @@ mod ws;
 pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
 pub use cluster::ClusterStats;
 pub use config::{
-    AllowedOrigins, AuthSettings, Bucket, ClusterSettings, Config, ConfigSource, HistoryFsync,
-    RateLimits, RoomSettings,
+    AllowedOrigins, ApiSettings, AuthSettings, Bucket, ClusterSettings, Config, ConfigSource,
+    HistoryFsync, MetricsSettings, RateLimits, RoomSettings,
 };
 pub use envelope::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};

@@ -102,7 +102,6 @@ impl Outbound {
     }
 
     /// Unwritten bytes.
-    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn queued(&self) -> usize {
         self.with(|queue| queue.as_ref().map_or(0, |q| q.queued as usize))
     }

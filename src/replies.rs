@@ -145,7 +145,7 @@ pub struct PublishFailure {
     /// The room.
     pub room: String,
     /// Why, as a stable code: `unavailable` (the cluster's Redis could not be reached or did not answer
-    /// in time). Almost always nothing was published; when Redis ran it but its answer was lost, it was.
+    /// in time, or the server is stopping), or, from [`crate::ServerHandle::publish`] only, `invalid_room`. Almost always nothing was published; when Redis ran it but its answer was lost, it was.
     /// So a client sends it again with the same `id`, which is published at most once.
     pub code: &'static str,
     /// The publish's [`crate::PublishOptions::tag`].

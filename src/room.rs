@@ -124,8 +124,8 @@ impl Rooms {
     /// Queues `message` for every local member of `room`, each getting the rendition of its subprotocol
     /// and of that the frame it can read (compressed or plain), under the backpressure `limit`, and names
     /// each to the shard's `writer`; `now` is the shard clock, for a member that overflows and starts
-    /// closing. No callback runs here: a slow
-    /// consumer is reported later, by its own connection task.
+    /// closing. Returns how many members it was queued for. No callback runs here: a slow consumer is
+    /// reported later, by its own connection task.
     pub(crate) fn deliver(
         &self,
         room: &str,
@@ -133,16 +133,25 @@ impl Rooms {
         limit: usize,
         now: u32,
         writer: &Writer,
-    ) {
+    ) -> u64 {
+        let mut queued = 0;
         if let Some(members) = self.members.get(room) {
             for member in members {
                 if let Some(prepared) = message.for_subprotocol(member.subprotocol()) {
                     let frame = prepared.frame_for(member.deflate()).clone();
                     if member.send(frame, limit, now) {
+                        queued += 1;
                         writer.want(member);
                     }
                 }
             }
         }
+        queued
+    }
+
+    /// Rooms with a member here, and memberships (a session in three rooms counts three times).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let members = self.members.values().map(Vec::len).sum();
+        (self.members.len(), members)
     }
 }

@@ -10,9 +10,11 @@
 //! It must not handle signals or read `.env` (the binary does that and hands over a [`Config`]), nor hold
 //! executor plumbing (that is `shard::executor`) or decide how shutdown proceeds (`shutdown`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use glommio::Placement;
 use serde_json::{Map, Value};
@@ -25,14 +27,15 @@ use crate::envelope::TypedMessage;
 use crate::error::{SessionError, StartError};
 use crate::handler::Callbacks;
 use crate::history::store::Store;
-use crate::history::Retention;
+use crate::history::{Author, PublishOptions, Retention};
 use crate::http::{self, HttpContext, JsonRoute, Site};
-use crate::replies::{RoomReplies, TextOnly};
+use crate::metrics::{ServerSnapshot, ShardSnapshot};
+use crate::replies::{Ack, Presence, PublishFailure, RoomReplies, TextOnly};
 use crate::session::Session;
 use crate::session_state::SessionId;
 use crate::shard::acceptor::{bind_shared, into_executor, BindError};
 use crate::shard::executor::{self, ShardStart, SHARD_RING_DEPTH};
-use crate::shard::home::Backing;
+use crate::shard::home::{is_room_name, Asker, Backing, HomeAnswer, PublishRequest};
 use crate::shard::mesh::{inbox, Peers, ShardMsg};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
@@ -291,6 +294,8 @@ impl Server {
                 stop: stop.clone(),
                 deflate_counters: deflate_counters.clone(),
                 cluster_counters: bridge.as_ref().map(|bridge| bridge.counters.clone()),
+                admission: admission.clone(),
+                started: Instant::now(),
             },
             threads: Vec::new(),
             store: None,
@@ -328,6 +333,9 @@ impl Server {
             routes,
             public: config.public.clone(),
             server: config.server.clone(),
+            metrics: config.metrics.clone(),
+            api: config.api.clone(),
+            max_message_size: config.websocket.max_message_size,
             context: HttpContext::new(websocket_addr, running.handle.clone()),
         };
         let thread = executor::start(
@@ -341,6 +349,11 @@ impl Server {
         )?;
         running.threads.push(thread);
         tracing::info!("http listening on {http_addr}");
+        if config.api.key.is_none() {
+            tracing::info!(
+                "API_KEY is not set: the server API (POST /api/publish, GET /api/rooms/{{room}}) answers 404"
+            );
+        }
         if let Some(store) = store {
             tracing::info!(
                 dir = %rooms.data_dir.display(),
@@ -428,6 +441,8 @@ pub struct ServerHandle {
     stop: Arc<Stop>,
     deflate_counters: Arc<DeflateCounters>,
     cluster_counters: Option<Arc<ClusterCounters>>,
+    admission: Arc<Admission>,
+    started: Instant,
 }
 
 impl ServerHandle {
@@ -447,6 +462,77 @@ impl ServerHandle {
     fn broadcast(&self, room: &str, kind: DataKind, payload: &[u8]) {
         let home = self.shards.home_of(room);
         self.shards.post_broadcast(home, room, kind, payload);
+    }
+
+    /// Publishes `text` in `room`'s stream from outside the shards (a backend: the HTTP API's `POST
+    /// /api/publish`), as [`Session::publish`] does: the room's home gives it the next offset, keeps it with
+    /// history on, and fans it out (through Redis with the cluster). `from` names the publisher in the
+    /// room's replies. Resolves once it is published, with its [`Ack`], or with a [`PublishFailure`]:
+    /// `invalid_room` for a name of 0 or more than 1024 bytes, `unavailable` when the cluster cannot
+    /// reach Redis or the server is stopping. The future needs no particular runtime.
+    pub fn publish(
+        &self,
+        room: &str,
+        from: &str,
+        text: &str,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<Ack, PublishFailure>> + Send + 'static {
+        let failure = |room: &str, code| PublishFailure {
+            room: room.to_owned(),
+            code,
+            tag: None,
+        };
+        let answer = is_room_name(room).then(|| {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = PublishRequest {
+                text: text.to_owned(),
+                from: Author {
+                    name: from.to_owned(),
+                    is_user: false,
+                },
+                options,
+                to: Some(Asker::Caller(reply)),
+            };
+            let home = self.shards.home_of(room);
+            let room: Arc<str> = Arc::from(room);
+            self.shards
+                .post(home, ShardMsg::Publication { room, request });
+            answer
+        });
+        let room = room.to_owned();
+        async move {
+            let Some(answer) = answer else {
+                return Err(failure(&room, "invalid_room"));
+            };
+            match answer.await {
+                Ok(HomeAnswer::Published(ack)) => Ok(ack),
+                Ok(HomeAnswer::Failed(failed)) => Err(failed),
+                // The home shard ended (the server is stopping) before it answered.
+                Ok(HomeAnswer::Presence(_)) | Err(_) => Err(failure(&room, "unavailable")),
+            }
+        }
+    }
+
+    /// Who is in `room`, on every shard (and with the cluster, on every node), as
+    /// [`Session::request_presence`] answers; `None` when the server is stopping. The future needs no
+    /// particular runtime.
+    pub fn presence(&self, room: &str) -> impl Future<Output = Option<Presence>> + Send + 'static {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let home = self.shards.home_of(room);
+        self.shards.post(
+            home,
+            ShardMsg::Presence {
+                room: Arc::from(room),
+                to: Asker::Caller(reply),
+                tag: None,
+            },
+        );
+        async move {
+            match answer.await {
+                Ok(HomeAnswer::Presence(presence)) => Some(presence),
+                _ => None,
+            }
+        }
     }
 
     /// Sends `text` to session `id` from any thread, as [`Session::send_text`] would on its shard: posted to
@@ -484,6 +570,32 @@ impl ServerHandle {
     /// How many WebSocket shards run.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+
+    /// Asks every shard for what it counted; each answers on its next turn (a shard that has ended
+    /// drops its request, and its receiver sees the sender gone).
+    pub(crate) fn ask_shards(&self) -> Vec<tokio::sync::oneshot::Receiver<ShardSnapshot>> {
+        (0..self.shards.len())
+            .map(|shard| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let asked = Instant::now();
+                self.shards.post(shard, ShardMsg::Snapshot { asked, reply });
+                answer
+            })
+            .collect()
+    }
+
+    /// The scrape: the shards' answers (those that came in time) and the process-wide counts.
+    pub(crate) fn snapshot(&self, shards: Vec<ShardSnapshot>) -> ServerSnapshot {
+        ServerSnapshot {
+            shards,
+            shard_count: self.shards.len(),
+            connection_limit: self.admission.max_open(),
+            deflate_sessions: self.deflate_counters.sessions(),
+            deflate: self.deflate_counters.stats(),
+            cluster: self.cluster_stats(),
+            uptime: self.started.elapsed(),
+        }
     }
 }
 

@@ -90,6 +90,8 @@ pub(crate) struct SessionState {
     socket: Cell<RawFd>,
     /// Named to the shard's writer and not yet written by it ([`crate::shard::writer`]).
     write_wanted: Cell<bool>,
+    /// The code of the first close frame, ours or the peer's; 0 while there is none (for `/metrics`).
+    close_code: Cell<u16>,
     /// What reading from the peer keeps between arrivals.
     pub(crate) receiving: RefCell<Receiving>,
 }
@@ -129,6 +131,7 @@ impl SessionState {
             agreed,
             socket: Cell::new(-1),
             write_wanted: Cell::new(false),
+            close_code: Cell::new(0),
             receiving: RefCell::default(),
         }
     }
@@ -249,12 +252,25 @@ impl SessionState {
         }
     }
 
+    /// The code of the session's first close frame, whoever sent it.
+    pub(crate) fn close_code(&self) -> Option<u16> {
+        Some(self.close_code.get()).filter(|code| *code != 0)
+    }
+
+    /// A close frame with `code` was sent or received; only the first one is the session's close code.
+    pub(crate) fn closing_with(&self, code: u16) {
+        if self.close_code.get() == 0 {
+            self.close_code.set(code);
+        }
+    }
+
     /// Queues our close frame and waits for the peer's (bounded by the shard's close timeout). Only an open
     /// session sends one.
     pub(crate) fn close(&self, code: u16, reason: &str, now: u32, cause: CloseCause) {
         if !self.is_open() {
             return;
         }
+        self.closing_with(code);
         self.outbound
             .push_unbounded(encode::close_frame(code, reason));
         self.transition(|l| l.close_sent(now, cause));
@@ -269,6 +285,7 @@ impl SessionState {
             return;
         }
         if self.is_open() {
+            self.closing_with(code);
             self.outbound
                 .push_unbounded(encode::close_frame(code, reason));
         }

@@ -971,3 +971,47 @@ fn rooms_that_come_and_go_together_share_subscribe_commands() {
         "{unsubscribes} UNSUBSCRIBE for {ROOMS} rooms"
     );
 }
+
+/// The server API on a node with no member in the room: the publish goes through Redis (its offset in
+/// the answer), the member on the other node gets it, and the room's presence lists that member with its
+/// node.
+#[test]
+fn the_server_api_publishes_into_a_room_of_another_node() {
+    const KEY: &str = "cluster-api-key-0123456789";
+    let redis = Redis::start("cluster-api-redis");
+    let a = node(&redis.url(), &scratch_dir("cluster-api-a"));
+    let b = node_with(
+        &redis.url(),
+        &scratch_dir("cluster-api-b"),
+        &[("API_KEY", KEY)],
+    );
+    let mut member = Client::connect(a.ws_addr);
+    member.join("alerts", None);
+    let curl = |args: &[&str], path: &str| -> Value {
+        let output = Command::new("curl")
+            .args(["-s", "-S", "--max-time", "10", "-H"])
+            .arg(format!("Authorization: Bearer {KEY}"))
+            .args(args)
+            .arg(format!("{}{path}", b.http_url()))
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let ack = curl(
+        &["-d", r#"{"room":"alerts","text":"disk full"}"#],
+        "/api/publish",
+    );
+    assert_eq!(ack["offset"], 1, "{ack}");
+    let message = next_message(&mut member);
+    assert_eq!(
+        (message["offset"].as_u64(), message["text"].as_str()),
+        (Some(1), Some("disk full"))
+    );
+    assert_eq!(message["from"], "server");
+    let room = curl(&[], "/api/rooms/alerts");
+    assert_eq!(room["members"], 1, "{room}");
+    assert!(
+        room["presence"][0]["node"].is_string(),
+        "A's member, named with its node: {room}"
+    );
+}

@@ -50,7 +50,7 @@ use crate::error::StartError;
 use crate::history::{new_epoch, Publication, PublishOptions, Record, Retention, RoomLog};
 use crate::replies::Member;
 use crate::session_state::SessionId;
-use crate::shard::home::{PublishRequest, ReplyTo};
+use crate::shard::home::{Asker, PublishRequest};
 use crate::ws::encode::DataKind;
 
 /// How the bridge reaches a home shard: `(shard, event)`.
@@ -768,13 +768,7 @@ impl State {
     }
 
     /// The members of `room` on other nodes, for the home shard to answer `to`.
-    async fn presence(
-        self: Rc<Self>,
-        room: Arc<str>,
-        home: usize,
-        to: ReplyTo,
-        tag: Option<String>,
-    ) {
+    async fn presence(self: Rc<Self>, room: Arc<str>, home: usize, to: Asker, tag: Option<String>) {
         let others = if self.commands.is_connected() {
             let keys = RoomKeys::of(&room, self.partitions);
             let read: Result<Vec<String>, _> = self
@@ -1536,13 +1530,7 @@ impl State {
         }
     }
 
-    fn publish_failed(
-        &self,
-        room: Arc<str>,
-        home: usize,
-        to: Option<ReplyTo>,
-        tag: Option<String>,
-    ) {
+    fn publish_failed(&self, room: Arc<str>, home: usize, to: Option<Asker>, tag: Option<String>) {
         self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
         (self.notify)(home, ClusterEvent::PublishFailed { room, to, tag });
     }

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use crate::history::RoomLog;
 use crate::replies::Member;
 use crate::session_state::SessionId;
-use crate::shard::home::{PublishRequest, ReplyTo};
+use crate::shard::home::{Asker, PublishRequest};
 use crate::ws::encode::DataKind;
 
 /// The publish script (see its header for the keys and arguments).
@@ -124,7 +124,7 @@ pub(crate) enum ClusterOp {
     Presence {
         room: Arc<str>,
         home: usize,
-        to: ReplyTo,
+        to: Asker,
         tag: Option<String>,
     },
 }
@@ -155,13 +155,13 @@ pub(crate) enum ClusterEvent {
         epoch: Arc<str>,
         offset: u64,
         duplicate: bool,
-        to: Option<ReplyTo>,
+        to: Option<Asker>,
         tag: Option<String>,
     },
     /// Redis could not be reached: nothing was published.
     PublishFailed {
         room: Arc<str>,
-        to: Option<ReplyTo>,
+        to: Option<Asker>,
         tag: Option<String>,
     },
     /// The members of `room` on other nodes, for `to` (`None`: Redis could not be reached, only this
@@ -169,7 +169,7 @@ pub(crate) enum ClusterEvent {
     Presence {
         room: Arc<str>,
         others: Option<Vec<Member>>,
-        to: ReplyTo,
+        to: Asker,
         tag: Option<String>,
     },
     /// A raw broadcast to `room` made on another node.
@@ -191,9 +191,10 @@ pub(crate) enum ClusterEvent {
 pub(crate) struct BridgeSender(tokio::sync::mpsc::UnboundedSender<ClusterOp>);
 
 impl BridgeSender {
-    /// Hands `op` to the bridge without waiting; false once the bridge has ended.
-    pub(crate) fn send(&self, op: ClusterOp) -> bool {
-        self.0.send(op).is_ok()
+    /// Hands `op` to the bridge without waiting; gives it back (boxed: only a stopping node pays for it)
+    /// once the bridge has ended.
+    pub(crate) fn send(&self, op: ClusterOp) -> Result<(), Box<ClusterOp>> {
+        self.0.send(op).map_err(|refused| Box::new(refused.0))
     }
 }
 

@@ -7,14 +7,19 @@
 //! - `service.rs`: one connection, hyper's http1 server and the service answering its requests;
 //! - `io.rs`: the adapter that lets hyper read and write a glommio socket;
 //! - `timer.rs`: hyper's timer on glommio, and the request and keep-alive timeouts it enforces;
-//! - `routes.rs`: method check, JSON routes, then static files (`static_files.rs`, traversal-safe).
+//! - `routes.rs`: method check, the server's own endpoints, JSON routes, then static files
+//!   (`static_files.rs`, traversal-safe);
+//! - `scrape.rs`: `/metrics` and `/api/stats`, gathered from the shards;
+//! - `api.rs`: the server API for backends (`API_KEY`): publishing into rooms, reading who is in one.
 //!
 //! Stop: the HTTP shard runs [`crate::shutdown`]'s sequence. Its close step tells every connection, through
 //! a closed semaphore (glommio's broadcast: every waiter wakes with an error), to begin hyper's graceful
 //! shutdown, which finishes the request in flight and disables keep-alive; the connections' gate passes
 //! bound the drain to [`DRAIN`].
+mod api;
 mod io;
 mod routes;
+mod scrape;
 mod service;
 mod static_files;
 mod timer;

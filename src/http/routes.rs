@@ -16,7 +16,8 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use super::static_files::StaticFiles;
-use crate::config::{PublicSettings, ServerSettings};
+use super::{api, scrape};
+use crate::config::{ApiSettings, MetricsSettings, PublicSettings, ServerSettings};
 use crate::server::ServerHandle;
 
 /// What a JSON route can know about the running server.
@@ -65,6 +66,12 @@ pub(crate) struct Site {
     pub(crate) public: PublicSettings,
     /// The request and keep-alive timeouts, and whether to log each request.
     pub(crate) server: ServerSettings,
+    /// Whether `/metrics` and `/api/stats` are served, and the former's path.
+    pub(crate) metrics: MetricsSettings,
+    /// `API_KEY`: the server API, or none.
+    pub(crate) api: ApiSettings,
+    /// `WEBSOCKET_MAX_MESSAGE_SIZE`: what the API's publishes may carry.
+    pub(crate) max_message_size: usize,
     /// Handed to every JSON route.
     pub(crate) context: HttpContext,
 }
@@ -105,11 +112,35 @@ impl Router {
     }
 
     /// Answers `request`: an HTTP/1.1 request without `Host` is malformed (RFC 9112 §3.2) and gets 400;
-    /// otherwise its method on its raw (still percent-encoded) path.
-    pub(super) async fn respond<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+    /// the server API (`API_KEY`) reads its body; anything else is its method on its raw (still
+    /// percent-encoded) path.
+    pub(super) async fn respond<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
         let head_only = *request.method() == Method::HEAD;
         if request.version() == Version::HTTP_11 && !request.headers().contains_key(HOST) {
             return plain_text(StatusCode::BAD_REQUEST, head_only);
+        }
+        if let Some(endpoint) = api::Endpoint::of(request.uri().path()) {
+            // Without API_KEY the API does not exist.
+            let Some(key) = &self.site.api.key else {
+                return plain_text(StatusCode::NOT_FOUND, head_only);
+            };
+            let (head, body) = request.into_parts();
+            // A message of the largest size, as base64 (4/3) inside its JSON.
+            let body_limit = self.site.max_message_size / 3 * 4 + 4096;
+            return api::respond(
+                self.site.context.server(),
+                key,
+                endpoint,
+                &head.method,
+                &head.headers,
+                body,
+                body_limit,
+            )
+            .await;
         }
         self.respond_to(request.method(), request.uri().path())
             .await
@@ -117,16 +148,13 @@ impl Router {
 
     /// Answers `method` on the raw (still percent-encoded) URL `path`.
     async fn respond_to(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if let Some(response) = self.respond_own(method, path).await {
+            return response;
+        }
         let head_only = match *method {
             Method::GET => false,
             Method::HEAD => true,
-            _ => {
-                let mut response = plain_text(StatusCode::METHOD_NOT_ALLOWED, false);
-                response
-                    .headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return response;
-            }
+            _ => return not_allowed("GET, HEAD"),
         };
         // JSON routes are matched before static files, so the app's API cannot be shadowed by a file.
         if let Some((_, route)) = self
@@ -145,6 +173,43 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The server's own endpoints, ahead of the application's routes and the files: `/metrics` and
+    /// `/api/stats` when `METRICS_ENABLED`. `None` for any other path.
+    async fn respond_own(&self, method: &Method, path: &str) -> Option<Response<Full<Bytes>>> {
+        let metrics = &self.site.metrics;
+        let scrape = metrics.enabled && (path == metrics.path || path == STATS_PATH);
+        if !scrape {
+            return None;
+        }
+        let head_only = match *method {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Some(not_allowed("GET, HEAD")),
+        };
+        let snapshot = scrape::gather(self.site.context.server()).await;
+        Some(if path == STATS_PATH {
+            let body = Bytes::from(snapshot.to_json().to_string());
+            sized(StatusCode::OK, "application/json", body, head_only)
+        } else {
+            let body = Bytes::from(snapshot.to_prometheus());
+            sized(StatusCode::OK, scrape::PROMETHEUS_TEXT, body, head_only)
+        })
+    }
+}
+
+/// Where the dashboard reads its numbers (with `METRICS_ENABLED`).
+const STATS_PATH: &str = "/api/stats";
+
+/// 405, naming the methods the path takes.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = plain_text(StatusCode::METHOD_NOT_ALLOWED, false);
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// An error answer whose body is the status's reason phrase, e.g. `404 Not Found`.
 fn plain_text(status: StatusCode, head_only: bool) -> Response<Full<Bytes>> {
     let body = format!(
@@ -161,7 +226,7 @@ fn plain_text(status: StatusCode, head_only: bool) -> Response<Full<Bytes>> {
 }
 
 /// A response with an explicit `Content-Length`, so a HEAD answer reports the size its GET would have.
-fn sized(
+pub(super) fn sized(
     status: StatusCode,
     content_type: &'static str,
     body: Bytes,

@@ -57,9 +57,10 @@ pub(super) async fn connection(
     let service = service_fn(move |request| {
         let router = router.clone();
         async move {
-            let response = router.respond(&request).await;
+            let (method, uri) = (request.method().clone(), request.uri().clone());
+            let response = router.respond(request).await;
             if router.logs_requests() {
-                debug!(?peer, method = %request.method(), uri = %request.uri(), status = response.status().as_u16(), "HTTP request");
+                debug!(?peer, %method, %uri, status = response.status().as_u16(), "HTTP request");
             }
             Ok::<_, Infallible>(response)
         }

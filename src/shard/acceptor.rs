@@ -113,6 +113,7 @@ pub(crate) async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                shard.count(|t| t.accepted += 1);
                 let run = crate::connection::run(
                     shard.clone(),
                     callbacks.clone(),

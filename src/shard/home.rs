@@ -66,6 +66,26 @@ pub(crate) struct ReplyTo {
     pub(crate) subprotocol: Option<u8>,
 }
 
+/// Who hears back from a room's home about a publication or a presence request.
+#[derive(Debug)]
+pub(crate) enum Asker {
+    /// A session, in its subprotocol's words ([`crate::RoomReplies`]).
+    Session(ReplyTo),
+    /// A caller off the shards ([`crate::ServerHandle::publish`], the HTTP API), given the answer itself.
+    Caller(tokio::sync::oneshot::Sender<HomeAnswer>),
+}
+
+/// What a room's home answers a caller off the shards.
+#[derive(Debug)]
+pub(crate) enum HomeAnswer {
+    /// The publication is in the room's stream.
+    Published(Ack),
+    /// It could not be published.
+    Failed(PublishFailure),
+    /// Who is in the room.
+    Presence(Presence),
+}
+
 /// A publication on its way to its room's home.
 #[derive(Debug)]
 pub(crate) struct PublishRequest {
@@ -73,7 +93,7 @@ pub(crate) struct PublishRequest {
     pub(crate) from: Author,
     pub(crate) options: PublishOptions,
     /// Who gets the acknowledgement.
-    pub(crate) to: Option<ReplyTo>,
+    pub(crate) to: Option<Asker>,
 }
 
 /// A join on its way to its room's home.
@@ -124,7 +144,7 @@ struct WaitingAck {
     offset: u64,
     epoch: Arc<str>,
     duplicate: bool,
-    to: ReplyTo,
+    to: Asker,
     tag: Option<String>,
 }
 
@@ -153,14 +173,14 @@ enum Pending {
     /// A publication, to fan out and acknowledge.
     Publication {
         publication: Arc<Publication>,
-        to: Option<ReplyTo>,
+        to: Option<Asker>,
         tag: Option<String>,
     },
     /// The acknowledgement of a retried id whose first publication is not written yet: it must not
     /// promise an offset a crash could still lose.
     Retry {
         offset: u64,
-        to: ReplyTo,
+        to: Asker,
         tag: Option<String>,
     },
 }
@@ -173,7 +193,7 @@ const ROOM_OVERHEAD: usize = 256;
 pub(crate) const MAX_ROOM_NAME: usize = 1024;
 
 /// Whether `room` can name a room: 1 to [`MAX_ROOM_NAME`] bytes.
-fn is_room_name(room: &str) -> bool {
+pub(crate) fn is_room_name(room: &str) -> bool {
     !room.is_empty() && room.len() <= MAX_ROOM_NAME
 }
 
@@ -257,14 +277,14 @@ impl Shard {
                 is_user: session.identity().is_some(),
             },
             options,
-            to: Some(reply_to(session)),
+            to: Some(Asker::Session(reply_to(session))),
         };
         self.to_home(room, |room| ShardMsg::Publication { room, request });
     }
 
     /// Asks `room`'s home who is in it; `session` gets the answer.
     pub(crate) fn request_presence(&self, session: &SessionState, room: &str, tag: Option<String>) {
-        let to = reply_to(session);
+        let to = Asker::Session(reply_to(session));
         self.to_home(room, |room| ShardMsg::Presence { room, to, tag });
     }
 
@@ -320,7 +340,7 @@ impl Shard {
         };
         if first_time {
             if let Backing::Cluster(bridge) = &self.backing {
-                bridge.send(ClusterOp::MemberJoined {
+                let _ = bridge.send(ClusterOp::MemberJoined {
                     room: room.clone(),
                     member: member.clone(),
                 });
@@ -353,7 +373,7 @@ impl Shard {
         };
         let Some(member) = left else { return };
         if let Backing::Cluster(bridge) = &self.backing {
-            bridge.send(ClusterOp::MemberLeft {
+            let _ = bridge.send(ClusterOp::MemberLeft {
                 room: room.clone(),
                 session,
             });
@@ -363,30 +383,28 @@ impl Shard {
         }
     }
 
-    fn home_presence(&self, room: Arc<str>, to: ReplyTo, tag: Option<String>) {
-        if let Backing::Cluster(bridge) = &self.backing {
+    fn home_presence(&self, room: Arc<str>, to: Asker, tag: Option<String>) {
+        let (to, tag) = match &self.backing {
             // The other nodes' members are in Redis; this node's are added to them when they come back.
-            let asked = bridge.send(ClusterOp::Presence {
+            Backing::Cluster(bridge) => match bridge.send(ClusterOp::Presence {
                 room: room.clone(),
                 home: self.index,
                 to,
-                tag: tag.clone(),
-            });
-            if asked {
-                return;
-            }
-        }
+                tag,
+            }) {
+                Ok(()) => return,
+                Err(op) => match *op {
+                    ClusterOp::Presence { to, tag, .. } => (to, tag),
+                    _ => unreachable!("the bridge hands back what it was given"),
+                },
+            },
+            _ => (to, tag),
+        };
         self.answer_presence(room, Vec::new(), to, tag);
     }
 
     /// Answers `to` with `room`'s members here, then `others` (other nodes' members, with the cluster).
-    fn answer_presence(
-        &self,
-        room: Arc<str>,
-        others: Vec<Member>,
-        to: ReplyTo,
-        tag: Option<String>,
-    ) {
+    fn answer_presence(&self, room: Arc<str>, others: Vec<Member>, to: Asker, tag: Option<String>) {
         let mut members = self
             .homes
             .borrow()
@@ -400,23 +418,29 @@ impl Shard {
             members,
             tag,
         };
-        self.answer(to, "presence", |replies, subprotocol| {
-            replies.presence(subprotocol, &presence)
-        });
+        match to {
+            Asker::Session(to) => self.answer(to, "presence", |replies, subprotocol| {
+                replies.presence(subprotocol, &presence)
+            }),
+            Asker::Caller(caller) => {
+                let _ = caller.send(HomeAnswer::Presence(presence));
+            }
+        }
     }
 
     fn home_publish(&self, room: Arc<str>, request: PublishRequest) {
         if let Backing::Cluster(bridge) = &self.backing {
             // Redis numbers and orders it; it comes back through the subscription like any other
             // node's, and nothing here waits for the room's log.
-            let (to, tag) = (request.to, request.options.tag.clone());
             let sent = bridge.send(ClusterOp::Publish {
                 room: room.clone(),
                 home: self.index,
                 request,
             });
-            if !sent {
-                self.publish_failed(&room, to, tag);
+            if let Err(op) = sent {
+                if let ClusterOp::Publish { request, .. } = *op {
+                    self.publish_failed(&room, request.to, request.options.tag);
+                }
             }
             return;
         }
@@ -468,7 +492,7 @@ impl Shard {
                     });
                 }
                 Backing::Cluster(bridge) => {
-                    bridge.send(ClusterOp::Load {
+                    let _ = bridge.send(ClusterOp::Load {
                         room: room.clone(),
                         home: self.index,
                     });
@@ -544,7 +568,10 @@ impl Shard {
             return;
         };
         let publication = match appended {
-            Ok(publication) => publication,
+            Ok(publication) => {
+                self.count(|t| t.history_appends += 1);
+                publication
+            }
             Err(Duplicate(offset)) => {
                 let Some(to) = to else { return };
                 if offset <= delivered {
@@ -715,7 +742,7 @@ impl Shard {
             homes.log_bytes -= freed;
             acks
         };
-        bridge.send(ClusterOp::Release { room: room.clone() });
+        let _ = bridge.send(ClusterOp::Release { room: room.clone() });
         for ack in acks {
             self.acknowledge(ack.to, room, &ack.epoch, ack.offset, ack.duplicate, ack.tag);
         }
@@ -764,35 +791,26 @@ impl Shard {
                 tag,
             } => {
                 let Some(to) = to else { return };
-                let waits = {
-                    let mut homes = self.homes.borrow_mut();
-                    match homes.rooms.get_mut(&room) {
-                        Some(entry) => {
-                            // Members here get it through the subscription: the publisher hears back
-                            // after they (it among them) have it, as on one node.
-                            let waits = match &entry.log {
-                                Log::Ready(log) => {
-                                    *log.epoch() == epoch && log.delivered() < offset
-                                }
-                                Log::Loading(_) => true,
-                                Log::Cold => false,
-                            };
-                            if waits {
-                                entry.acks.push(WaitingAck {
-                                    offset,
-                                    epoch: epoch.clone(),
-                                    duplicate,
-                                    to,
-                                    tag: tag.clone(),
-                                });
-                            }
-                            waits
-                        }
-                        None => false,
+                let mut homes = self.homes.borrow_mut();
+                // Members here get it through the subscription: the publisher hears back after they
+                // (it among them) have it, as on one node.
+                let waits_here = homes.rooms.get_mut(&room).filter(|entry| match &entry.log {
+                    Log::Ready(log) => *log.epoch() == epoch && log.delivered() < offset,
+                    Log::Loading(_) => true,
+                    Log::Cold => false,
+                });
+                match waits_here {
+                    Some(entry) => entry.acks.push(WaitingAck {
+                        offset,
+                        epoch,
+                        duplicate,
+                        to,
+                        tag,
+                    }),
+                    None => {
+                        drop(homes);
+                        self.acknowledge(to, &room, &epoch, offset, duplicate, tag);
                     }
-                };
-                if !waits {
-                    self.acknowledge(to, &room, &epoch, offset, duplicate, tag);
                 }
             }
             ClusterEvent::PublishFailed { room, to, tag } => self.publish_failed(&room, to, tag),
@@ -844,16 +862,21 @@ impl Shard {
     }
 
     /// Tells `to` its publication in `room` was not published: the cluster cannot reach Redis.
-    fn publish_failed(&self, room: &str, to: Option<ReplyTo>, tag: Option<String>) {
+    fn publish_failed(&self, room: &str, to: Option<Asker>, tag: Option<String>) {
         let Some(to) = to else { return };
         let failure = PublishFailure {
             room: room.to_owned(),
             code: "unavailable",
             tag,
         };
-        self.answer(to, "publish_failed", |replies, subprotocol| {
-            replies.publish_failed(subprotocol, &failure)
-        });
+        match to {
+            Asker::Session(to) => self.answer(to, "publish_failed", |replies, subprotocol| {
+                replies.publish_failed(subprotocol, &failure)
+            }),
+            Asker::Caller(caller) => {
+                let _ = caller.send(HomeAnswer::Failed(failure));
+            }
+        }
     }
 
     /// Renders `publication` once per subprotocol, fans it out and acknowledges it to its publisher.
@@ -862,7 +885,7 @@ impl Shard {
         room: &Arc<str>,
         epoch: &str,
         publication: &Publication,
-        to: Option<ReplyTo>,
+        to: Option<Asker>,
         tag: Option<String>,
     ) {
         let message = self.render(|subprotocol| {
@@ -880,7 +903,7 @@ impl Shard {
     /// published there already).
     fn acknowledge(
         &self,
-        to: ReplyTo,
+        to: Asker,
         room: &str,
         epoch: &str,
         offset: u64,
@@ -894,9 +917,14 @@ impl Shard {
             duplicate,
             tag,
         };
-        self.answer(to, "ack", |replies, subprotocol| {
-            replies.ack(subprotocol, &ack)
-        });
+        match to {
+            Asker::Session(to) => self.answer(to, "ack", |replies, subprotocol| {
+                replies.ack(subprotocol, &ack)
+            }),
+            Asker::Caller(caller) => {
+                let _ = caller.send(HomeAnswer::Published(ack));
+            }
+        }
     }
 
     /// Tells every member of `room` that `member` joined or left (`PRESENCE_EVENTS`).

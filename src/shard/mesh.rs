@@ -32,7 +32,7 @@ use std::task::Poll;
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender};
 
-use super::home::{JoinRequest, PublishRequest, ReplyTo};
+use super::home::{Asker, JoinRequest, PublishRequest};
 use crate::cluster::ClusterEvent;
 use crate::history::store::StoreEvent;
 use crate::session_state::SessionId;
@@ -97,7 +97,7 @@ pub(crate) enum ShardMsg {
         /// The room.
         room: Arc<str>,
         /// Who asked.
-        to: ReplyTo,
+        to: Asker,
         /// The request's tag.
         tag: Option<String>,
     },
@@ -105,6 +105,12 @@ pub(crate) enum ShardMsg {
     Store(StoreEvent),
     /// The bridge to Redis tells this shard, a home shard on this node (with `CLUSTER_REDIS_URL`).
     Cluster(ClusterEvent),
+    /// What this shard counted, for a scrape (`/metrics`, `/api/stats`), posted at `asked`: how long it
+    /// waited here is the shard's event-loop lag.
+    Snapshot {
+        asked: std::time::Instant,
+        reply: tokio::sync::oneshot::Sender<crate::metrics::ShardSnapshot>,
+    },
     /// Send a data message to one session of this shard, if it is still open (from
     /// [`crate::ServerHandle::send_text_to_session`]); compressed here if that session negotiated deflate.
     ToSession {

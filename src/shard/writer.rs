@@ -104,14 +104,14 @@ impl Writer {
     }
 
     /// Writes what each of `sessions` (at most [`RING_ENTRIES`]) has queued, in one submission on
-    /// `ring`, and hands whatever the kernel did not take back to the session's connection task. An
-    /// error is the ring's failure: which sends happened is unknown, so the caller must give up on the
-    /// ring and the sessions.
+    /// `ring`, and hands whatever the kernel did not take back to the session's connection task; returns
+    /// the bytes written. An error is the ring's failure: which sends happened is unknown, so the caller
+    /// must give up on the ring and the sessions.
     pub(crate) fn write(
         &self,
         ring: &mut ShardRing,
         sessions: &[Rc<SessionState>],
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<u64> {
         debug_assert!(sessions.len() <= RING_ENTRIES);
         let mut submitted = 0;
         for (slot, session) in sessions.iter().enumerate() {
@@ -140,12 +140,14 @@ impl Writer {
             submitted += 1;
         }
         if submitted == 0 {
-            return Ok(());
+            return Ok(0);
         }
         let mut asked = std::mem::take(&mut ring.sends.asked);
+        let mut total = 0;
         let completed = ring.complete_sends(submitted, |slot, result| {
             let session = &sessions[slot];
             let written = usize::try_from(result).unwrap_or(0);
+            total += written as u64;
             session.outbound.advance(written);
             // A full socket, an error, more frames than one send carries, or a close to finish: the
             // session's task takes it from here.
@@ -155,6 +157,6 @@ impl Writer {
             }
         });
         std::mem::swap(&mut ring.sends.asked, &mut asked);
-        completed
+        completed.map(|()| total)
     }
 }

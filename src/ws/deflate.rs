@@ -77,6 +77,11 @@ impl DeflateCounters {
         self.sessions.load(Ordering::Relaxed) > 0
     }
 
+    /// Sessions open that negotiated deflate.
+    pub(crate) fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stats(&self) -> DeflateStats {
         DeflateStats {
             messages_compressed: self.compressed.load(Ordering::Relaxed),
@@ -97,6 +102,10 @@ pub(crate) struct Deflater {
     out: Vec<u8>,
     /// Where a compressed message is counted, with every other shard's.
     counters: Arc<DeflateCounters>,
+    /// Bytes of the messages compressed, and of what they compressed to: this shard's own counts, for
+    /// the compression ratio (`/metrics`).
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 impl Deflater {
@@ -108,7 +117,14 @@ impl Deflater {
             room_stream: None,
             out: Vec::new(),
             counters,
+            bytes_in: 0,
+            bytes_out: 0,
         }
+    }
+
+    /// Bytes of the messages this deflater compressed, and of what they compressed to.
+    pub(crate) fn compressed_bytes(&self) -> (u64, u64) {
+        (self.bytes_in, self.bytes_out)
     }
 
     fn worth_compressing(&self, len: usize) -> bool {
@@ -156,14 +172,15 @@ impl Deflater {
     ) -> Option<EncodedFrame> {
         let frame = self
             .compress(payload, audience)
-            .map(|body| encode::compressed_frame(kind, body));
+            .map(|body| (body.len(), encode::compressed_frame(kind, body)));
         if self.out.capacity() > KEPT_OUTPUT {
             self.out = Vec::new();
         }
-        if frame.is_some() {
-            self.counters.compressed.fetch_add(1, Ordering::Relaxed);
-        }
-        frame
+        let (body_len, frame) = frame?;
+        self.counters.compressed.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in += payload.len() as u64;
+        self.bytes_out += body_len as u64;
+        Some(frame)
     }
 
     /// `payload` compressed for `audience`, as a permessage-deflate message body (no trailing

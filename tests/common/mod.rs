@@ -36,7 +36,7 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The key prefixes the binary reads; scrubbed from every child's inherited environment.
-const CONFIG_PREFIXES: [&str; 7] = [
+const CONFIG_PREFIXES: [&str; 12] = [
     "APP_",
     "SERVER_",
     "WEBSOCKET_",
@@ -44,6 +44,11 @@ const CONFIG_PREFIXES: [&str; 7] = [
     "HISTORY_",
     "DATA_DIR",
     "PRESENCE_",
+    "METRICS_",
+    "API_KEY",
+    "LOG_",
+    "AUTH_",
+    "CLUSTER_",
 ];
 
 /// The repository's `public/` directory, as an absolute path (the binary may run in any directory).
