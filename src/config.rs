@@ -14,6 +14,108 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// One `.env` key: its name, its default (`None`: unset, which means off or "not used"), and what it does.
+/// [`KEYS`] is the one list: the configuration's defaults come from it, `roomcast --help` prints it, and
+/// start-up warns about keys in the env file that are not in it.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDoc {
+    /// The key.
+    pub name: &'static str,
+    /// Its default, as it would be written in `.env`.
+    pub default: Option<&'static str>,
+    /// What it sets, in one line.
+    pub help: &'static str,
+    /// Its value is never printed (a key, or a URL that may hold a password).
+    pub secret: bool,
+}
+
+const fn key(name: &'static str, default: &'static str, help: &'static str) -> KeyDoc {
+    KeyDoc {
+        name,
+        default: Some(default),
+        help,
+        secret: false,
+    }
+}
+
+const fn unset(name: &'static str, help: &'static str) -> KeyDoc {
+    KeyDoc {
+        name,
+        default: None,
+        help,
+        secret: false,
+    }
+}
+
+const fn secret(name: &'static str, help: &'static str) -> KeyDoc {
+    KeyDoc {
+        name,
+        default: None,
+        help,
+        secret: true,
+    }
+}
+
+/// Every key the configuration reads, in the order of the README's table.
+pub const KEYS: &[KeyDoc] = &[
+    key("APP_NAME", "roomcast", "shown in logs"),
+    key("APP_ENV", "development", "shown in logs"),
+    key("SERVER_HOST", "0.0.0.0", "the HTTP listener's address"),
+    key("SERVER_PORT", "8080", "the HTTP port (0: a free one)"),
+    key("SERVER_REQUEST_TIMEOUT", "5000", "ms to receive an HTTP request or a WebSocket upgrade"),
+    key("SERVER_IO_THREADS", "0", "WebSocket shards (0: one per available core)"),
+    key("SERVER_SESSION_TIMEOUT_SEC", "20", "s before an idle HTTP keep-alive connection is closed"),
+    key("SERVER_BENCH_MODE", "false", "silence the per-connection log lines"),
+    key("SERVER_MAX_REQUEST_HEAD", "16384", "bytes of HTTP request line and headers (1024 to 1 MiB); past it 431"),
+    key("SERVER_MAX_KEEPALIVE_CONNECTIONS", "256", "HTTP connections kept alive at once (0: no keep-alive)"),
+    key("WEBSOCKET_HOST", "0.0.0.0", "the WebSocket listener's address"),
+    key("WEBSOCKET_PORT", "9090", "the WebSocket port (0: a free one), shared by every shard"),
+    key("WEBSOCKET_MAX_MESSAGE_SIZE", "65536", "bytes a message may have (1 to 1 GiB); past it close 1009"),
+    key("WEBSOCKET_IDLE_TIMEOUT", "60", "s of silence before close 1001 (0: never)"),
+    key("WEBSOCKET_ENABLE_DEFLATE", "true", "negotiate permessage-deflate with clients that offer it"),
+    key("WEBSOCKET_DEFLATE_MIN_SIZE", "64", "bytes under which messages go uncompressed (0: compress all)"),
+    key("WEBSOCKET_PING_INTERVAL", "30", "s between server pings (0: none)"),
+    key("WEBSOCKET_AUTO_PING_PONG", "true", "answer client pings"),
+    key("WEBSOCKET_MAX_BACKPRESSURE", "1048576", "unsent bytes per session (1 to 1 GiB); past it close 1008"),
+    key("WEBSOCKET_MAX_FRAMES_PER_MESSAGE", "1024", "frames one message may be split into (0: no cap)"),
+    key("WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD", "67108864", "memory one shard may hold for messages still arriving"),
+    key("WEBSOCKET_RATE_LIMIT_MESSAGES", "50", "messages a session may send per second (0: no limit)"),
+    key("WEBSOCKET_RATE_LIMIT_BURST", "100", "messages a session may send at once after a quiet while"),
+    key("WEBSOCKET_RATE_LIMIT_BYTES", "1048576", "payload bytes a session may send per second (0: no limit)"),
+    unset("WEBSOCKET_ALLOWED_ORIGINS", "browser origins that may connect: *, or a comma-separated list (unset: this host and loopback)"),
+    key("WEBSOCKET_MAX_CONNECTIONS", "0", "sessions open at once in the process (0: the descriptor limit less 128)"),
+    key("WEBSOCKET_MAX_CONNECTIONS_PER_IP", "1024", "sessions open at once from one address (0: no cap)"),
+    secret("AUTH_SECRET", "the chat app's token key, at least 32 bytes (unset: open, as in the seed)"),
+    key("HISTORY_SIZE", "1000", "messages kept per room (0: no history)"),
+    key("HISTORY_TTL_SEC", "86400", "s a message is kept (0: until HISTORY_SIZE pushes it out)"),
+    key("DATA_DIR", "./data", "where the history store lives"),
+    key("HISTORY_FSYNC", "100", "every_write, off, or ms between forced writes of the store's journal"),
+    key("HISTORY_GROUP_COMMIT_US", "1000", "µs the store waits for company before writing (0: none)"),
+    key("HISTORY_RECOVERY_MAX", "300", "messages a join with `since` recovers at most"),
+    key("HISTORY_MEMORY_MB", "256", "MiB of rooms' history kept in memory over all shards"),
+    key("PRESENCE_EVENTS", "false", "tell members who joins and leaves"),
+    secret("CLUSTER_REDIS_URL", "redis://host:port or redis-cluster://host:port to share rooms with other nodes (unset: one node)"),
+    key("CLUSTER_UNSUBSCRIBE_LINGER_MS", "2000", "ms a node stays subscribed to a room after its last member left"),
+    key("CLUSTER_PARTITIONS", "16", "Redis Cluster hash slots rooms are spread over (1 to 16384)"),
+    key("CLUSTER_PRESENCE_TTL_MS", "30000", "ms a dead node's members stay in presence at most (at least 3000)"),
+    key("CLUSTER_PUBLISH_BATCH_US", "1000", "µs the bridge gathers publishes before sending them to Redis (0: none)"),
+    secret("API_KEY", "turns on the server API (POST /api/publish, GET /api/rooms/{room}) with this bearer key"),
+    key("METRICS_ENABLED", "true", "serve METRICS_PATH (Prometheus) and /api/stats"),
+    key("LOG_FORMAT", "text", "text, or json (one object per line); RUST_LOG filters (default info)"),
+    key("LOG_STATS_INTERVAL_SEC", "60", "s between summary log lines (0: none)"),
+    key("METRICS_PATH", "/metrics", "where the Prometheus text is served"),
+    key("PUBLIC_PATH", "public", "the directory of static files"),
+    key("PUBLIC_MOUNT", "/", "the URL prefix it is served under"),
+    key("PUBLIC_INDEX", "index.html", "the file served for a directory"),
+    key("PUBLIC_CACHE_CONTROL", "no-cache", "Cache-Control of static files"),
+    key("PUBLIC_SPA_FALLBACK", "false", "serve the index for unknown paths"),
+];
+
+/// The default [`KEYS`] gives `key`, if any.
+fn default_of(key: &str) -> Option<&'static str> {
+    KEYS.iter().find(|k| k.name == key).and_then(|k| k.default)
+}
+
 /// The whole server configuration, one field group per subsystem.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +138,27 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// `API_KEY`: the server API for backends on the HTTP side.
     pub api: ApiSettings,
+    /// `LOG_*`: how the binary logs (the library logs through `tracing` and leaves the output to it).
+    pub logs: LogSettings,
+}
+
+/// How the binary writes its logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `LOG_FORMAT` (default `text`).
+    pub format: LogFormat,
+    /// `LOG_STATS_INTERVAL_SEC` (default 60; 0: none): how often a summary line (connections, messages,
+    /// queued bytes, lag) is logged.
+    pub stats_interval: Option<Duration>,
+}
+
+/// `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// What the HTTP side tells operators: `GET /metrics` (Prometheus) and `GET /api/stats` (JSON, for the
@@ -297,6 +420,74 @@ pub struct PublicSettings {
     pub spa_fallback: bool,
 }
 
+/// A configuration with how it was arrived at ([`Config::load_explained`]).
+#[derive(Debug)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// The env file read, or the defaults.
+    pub source: ConfigSource,
+    /// Every key of [`KEYS`] with its effective value (`None`: unset; secrets shown as `<set>`) and
+    /// where it came from.
+    pub values: Vec<(&'static str, Option<String>, Origin)>,
+    /// Keys in the env file that look like roomcast's but are not read.
+    pub unknown: Vec<UnknownKey>,
+}
+
+/// Where a key's effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The process environment, which overrides the file.
+    Environment,
+    /// The env file.
+    File,
+    /// The default in [`KEYS`].
+    Default,
+}
+
+/// A key in the env file that roomcast does not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key as written.
+    pub name: String,
+    /// The known key it is probably a misspelling of.
+    pub suggestion: Option<&'static str>,
+}
+
+impl UnknownKey {
+    /// The prefixes of roomcast's keys: a key with one of them that is not read is a mistake.
+    const PREFIXES: [&'static str; 12] = [
+        "APP_",
+        "SERVER_",
+        "WEBSOCKET_",
+        "PUBLIC_",
+        "HISTORY_",
+        "CLUSTER_",
+        "METRICS_",
+        "AUTH_",
+        "PRESENCE_",
+        "API_",
+        "LOG_",
+        "DATA_",
+    ];
+
+    /// `name` as an unknown key worth a warning: it has one of roomcast's prefixes, or it is within
+    /// three edits of a known key (`WEBSCOKET_PORT`); other keys in the file are the application's own.
+    fn of(name: &str) -> Option<UnknownKey> {
+        let nearest = KEYS
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(name, k.name), k.name))
+            .min()
+            .filter(|(distance, _)| *distance <= 3)
+            .map(|(_, known)| known);
+        let ours = Self::PREFIXES.iter().any(|p| name.starts_with(p));
+        (ours || nearest.is_some()).then(|| UnknownKey {
+            name: name.to_owned(),
+            suggestion: nearest,
+        })
+    }
+}
+
 /// Where the configuration came from, for the start-up log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -318,6 +509,12 @@ impl Config {
     /// A missing file is not an error: the defaults apply and [`ConfigSource::Defaults`] says so. An env file
     /// that exists but cannot be parsed is an error naming the file.
     pub fn load(env_file: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+        Config::load_explained(env_file).map(|loaded| (loaded.config, loaded.source))
+    }
+
+    /// [`Config::load`], with what an operator checks: where each key's value came from, and the keys in
+    /// the env file that roomcast does not read (a misspelt one is otherwise silently ignored).
+    pub fn load_explained(env_file: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
         let path = env_file.map_or_else(|| PathBuf::from(".env"), Path::to_path_buf);
         let (file_values, source) = match dotenvy::from_path_iter(&path) {
             Ok(iter) => {
@@ -346,7 +543,34 @@ impl Config {
                 .ok()
                 .or_else(|| file_values.get(key).cloned())
         })?;
-        Ok((config, source))
+        let values = KEYS
+            .iter()
+            .map(|key| {
+                let (value, origin) =
+                    match (std::env::var(key.name).ok(), file_values.get(key.name)) {
+                        (Some(v), _) => (Some(v), Origin::Environment),
+                        (None, Some(v)) => (Some(v.clone()), Origin::File),
+                        (None, None) => (key.default.map(str::to_owned), Origin::Default),
+                    };
+                let value = match value {
+                    Some(v) if key.secret && !v.is_empty() => Some("<set>".to_owned()),
+                    other => other,
+                };
+                (key.name, value, origin)
+            })
+            .collect();
+        let mut unknown: Vec<UnknownKey> = file_values
+            .keys()
+            .filter(|name| !KEYS.iter().any(|k| k.name == name.as_str()))
+            .filter_map(|name| UnknownKey::of(name))
+            .collect();
+        unknown.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(LoadedConfig {
+            config,
+            source,
+            values,
+            unknown,
+        })
     }
 
     /// Builds a configuration from a key lookup; every key is validated here and nowhere else.
@@ -354,43 +578,43 @@ impl Config {
         let keys = Keys { lookup: &lookup };
         Ok(Config {
             app: AppSettings {
-                name: keys.text("APP_NAME", "roomcast")?,
-                env: keys.text("APP_ENV", "development")?,
+                name: keys.text("APP_NAME")?,
+                env: keys.text("APP_ENV")?,
             },
             server: ServerSettings {
                 host: keys.ip("SERVER_HOST")?,
-                port: keys.port("SERVER_PORT", 8080)?,
+                port: keys.port("SERVER_PORT")?,
                 request_timeout: Duration::from_millis(
-                    keys.positive("SERVER_REQUEST_TIMEOUT", 5000)?,
+                    keys.positive("SERVER_REQUEST_TIMEOUT")?,
                 ),
-                io_threads: keys.number("SERVER_IO_THREADS", 0)? as usize,
+                io_threads: keys.number("SERVER_IO_THREADS")? as usize,
                 session_timeout: Duration::from_secs(
-                    keys.positive("SERVER_SESSION_TIMEOUT_SEC", 20)?,
+                    keys.positive("SERVER_SESSION_TIMEOUT_SEC")?,
                 ),
-                bench_mode: keys.flag("SERVER_BENCH_MODE", false)?,
+                bench_mode: keys.flag("SERVER_BENCH_MODE")?,
                 max_request_head: keys.request_head("SERVER_MAX_REQUEST_HEAD")?,
-                max_keepalive_connections: keys.number("SERVER_MAX_KEEPALIVE_CONNECTIONS", 256)?
+                max_keepalive_connections: keys.number("SERVER_MAX_KEEPALIVE_CONNECTIONS")?
                     as usize,
             },
             websocket: WebSocketSettings {
                 host: keys.ip("WEBSOCKET_HOST")?,
-                port: keys.port("WEBSOCKET_PORT", 9090)?,
-                max_message_size: keys.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?
+                port: keys.port("WEBSOCKET_PORT")?,
+                max_message_size: keys.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 1 << 30)?
                     as usize,
-                idle_timeout: keys.seconds_or_off("WEBSOCKET_IDLE_TIMEOUT", 60)?,
-                enable_deflate: keys.flag("WEBSOCKET_ENABLE_DEFLATE", true)?,
-                deflate_min_size: keys.number("WEBSOCKET_DEFLATE_MIN_SIZE", 64)? as usize,
-                ping_interval: keys.seconds_or_off("WEBSOCKET_PING_INTERVAL", 30)?,
-                auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG", true)?,
-                max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 20, 1 << 30)?
+                idle_timeout: keys.seconds_or_off("WEBSOCKET_IDLE_TIMEOUT")?,
+                enable_deflate: keys.flag("WEBSOCKET_ENABLE_DEFLATE")?,
+                deflate_min_size: keys.number("WEBSOCKET_DEFLATE_MIN_SIZE")? as usize,
+                ping_interval: keys.seconds_or_off("WEBSOCKET_PING_INTERVAL")?,
+                auto_ping_pong: keys.flag("WEBSOCKET_AUTO_PING_PONG")?,
+                max_backpressure: keys.at_most("WEBSOCKET_MAX_BACKPRESSURE", 1 << 30)?
                     as usize,
                 rate_limits: keys.rate_limits()?,
                 allowed_origins: keys.origins("WEBSOCKET_ALLOWED_ORIGINS")?,
-                max_connections: keys.number("WEBSOCKET_MAX_CONNECTIONS", 0)? as usize,
-                max_connections_per_ip: keys.number("WEBSOCKET_MAX_CONNECTIONS_PER_IP", 1024)?
+                max_connections: keys.number("WEBSOCKET_MAX_CONNECTIONS")? as usize,
+                max_connections_per_ip: keys.number("WEBSOCKET_MAX_CONNECTIONS_PER_IP")?
                     as usize,
                 max_frames_per_message: match keys
-                    .number("WEBSOCKET_MAX_FRAMES_PER_MESSAGE", 1024)?
+                    .number("WEBSOCKET_MAX_FRAMES_PER_MESSAGE")?
                 {
                     0 => u32::MAX,
                     n => u32::try_from(n).unwrap_or(u32::MAX),
@@ -398,33 +622,33 @@ impl Config {
                 max_unfinished_bytes_per_shard: keys.unfinished_budget()?,
             },
             public: PublicSettings {
-                path: PathBuf::from(keys.text("PUBLIC_PATH", "public")?),
+                path: PathBuf::from(keys.text("PUBLIC_PATH")?),
                 mount: keys.mount("PUBLIC_MOUNT")?,
                 index: keys.index_name("PUBLIC_INDEX")?,
-                cache_control: keys.text("PUBLIC_CACHE_CONTROL", "no-cache")?,
-                spa_fallback: keys.flag("PUBLIC_SPA_FALLBACK", false)?,
+                cache_control: keys.text("PUBLIC_CACHE_CONTROL")?,
+                spa_fallback: keys.flag("PUBLIC_SPA_FALLBACK")?,
             },
             auth: AuthSettings {
                 secret: keys.secret("AUTH_SECRET")?,
             },
             rooms: RoomSettings {
-                history_size: keys.number("HISTORY_SIZE", 1000)? as usize,
-                history_ttl: keys.seconds_or_off("HISTORY_TTL_SEC", 86400)?,
-                data_dir: PathBuf::from(keys.text("DATA_DIR", "./data")?),
+                history_size: keys.number("HISTORY_SIZE")? as usize,
+                history_ttl: keys.seconds_or_off("HISTORY_TTL_SEC")?,
+                data_dir: PathBuf::from(keys.text("DATA_DIR")?),
                 fsync: keys.fsync("HISTORY_FSYNC")?,
-                group_commit: keys.micros_or_off("HISTORY_GROUP_COMMIT_US", 1000)?,
-                recovery_max: keys.positive("HISTORY_RECOVERY_MAX", 300)? as usize,
-                memory_budget: (keys.positive("HISTORY_MEMORY_MB", 256)? as usize)
+                group_commit: keys.micros_or_off("HISTORY_GROUP_COMMIT_US")?,
+                recovery_max: keys.positive("HISTORY_RECOVERY_MAX")? as usize,
+                memory_budget: (keys.positive("HISTORY_MEMORY_MB")? as usize)
                     .saturating_mul(1 << 20),
-                presence_events: keys.flag("PRESENCE_EVENTS", false)?,
+                presence_events: keys.flag("PRESENCE_EVENTS")?,
             },
             cluster: ClusterSettings {
                 redis_url: keys.redis_url("CLUSTER_REDIS_URL")?,
                 unsubscribe_linger: Duration::from_millis(
-                    keys.number("CLUSTER_UNSUBSCRIBE_LINGER_MS", 2000)?,
+                    keys.number("CLUSTER_UNSUBSCRIBE_LINGER_MS")?,
                 ),
-                publish_batch: keys.micros_or_off("CLUSTER_PUBLISH_BATCH_US", 1000)?,
-                presence_ttl: match keys.number("CLUSTER_PRESENCE_TTL_MS", 30_000)? {
+                publish_batch: keys.micros_or_off("CLUSTER_PUBLISH_BATCH_US")?,
+                presence_ttl: match keys.number("CLUSTER_PRESENCE_TTL_MS")? {
                     ms @ 3_000.. => Duration::from_millis(ms),
                     ms => {
                         return Err(Keys::invalid(
@@ -434,7 +658,7 @@ impl Config {
                         ))
                     }
                 },
-                partitions: match keys.positive("CLUSTER_PARTITIONS", 16)? {
+                partitions: match keys.positive("CLUSTER_PARTITIONS")? {
                     n @ 1..=16384 => n as u16,
                     n => {
                         return Err(Keys::invalid(
@@ -446,11 +670,19 @@ impl Config {
                 },
             },
             metrics: MetricsSettings {
-                enabled: keys.flag("METRICS_ENABLED", true)?,
-                path: keys.url_path("METRICS_PATH", "/metrics")?,
+                enabled: keys.flag("METRICS_ENABLED")?,
+                path: keys.url_path("METRICS_PATH")?,
             },
             api: ApiSettings {
                 key: keys.api_key("API_KEY")?,
+            },
+            logs: LogSettings {
+                format: match keys.value("LOG_FORMAT").as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(Keys::invalid("LOG_FORMAT", other, "text or json")),
+                },
+                stats_interval: keys.seconds_or_off("LOG_STATS_INTERVAL_SEC")?,
             },
         })
     }
@@ -462,8 +694,18 @@ struct Keys<'a> {
 }
 
 impl Keys<'_> {
+    /// The key's value: the lookup's (trimmed), else its default in [`KEYS`]; `None` only for a key that
+    /// is unset and has no default.
     fn raw(&self, key: &'static str) -> Option<String> {
-        (self.lookup)(key).map(|v| v.trim().to_owned())
+        (self.lookup)(key)
+            .map(|v| v.trim().to_owned())
+            .or_else(|| default_of(key).map(str::to_owned))
+    }
+
+    /// The value of a key that has a default, so always one.
+    fn value(&self, key: &'static str) -> String {
+        self.raw(key)
+            .unwrap_or_else(|| panic!("{key} is read as having a default, and KEYS gives it none"))
     }
 
     fn invalid(key: &'static str, value: &str, expected: &'static str) -> ConfigError {
@@ -474,33 +716,29 @@ impl Keys<'_> {
         }
     }
 
-    fn text(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
-        match self.raw(key) {
-            None => Ok(default.to_owned()),
-            Some(v) if v.is_empty() => Err(Self::invalid(key, &v, "a non-empty value")),
-            Some(v) => Ok(v),
+    fn text(&self, key: &'static str) -> Result<String, ConfigError> {
+        match self.value(key) {
+            v if v.is_empty() => Err(Self::invalid(key, &v, "a non-empty value")),
+            v => Ok(v),
         }
     }
 
-    fn number(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
-        match self.raw(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| Self::invalid(key, &v, "a whole number")),
-        }
+    fn number(&self, key: &'static str) -> Result<u64, ConfigError> {
+        let v = self.value(key);
+        v.parse::<u64>()
+            .map_err(|_| Self::invalid(key, &v, "a whole number"))
     }
 
-    fn positive(&self, key: &'static str, default: u64) -> Result<u64, ConfigError> {
-        let n = self.number(key, default)?;
+    fn positive(&self, key: &'static str) -> Result<u64, ConfigError> {
+        let n = self.number(key)?;
         if n == 0 {
             return Err(Self::invalid(key, "0", "a whole number of at least 1"));
         }
         Ok(n)
     }
 
-    fn at_most(&self, key: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
-        let n = self.positive(key, default)?;
+    fn at_most(&self, key: &'static str, max: u64) -> Result<u64, ConfigError> {
+        let n = self.positive(key)?;
         if n > max {
             return Err(Self::invalid(
                 key,
@@ -512,12 +750,8 @@ impl Keys<'_> {
     }
 
     /// Microseconds up to a second; 0 is none.
-    fn micros_or_off(
-        &self,
-        key: &'static str,
-        default: u64,
-    ) -> Result<Option<Duration>, ConfigError> {
-        match self.number(key, default)? {
+    fn micros_or_off(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+        match self.number(key)? {
             0 => Ok(None),
             n if n <= 1_000_000 => Ok(Some(Duration::from_micros(n))),
             n => Err(Self::invalid(
@@ -528,49 +762,39 @@ impl Keys<'_> {
         }
     }
 
-    fn seconds_or_off(
-        &self,
-        key: &'static str,
-        default: u64,
-    ) -> Result<Option<Duration>, ConfigError> {
-        let n = self.number(key, default)?;
+    fn seconds_or_off(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+        let n = self.number(key)?;
         Ok((n > 0).then(|| Duration::from_secs(n)))
     }
 
-    fn port(&self, key: &'static str, default: u16) -> Result<u16, ConfigError> {
-        match self.raw(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u16>()
-                .map_err(|_| Self::invalid(key, &v, "a port number from 0 to 65535")),
-        }
+    fn port(&self, key: &'static str) -> Result<u16, ConfigError> {
+        let v = self.value(key);
+        v.parse::<u16>()
+            .map_err(|_| Self::invalid(key, &v, "a port number from 0 to 65535"))
     }
 
     fn ip(&self, key: &'static str) -> Result<IpAddr, ConfigError> {
-        match self.raw(key) {
-            None => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-            Some(v) if v == "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            Some(v) => v
+        match self.value(key) {
+            v if v == "localhost" => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            v => v
                 .parse::<IpAddr>()
                 .map_err(|_| Self::invalid(key, &v, "an IP address such as 0.0.0.0 or 127.0.0.1")),
         }
     }
 
-    fn flag(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.raw(key).as_deref() {
-            None => Ok(default),
-            Some("true" | "1" | "yes" | "on") => Ok(true),
-            Some("false" | "0" | "no" | "off") => Ok(false),
-            Some(v) => Err(Self::invalid(key, v, "true or false")),
+    fn flag(&self, key: &'static str) -> Result<bool, ConfigError> {
+        match self.value(key).as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            v => Err(Self::invalid(key, v, "true or false")),
         }
     }
 
     fn fsync(&self, key: &'static str) -> Result<HistoryFsync, ConfigError> {
-        match self.raw(key).as_deref() {
-            None => Ok(HistoryFsync::Interval(Duration::from_millis(100))),
-            Some("every_write") => Ok(HistoryFsync::EveryWrite),
-            Some("off") => Ok(HistoryFsync::Off),
-            Some(v) => match v.parse::<u64>() {
+        match self.value(key).as_str() {
+            "every_write" => Ok(HistoryFsync::EveryWrite),
+            "off" => Ok(HistoryFsync::Off),
+            v => match v.parse::<u64>() {
                 Ok(ms) if ms > 0 => Ok(HistoryFsync::Interval(Duration::from_millis(ms))),
                 _ => Err(Self::invalid(
                     key,
@@ -582,10 +806,10 @@ impl Keys<'_> {
     }
 
     fn rate_limits(&self) -> Result<RateLimits, ConfigError> {
-        let messages = self.number("WEBSOCKET_RATE_LIMIT_MESSAGES", 50)?;
-        let burst = self.positive("WEBSOCKET_RATE_LIMIT_BURST", 100)?;
-        let bytes = self.number("WEBSOCKET_RATE_LIMIT_BYTES", 1 << 20)?;
-        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?;
+        let messages = self.number("WEBSOCKET_RATE_LIMIT_MESSAGES")?;
+        let burst = self.positive("WEBSOCKET_RATE_LIMIT_BURST")?;
+        let bytes = self.number("WEBSOCKET_RATE_LIMIT_BYTES")?;
+        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 1 << 30)?;
         Ok(RateLimits {
             messages: (messages > 0).then_some(Bucket {
                 per_second: messages,
@@ -634,7 +858,7 @@ impl Keys<'_> {
     }
 
     fn request_head(&self, key: &'static str) -> Result<usize, ConfigError> {
-        let n = self.number(key, 16384)?;
+        let n = self.number(key)?;
         if !(1024..=1 << 20).contains(&n) {
             return Err(Self::invalid(
                 key,
@@ -647,8 +871,8 @@ impl Keys<'_> {
 
     fn unfinished_budget(&self) -> Result<usize, ConfigError> {
         let key = "WEBSOCKET_MAX_UNFINISHED_BYTES_PER_SHARD";
-        let budget = self.number(key, 64 << 20)?;
-        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 65536, 1 << 30)?;
+        let budget = self.number(key)?;
+        let max_message = self.at_most("WEBSOCKET_MAX_MESSAGE_SIZE", 1 << 30)?;
         if budget < max_message {
             return Err(Self::invalid(
                 key,
@@ -689,8 +913,8 @@ impl Keys<'_> {
     }
 
     /// A URL path of its own: starts with `/`, nothing to resolve, no query.
-    fn url_path(&self, key: &'static str, default: &str) -> Result<String, ConfigError> {
-        let v = self.text(key, default)?;
+    fn url_path(&self, key: &'static str) -> Result<String, ConfigError> {
+        let v = self.text(key)?;
         if !v.starts_with('/') || v.len() < 2 || v.contains("..") || v.contains(['?', '#', ' ']) {
             return Err(Self::invalid(
                 key,
@@ -718,7 +942,7 @@ impl Keys<'_> {
     }
 
     fn mount(&self, key: &'static str) -> Result<String, ConfigError> {
-        let v = self.text(key, "/")?;
+        let v = self.text(key)?;
         if !v.starts_with('/') || v.contains("..") {
             return Err(Self::invalid(
                 key,
@@ -730,7 +954,7 @@ impl Keys<'_> {
     }
 
     fn index_name(&self, key: &'static str) -> Result<String, ConfigError> {
-        let v = self.text(key, "index.html")?;
+        let v = self.text(key)?;
         if v.contains('/') || v == ".." || v == "." {
             return Err(Self::invalid(
                 key,
@@ -752,6 +976,62 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_key_table_is_every_key_read_and_the_readme_and_env_name_them_all() {
+        let read = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|key| {
+            read.borrow_mut().push(key.to_owned());
+            None
+        })
+        .unwrap();
+        let mut read = read.into_inner();
+        read.sort();
+        read.dedup();
+        let mut table: Vec<String> = KEYS.iter().map(|k| k.name.to_owned()).collect();
+        table.sort();
+        assert_eq!(
+            read, table,
+            "KEYS must list exactly the keys from_lookup reads"
+        );
+        for key in KEYS {
+            if let Some(default) = key.default {
+                let config = with(&[(key.name, default)]);
+                assert!(
+                    config.is_ok(),
+                    "{}'s default {default:?} must parse",
+                    key.name
+                );
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let env = std::fs::read_to_string(root.join(".env")).unwrap();
+        for key in KEYS {
+            assert!(
+                readme.contains(&format!("`{}`", key.name)),
+                "README: {}",
+                key.name
+            );
+            assert!(
+                env.contains(&format!("{}=", key.name)),
+                ".env: {}",
+                key.name
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_that_look_like_ours_are_named_with_a_guess() {
+        let typo = UnknownKey::of("WEBSCOKET_PORT").unwrap();
+        assert_eq!(typo.suggestion, Some("WEBSOCKET_PORT"));
+        let ours = UnknownKey::of("WEBSOCKET_COMPRESSION_LEVEL").unwrap();
+        assert_eq!(ours.name, "WEBSOCKET_COMPRESSION_LEVEL");
+        assert!(
+            UnknownKey::of("DATABASE_URL").is_none(),
+            "the application's own key"
+        );
     }
 
     #[test]

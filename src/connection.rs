@@ -406,7 +406,7 @@ fn admit(
 fn open(session: &Session, callbacks: &Callbacks) {
     let shard = session.owner();
     if !shard.config().bench_mode {
-        tracing::info!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index(), "client connected");
+        tracing::debug!(session = %session.id(), peer = %session.peer_addr(), shard = shard.index(), "client connected");
     }
     if let Some(on_open) = &callbacks.on_open {
         guarded(session, "on_open", || on_open(session));
@@ -426,14 +426,14 @@ fn end(session: &Session, callbacks: &Callbacks) {
     shard.unregister(session.state());
     shard.admission().leave(session.peer_addr().ip());
     if !shard.config().bench_mode {
-        tracing::info!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
+        tracing::debug!(session = %session.id(), peer = %session.peer_addr(), "client disconnected");
     }
 }
 
 /// Logs a session's error and hands it to `on_error`.
 fn report(session: &Session, callbacks: &Callbacks, error: &SessionError) {
     if !session.owner().config().bench_mode {
-        tracing::warn!(session = %session.id(), peer = %session.peer_addr(), %error, "websocket error");
+        tracing::debug!(session = %session.id(), peer = %session.peer_addr(), %error, "websocket error");
     }
     if let Some(on_error) = &callbacks.on_error {
         guarded(session, "on_error", || on_error(session, error));

@@ -142,7 +142,8 @@ pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
 pub use cluster::ClusterStats;
 pub use config::{
     AllowedOrigins, ApiSettings, AuthSettings, Bucket, ClusterSettings, Config, ConfigSource,
-    HistoryFsync, MetricsSettings, RateLimits, RoomSettings,
+    HistoryFsync, KeyDoc, LoadedConfig, LogFormat, LogSettings, MetricsSettings, Origin,
+    RateLimits, RoomSettings, UnknownKey, KEYS,
 };
 pub use envelope::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};

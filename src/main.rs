@@ -2,10 +2,13 @@
 //! configured from `.env` in the working directory (or `--env-file PATH`).
 //!
 //! Exit codes: 0 after a clean stop (SIGINT or SIGTERM), 2 for a configuration error (one line naming the
-//! key and the value), 1 when the server cannot start (the message names the cause and the fix).
+//! key and the value) or a command-line mistake, 1 when the server cannot start (the message names the
+//! cause and the fix).
 //!
-//! `roomcast token --user U --rooms 'general,team-*' --ttl 3600 [--env-file PATH]` prints a token for the
-//! chat app, signed with the `AUTH_SECRET` of the same configuration.
+//! `roomcast --help` lists every flag and every `.env` key with its default (from `config::KEYS`);
+//! `--check-config` validates the configuration and prints each key's effective value and where it came
+//! from. `roomcast token --user U --rooms 'general,team-*' --ttl 3600 [--env-file PATH]` prints a token for
+//! the chat app, signed with the `AUTH_SECRET` of the same configuration.
 
 mod app;
 
@@ -24,135 +27,189 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static JEMALLOC_OPTIONS: &[u8] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
 
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use roomcast::Config;
+use clap::{value_parser, Arg, ArgAction, ArgMatches, Command};
+use roomcast::{Config, ConfigSource, LoadedConfig, LogFormat, Origin, KEYS};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-const USAGE: &str = "usage: roomcast [--env-file PATH]\n       roomcast token --user USER --rooms \
-    'PATTERN,...' [--ttl SECONDS] [--env-file PATH]";
-
 fn main() -> ExitCode {
-    let command = match Command::parse(std::env::args().skip(1)) {
-        Ok(command) => command,
-        Err(problem) => {
-            eprintln!("roomcast: {problem}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match command {
-        Command::Serve { env_file } => serve(env_file),
-        Command::Token {
-            env_file,
-            user,
-            rooms,
-            ttl,
-        } => print_token(env_file, &user, &rooms, ttl),
+    // clap answers --help and --version itself (exit 0) and a mistake with usage (exit 2).
+    let matches = command().get_matches();
+    let env_file = matches.get_one::<PathBuf>("env-file").cloned();
+    match matches.subcommand() {
+        Some(("token", token)) => print_token(env_file.as_deref(), token),
+        _ if matches.get_flag("check-config") => check_config(env_file.as_deref()),
+        _ => serve(env_file.as_deref()),
     }
 }
 
-/// What the command line asks for.
-enum Command {
-    /// Run the chat app.
-    Serve { env_file: Option<PathBuf> },
-    /// Print a token.
-    Token {
-        env_file: Option<PathBuf>,
-        user: String,
-        rooms: Vec<String>,
-        ttl: Duration,
-    },
+/// The command line, with every `.env` key and its default in `--help`.
+fn command() -> Command {
+    Command::new("roomcast")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("The chat app on roomcast: HTTP on SERVER_PORT (the page, /api/health), WebSocket on WEBSOCKET_PORT.")
+        .arg(
+            Arg::new("env-file")
+                .long("env-file")
+                .value_name("PATH")
+                .value_parser(value_parser!(PathBuf))
+                .global(true)
+                .help("Read the configuration from PATH instead of ./.env (the environment still overrides it)"),
+        )
+        .arg(
+            Arg::new("check-config")
+                .long("check-config")
+                .action(ArgAction::SetTrue)
+                .help("Validate the configuration, print every key's effective value and where it came from, and exit: 0 if valid, 2 if not"),
+        )
+        .subcommand(
+            Command::new("token")
+                .about("Print a token for the chat app (?token=...), signed with AUTH_SECRET")
+                .arg(Arg::new("user").long("user").value_name("USER").required(true).help("Who the token is for"))
+                .arg(
+                    Arg::new("rooms")
+                        .long("rooms")
+                        .value_name("PATTERN,...")
+                        .required(true)
+                        .help("The rooms it may join: names, or prefixes ending in * (general,team-*)"),
+                )
+                .arg(
+                    Arg::new("ttl")
+                        .long("ttl")
+                        .value_name("SECONDS")
+                        .value_parser(value_parser!(u64).range(1..))
+                        .default_value("3600")
+                        .help("How long it is valid"),
+                ),
+        )
+        .after_help(keys_help())
 }
 
-impl Command {
-    fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
-        let mut first = args.next();
-        let token = first.as_deref() == Some("token");
-        if token {
-            first = args.next();
-        }
-        let (mut env_file, mut user, mut rooms, mut ttl) = (None, None, None, 3600);
-        let mut next = first;
-        while let Some(flag) = next {
-            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-            match flag.as_str() {
-                "--env-file" => env_file = Some(PathBuf::from(value()?)),
-                "--user" if token => user = Some(value()?),
-                "--rooms" if token => rooms = Some(value()?),
-                "--ttl" if token => {
-                    let v = value()?;
-                    ttl = v.parse().ok().filter(|&n| n > 0).ok_or(format!(
-                        "--ttl {v}: expected a whole number of seconds, at least 1"
-                    ))?;
-                }
-                other => return Err(format!("unexpected argument {other}")),
-            }
-            next = args.next();
-        }
-        if !token {
-            return Ok(Command::Serve { env_file });
-        }
-        let user = user.filter(|u| !u.is_empty()).ok_or("token needs --user")?;
-        let rooms: Vec<String> = rooms
-            .ok_or("token needs --rooms")?
-            .split(',')
-            .map(|r| r.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .collect();
-        Ok(Command::Token {
-            env_file,
-            user,
-            rooms,
-            ttl: Duration::from_secs(ttl),
-        })
-    }
-}
-
-/// Prints a token signed with the configuration's `AUTH_SECRET`.
-fn print_token(env_file: Option<PathBuf>, user: &str, rooms: &[String], ttl: Duration) -> ExitCode {
-    let config = match Config::load(env_file.as_deref()) {
-        Ok((config, _)) => config,
-        Err(e) => {
-            eprintln!("roomcast: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let Some(secret) = config.auth.secret else {
-        eprintln!("roomcast: AUTH_SECRET is not set (in .env or the environment): there is nothing to sign a token with");
-        return ExitCode::from(2);
-    };
-    println!(
-        "{}",
-        app::token::Tokens::new(&secret).issue(user, rooms, ttl)
+/// The `.env` keys, their defaults and what they set, from the one table the configuration reads.
+fn keys_help() -> String {
+    let mut help = String::from(
+        "Configuration: .env in the working directory (or --env-file); the environment overrides it.\n",
     );
-    ExitCode::SUCCESS
+    for key in KEYS {
+        let default = key
+            .default
+            .map_or("unset".to_owned(), |d| format!("default {d}"));
+        help.push_str(&format!("\n  {} ({default})\n      {}", key.name, key.help));
+    }
+    help
 }
 
-/// Runs the chat app until SIGINT or SIGTERM.
-fn serve(env_file: Option<PathBuf>) -> ExitCode {
-    let (config, source) = match Config::load(env_file.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("roomcast: configuration error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // SERVER_BENCH_MODE silences per-connection lines in the library; start-up lines stay.
-    init_logging();
-    match &source {
-        roomcast::ConfigSource::File(path) => {
-            tracing::info!("configuration from {}", path.display())
-        }
-        roomcast::ConfigSource::Defaults(path) => {
-            tracing::info!(
+/// Loads the configuration, or says what is wrong with it in one line.
+fn load(env_file: Option<&Path>) -> Result<LoadedConfig, ExitCode> {
+    Config::load_explained(env_file).map_err(|e| {
+        eprintln!("roomcast: configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Where the configuration came from, in words.
+fn describe(source: &ConfigSource) -> String {
+    match source {
+        ConfigSource::File(path) => format!("configuration from {}", path.display()),
+        ConfigSource::Defaults(path) => {
+            format!(
                 "no env file at {}: using defaults and the environment",
                 path.display()
             )
         }
     }
+}
+
+/// What a misspelt or unknown key in the env file gets.
+fn unknown_key_warnings(loaded: &LoadedConfig) -> Vec<String> {
+    loaded
+        .unknown
+        .iter()
+        .map(|unknown| match unknown.suggestion {
+            Some(known) => format!(
+                "{} in the env file is not a roomcast key (did you mean {known}?); it is ignored",
+                unknown.name
+            ),
+            None => format!(
+                "{} in the env file is not a roomcast key; it is ignored",
+                unknown.name
+            ),
+        })
+        .collect()
+}
+
+/// `--check-config`: every key's effective value and its origin on stdout, exit 0; or the error, exit 2.
+fn check_config(env_file: Option<&Path>) -> ExitCode {
+    let loaded = match load(env_file) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    println!("# {}", describe(&loaded.source));
+    for (name, value, origin) in &loaded.values {
+        let origin = match origin {
+            Origin::Environment => "environment",
+            Origin::File => "env file",
+            Origin::Default => "default",
+        };
+        match value {
+            Some(value) => println!("{name}={value}  # {origin}"),
+            None => println!("# {name} is unset  # {origin}"),
+        }
+    }
+    for warning in unknown_key_warnings(&loaded) {
+        println!("# warning: {warning}");
+    }
+    println!("# the configuration is valid");
+    ExitCode::SUCCESS
+}
+
+/// Prints a token signed with the configuration's `AUTH_SECRET`.
+fn print_token(env_file: Option<&Path>, args: &ArgMatches) -> ExitCode {
+    let config = match load(env_file) {
+        Ok(loaded) => loaded.config,
+        Err(code) => return code,
+    };
+    let Some(secret) = config.auth.secret else {
+        eprintln!("roomcast: AUTH_SECRET is not set (in .env or the environment): there is nothing to sign a token with");
+        return ExitCode::from(2);
+    };
+    let user = args.get_one::<String>("user").expect("required");
+    let rooms: Vec<String> = args
+        .get_one::<String>("rooms")
+        .expect("required")
+        .split(',')
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if user.is_empty() || rooms.is_empty() {
+        eprintln!("roomcast: token needs a non-empty --user and at least one room in --rooms");
+        return ExitCode::from(2);
+    }
+    let ttl = Duration::from_secs(*args.get_one::<u64>("ttl").expect("defaulted"));
+    println!(
+        "{}",
+        app::token::Tokens::new(&secret).issue(user, &rooms, ttl)
+    );
+    ExitCode::SUCCESS
+}
+
+/// Runs the chat app until SIGINT or SIGTERM.
+fn serve(env_file: Option<&Path>) -> ExitCode {
+    let loaded = match load(env_file) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    init_logging(loaded.config.logs.format);
+    tracing::info!("{}", describe(&loaded.source));
+    for warning in unknown_key_warnings(&loaded) {
+        tracing::warn!("{warning}");
+    }
+    let config = loaded.config;
     // Register for signals before starting, so a signal during start-up is not lost.
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(signals) => signals,
@@ -170,6 +227,11 @@ fn serve(env_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    tracing::info!(
+        "ready: open http://{}/ in a browser (WebSocket: ws://{}/)",
+        reachable(running.http_addr()),
+        reachable(running.websocket_addr())
+    );
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "stopping: closing sessions with 1001");
     }
@@ -178,14 +240,24 @@ fn serve(env_file: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging() {
+/// An address a browser on this machine can open: a listener on every interface is reached on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()),
+        _ => addr,
+    }
+}
+
+fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // The history store's engine reports each file it opens at info: its warnings are what matter.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }

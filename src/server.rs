@@ -336,6 +336,7 @@ impl Server {
             metrics: config.metrics.clone(),
             api: config.api.clone(),
             max_message_size: config.websocket.max_message_size,
+            stats_interval: config.logs.stats_interval,
             context: HttpContext::new(websocket_addr, running.handle.clone()),
         };
         let thread = executor::start(

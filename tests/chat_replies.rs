@@ -136,9 +136,32 @@ fn refusals_name_what_was_wrong_and_the_session_lives_on() {
             event("chat.message", r#"{"room":"general","text":"not joined"}"#),
             "message rejected: not a member of general",
         ),
+        (
+            event("room.leave", r#"{"room":"never-joined"}"#),
+            "not in room: never-joined",
+        ),
     ];
     for (request, reply) in &cases {
         expect_reply(&mut ws, request, reply);
+    }
+    // Plain text and JSON that is not an object are not ignored: the reply says what the chat takes.
+    let not_an_object = "invalid event: not a JSON object: send ping, or an event such as \
+                         {\"type\":\"room.join\",\"payload\":{\"room\":\"general\"}}";
+    for text in ["hello", "[1,2]", "\"just a string\"", "42", "pong"] {
+        expect_reply(&mut ws, text, not_an_object);
+    }
+    // Whitespace is no message.
+    expect_reply(
+        &mut ws,
+        &event("room.join", r#"{"room":"blank"}"#),
+        "joined room: blank",
+    );
+    for text in [" ", "\\n\\t "] {
+        let request = event(
+            "chat.message",
+            &format!(r#"{{"room":"blank","text":"{text}"}}"#),
+        );
+        expect_reply(&mut ws, &request, "message rejected: empty text");
     }
 }
 

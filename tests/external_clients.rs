@@ -75,9 +75,25 @@ fn node_ws_chat_flow() {
 
 #[test]
 fn chromium_two_tabs_receive_the_broadcast() {
-    client_passes(
+    let screenshot = common::target_dir().join("two_tabs.png");
+    client_passes_with(
         "node",
         "two_tabs.mjs",
+        &[screenshot.to_str().expect("a UTF-8 target path")],
+        &[],
+        |app| app.http_url(),
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn chromium_sees_the_dashboard_chart_a_running_load() {
+    let screenshot = common::target_dir().join("dashboard.png");
+    client_passes_with(
+        "node",
+        "dashboard.mjs",
+        &[screenshot.to_str().expect("a UTF-8 target path")],
+        &[],
         |app| app.http_url(),
         Duration::from_secs(120),
     );
@@ -165,13 +181,14 @@ fn node_ws_without_per_message_deflate_gets_plain_messages() {
 
 #[test]
 fn chromium_negotiates_permessage_deflate() {
-    let screenshot = format!("{}/target/two_tabs_deflate.png", env!("CARGO_MANIFEST_DIR"));
+    let screenshot = common::target_dir().join("two_tabs_deflate.png");
+    let screenshot = screenshot.to_str().expect("a UTF-8 target path");
     // The URL comes first; the screenshot path (not the default, which the seed flow's test writes) and
     // the flag follow it.
     client_passes_with(
         "node",
         "two_tabs.mjs",
-        &[&screenshot, "--expect-extensions", DEFLATE_ANSWER],
+        &[screenshot, "--expect-extensions", DEFLATE_ANSWER],
         &[],
         |app| app.http_url(),
         Duration::from_secs(120),

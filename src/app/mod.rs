@@ -144,15 +144,19 @@ fn on_raw_text(session: &Session, text: &str) {
         return;
     }
     match TypedMessage::parse(text) {
-        Err(EnvelopeError::NotAnObject) if speaks_json(session) => refuse(
+        // Plain text, or JSON that is not an object: say what the chat understands.
+        Err(EnvelopeError::NotAnObject) => refuse(
             session,
             None,
-            &Refusal::InvalidEvent(EnvelopeError::NotAnObject.to_string()),
+            &Refusal::InvalidEvent(format!(
+                "{}: send ping, or an event such as {}",
+                EnvelopeError::NotAnObject,
+                r#"{"type":"room.join","payload":{"room":"general"}}"#
+            )),
         ),
-        Err(EnvelopeError::NotAnObject) | Ok(_) => {
-            tracing::debug!(session = %session.id(), "raw message ignored");
-        }
         Err(reason) => refuse(session, None, &Refusal::InvalidEvent(reason.to_string())),
+        // Events go to `on_event`; this one arrived raw only if the library's rule changed.
+        Ok(_) => tracing::debug!(session = %session.id(), "typed event seen as raw text; ignored"),
     }
 }
 
@@ -179,6 +183,9 @@ fn on_event(session: &Session, event: &TypedMessage, recovery_max: usize) -> Res
         }
         "room.leave" => {
             let room = room_field(payload)?;
+            if !session.is_member(&room) {
+                return Err(Refusal::NotInRoom(room));
+            }
             session.leave_room(&room);
             session.send_text(&if json {
                 replies::left(reference.as_deref(), &room)
@@ -191,7 +198,7 @@ fn on_event(session: &Session, event: &TypedMessage, recovery_max: usize) -> Res
             let room = room_field(payload)?;
             let text = string_field(payload, "text")?.unwrap_or_default();
             let id = string_field(payload, "id")?;
-            if text.is_empty() {
+            if text.trim().is_empty() {
                 return Err(Refusal::EmptyText);
             }
             if id

@@ -32,6 +32,8 @@ pub enum Refusal {
     EmptyText,
     /// Posting in (or asking about) a room the session is not in.
     NotMember(String),
+    /// Leaving a room the session is not in.
+    NotInRoom(String),
     /// An event type the app does not know.
     UnknownType(String),
     /// Over the session's rate limits (`WEBSOCKET_RATE_LIMIT_*`).
@@ -50,7 +52,7 @@ impl Refusal {
             Refusal::RoomLimit(_) => "room_limit",
             Refusal::RoomDenied(_) => "room_denied",
             Refusal::EmptyText => "empty_text",
-            Refusal::NotMember(_) => "not_member",
+            Refusal::NotMember(_) | Refusal::NotInRoom(_) => "not_member",
             Refusal::UnknownType(_) => "unknown_type",
             Refusal::RateLimited => "rate_limited",
             Refusal::Unavailable(_) => "unavailable",
@@ -72,6 +74,7 @@ impl Refusal {
             Refusal::RoomDenied(room) => format!("room denied: {room}"),
             Refusal::EmptyText => "message rejected: empty text".to_owned(),
             Refusal::NotMember(room) => format!("message rejected: not a member of {room}"),
+            Refusal::NotInRoom(room) => format!("not in room: {room}"),
             Refusal::UnknownType(kind) => format!("unknown message type: {kind}"),
             Refusal::RateLimited => "message rejected: rate limit".to_owned(),
             Refusal::Unavailable(room) => {

@@ -51,7 +51,7 @@ pub(crate) async fn serve(listener: TcpListener, site: Rc<Site>, stop: &Stop) {
         request: site.server.request_timeout,
         session: site.server.session_timeout,
     };
-    let router = Rc::new(Router::new(site));
+    let router = Rc::new(Router::new(site.clone()));
     let connections = Gate::new();
     // No permits are ever added: closing it is the stop broadcast to every connection.
     let stopping = Rc::new(Semaphore::new(0));
@@ -62,9 +62,18 @@ pub(crate) async fn serve(listener: TcpListener, site: Rc<Site>, stop: &Stop) {
         stopping.clone(),
         connections.clone(),
     );
+    let summaries = site.stats_interval.map(|interval| {
+        glommio::spawn_local(scrape::log_summaries(
+            site.context.server().clone(),
+            interval,
+        ))
+    });
     let close = || stopping.close();
     if !shutdown::serve_until_stopped(stop, accept, &connections, close, DRAIN).await {
         warn!("HTTP connections still open after the drain time; dropped");
+    }
+    if let Some(summaries) = summaries {
+        summaries.cancel().await;
     }
     debug!("HTTP shard stopped");
 }

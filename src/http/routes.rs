@@ -72,6 +72,8 @@ pub(crate) struct Site {
     pub(crate) api: ApiSettings,
     /// `WEBSOCKET_MAX_MESSAGE_SIZE`: what the API's publishes may carry.
     pub(crate) max_message_size: usize,
+    /// `LOG_STATS_INTERVAL_SEC`: how often the HTTP shard logs a summary line.
+    pub(crate) stats_interval: Option<std::time::Duration>,
     /// Handed to every JSON route.
     pub(crate) context: HttpContext,
 }

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::metrics::ServerSnapshot;
+use crate::metrics::{ServerSnapshot, ShardSnapshot};
 use crate::server::ServerHandle;
 
 /// How long a scrape waits for the shards' counters, all together. A shard that is this late is stuck,
@@ -31,4 +31,47 @@ pub(super) async fn gather(server: &ServerHandle) -> ServerSnapshot {
         }
     }
     server.snapshot(shards)
+}
+
+/// Logs a summary line every `interval`, from the same gathering as a scrape: connections, messages in
+/// and out a second since the last line, bytes queued, and the slowest shard's lag. Runs on the HTTP
+/// shard until it stops.
+pub(super) async fn log_summaries(server: ServerHandle, interval: Duration) {
+    let mut last: Option<(Instant, u64, u64)> = None;
+    loop {
+        glommio::timer::sleep(interval).await;
+        let snapshot = gather(&server).await;
+        let totals =
+            |read: fn(&ShardSnapshot) -> u64| snapshot.shards.iter().map(read).sum::<u64>();
+        let received = totals(|s| s.totals.messages_received);
+        let sent = totals(|s| s.totals.messages_sent);
+        let now = Instant::now();
+        let (received_per_sec, sent_per_sec) = match last {
+            Some((at, before_in, before_out)) => {
+                let seconds = now.duration_since(at).as_secs_f64().max(1e-3);
+                (
+                    (received - before_in) as f64 / seconds,
+                    (sent - before_out) as f64 / seconds,
+                )
+            }
+            None => (0.0, 0.0),
+        };
+        last = Some((now, received, sent));
+        let max_lag = snapshot
+            .shards
+            .iter()
+            .map(|s| s.lag)
+            .max()
+            .unwrap_or_default();
+        tracing::info!(
+            connections = totals(|s| s.open as u64),
+            messages_in_per_sec = received_per_sec.round() as u64,
+            messages_out_per_sec = sent_per_sec.round() as u64,
+            queued_bytes = totals(|s| s.queued_bytes as u64),
+            max_lag_ms = max_lag.as_secs_f64() * 1e3,
+            shards_answering = snapshot.shards.len(),
+            shards = snapshot.shard_count,
+            "stats"
+        );
+    }
 }

@@ -56,6 +56,14 @@ pub fn public_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("public")
 }
 
+/// Cargo's target directory, wherever `CARGO_TARGET_DIR` put it (screenshots and other artefacts go here).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("CARGO_TARGET_TMPDIR is <target>/tmp")
+        .to_path_buf()
+}
+
 /// A fresh empty directory under cargo's per-target temp dir, unique per call, for a child's working
 /// directory or its env files.
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -344,9 +352,11 @@ pub fn strip_ansi(line: &str) -> String {
 pub fn listening_addr(line: &str, what: &str) -> Option<SocketAddr> {
     let needle = format!("{what} listening on ");
     let start = line.find(&needle)? + needle.len();
-    let token = line[start..].split_whitespace().next()?;
-    // Tolerate punctuation a log format might put around the address.
-    let token = token.trim_matches(|c: char| c == ',' || c == '"' || c == '\'' || c == '`');
+    // The address's own characters, whatever a log format (text, JSON) puts after it.
+    let token: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
     token.parse().ok()
 }
 
