@@ -154,10 +154,35 @@ fn busy(reason: String) -> Refused {
 
 /// The process's descriptor limit less [`DESCRIPTOR_RESERVE`], at least 1.
 fn automatic_max_connections() -> usize {
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+    descriptor_limit().saturating_sub(DESCRIPTOR_RESERVE).max(1)
+}
+
+/// The soft `RLIMIT_NOFILE`.
+fn descriptor_limit() -> usize {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
-        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    limit.saturating_sub(DESCRIPTOR_RESERVE).max(1)
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Under this many sessions fitting in the descriptor limit, start-up says how to raise it.
+const FEW_SESSIONS: usize = 10_000;
+
+/// What start-up should warn about the descriptor limit, if anything: it is below a
+/// `WEBSOCKET_MAX_CONNECTIONS` that was set, or (with the default, 0) fits fewer than [`FEW_SESSIONS`].
+pub(crate) fn descriptor_warning(settings: &WebSocketSettings) -> Option<String> {
+    let limit = descriptor_limit();
+    let fits = limit.saturating_sub(DESCRIPTOR_RESERVE);
+    let fix = "raise it with `ulimit -n` or LimitNOFILE= in the systemd unit (README: Running it in production)";
+    match settings.max_connections {
+        0 if fits < FEW_SESSIONS => Some(format!(
+            "the descriptor limit (ulimit -n) is {limit}: at most {fits} sessions fit; for more, {fix}"
+        )),
+        wanted if wanted > fits => Some(format!(
+            "WEBSOCKET_MAX_CONNECTIONS={wanted}, but the descriptor limit (ulimit -n) is {limit}: accepts \
+             fail past about {fits} sessions; {fix}"
+        )),
+        _ => None,
+    }
 }
 
 /// The host of a `Host` header value: without its port, IPv6 literals keeping their brackets.

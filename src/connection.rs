@@ -134,12 +134,15 @@ pub(crate) async fn run(
     else {
         return;
     };
+    shard.count(|t| t.socket_bytes_read += early_frames.len() as u64);
     let Ok(pass) = sessions.enter() else {
+        shard.count(|t| t.handshake_failed(HandshakeFailure::NotServed));
         tracing::debug!(shard = shard.index(), "upgraded during shutdown; dropped");
         shard.admission().leave(peer.ip());
         return;
     };
     let Some(state) = shard.register(peer, identity, agreed) else {
+        shard.count(|t| t.handshake_failed(HandshakeFailure::NotServed));
         tracing::warn!(
             shard = shard.index(),
             "2^24 sessions on one shard; connection dropped"
@@ -266,7 +269,11 @@ struct Upgraded {
 /// without waiting, are the decoder's first input), or `None` when the connection is refused, timed out or
 /// gone.
 async fn upgrade(shard: &Shard, callbacks: &Callbacks, mut stream: TcpStream) -> Option<Upgraded> {
-    let peer = stream.peer_addr().ok()?;
+    let Ok(peer) = stream.peer_addr() else {
+        // Gone before it was looked at.
+        shard.count(|t| t.handshake_failed(HandshakeFailure::Disconnected));
+        return None;
+    };
     // Frames are small and latency matters more than packet count; batching is done by `Outbound`.
     let _ = stream.set_nodelay(true);
     let exchange = async {

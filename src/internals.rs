@@ -56,7 +56,7 @@ pub struct FrameDecoder(Decoder, Option<Inflater>);
 impl FrameDecoder {
     /// The decoder of a session that negotiated permessage-deflate: it also takes compressed messages.
     pub fn with_deflate() -> FrameDecoder {
-        FrameDecoder(Decoder::default(), Some(Inflater::new(Arc::default())))
+        FrameDecoder(Decoder::default(), Some(Inflater::new()))
     }
 
     /// Decodes (and unmasks in place) every frame in `input`; returns the payload bytes of the complete
@@ -151,7 +151,7 @@ impl BenchCluster {
         let (senders, inboxes): (Vec<_>, Vec<_>) = members.iter().map(|_| inbox()).unzip();
         let peers = Peers::new(senders);
         let admission = Arc::new(Admission::new(&config.websocket));
-        let deflate_counters = Arc::default();
+        let deflate_sessions = Arc::default();
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
         let mut shards = Vec::new();
         let mut sessions = Vec::new();
@@ -162,7 +162,7 @@ impl BenchCluster {
                 admission.clone(),
                 peers.clone(),
                 inbox,
-                Arc::clone(&deflate_counters),
+                Arc::clone(&deflate_sessions),
                 Backing::Memory,
             ));
             for _ in 0..count {

@@ -58,10 +58,11 @@
 //! `config` and `error`, which everything may use), so there is no import loop:
 //!
 //! - `server`: [`Server`] (callbacks, routes, start), [`RunningServer`] (addresses, stop),
-//!   [`ServerHandle`] (broadcast and shut down from any thread).
+//!   [`ServerHandle`] (broadcast, publish, presence, the shards' counts, and shut down from any thread).
 //! - `shutdown`: the one shutdown sequence of every executor: stop accepting, close, bounded drain of a
 //!   glommio gate, exit.
-//! - `http`: the HTTP shard (hyper): JSON routes and traversal-safe static files.
+//! - `http`: the HTTP shard (hyper): the server API for backends (`API_KEY`), `/metrics` and `/api/stats`
+//!   gathered from the shards, JSON routes and traversal-safe static files; a summary log line.
 //! - `shard::executor`: starting glommio executors (the io_uring probe, CPU affinity), and a WebSocket
 //!   shard's tasks: inbox, sweep, accept. `shard::acceptor`: `SO_REUSEPORT` listeners, one per shard.
 //! - `connection`: one session's task: handshake, read, decode, write, close handshake; reports errors.
@@ -95,8 +96,10 @@
 //! - `session_state`: one session as its shard sees it (queue, lifecycle, liveness, rooms joined).
 //! - `lifecycle`: the session's lifecycle enum: the close handshake's states and transitions.
 //! - `outbound`: a session's bounded queue of shared frames, written many per syscall.
-//! - [`config`]: every `.env` key, its default and its validation. [`error`]: start-up, configuration,
-//!   protocol and session errors.
+//! - `metrics`: what a shard counts (plain integers of its own) and a scrape's two renderings, Prometheus
+//!   text and JSON; it imports no other module of the crate.
+//! - [`config`]: every `.env` key ([`KEYS`]), its default and its validation. [`error`]: start-up,
+//!   configuration, protocol and session errors.
 //!
 //! Sessions never move between shards, and shard state is never shared: a broadcast is fanned out by its
 //! room's home shard, delivered to local members and posted once to each other shard as its encoded frames
@@ -139,7 +142,6 @@ mod shutdown;
 mod ws;
 
 pub use auth::{AuthRefusal, Identity, RoomDenied, UpgradeRequest};
-pub use cluster::ClusterStats;
 pub use config::{
     AllowedOrigins, ApiSettings, AuthSettings, Bucket, ClusterSettings, Config, ConfigSource,
     HistoryFsync, KeyDoc, LoadedConfig, LogFormat, LogSettings, MetricsSettings, Origin,
@@ -149,8 +151,8 @@ pub use envelope::{EnvelopeError, TypedMessage};
 pub use error::{ConfigError, ProtocolError, SessionError, StartError};
 pub use history::{JoinOptions, Publication, PublishOptions, StreamPosition};
 pub use http::{HttpContext, JsonRoute};
+pub use metrics::{ClusterStats, DeflateStats};
 pub use replies::{Ack, Joined, Member, MemberChange, Presence, PublishFailure, RoomReplies};
 pub use server::{RunningServer, Server, ServerHandle};
 pub use session::Session;
 pub use session_state::SessionId;
-pub use ws::deflate::DeflateStats;

@@ -28,11 +28,49 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::cluster::ClusterStats;
-use crate::ws::deflate::DeflateStats;
+/// What permessage-deflate did since the server started: each shard's own counts, summed by a scrape
+/// ([`crate::ServerHandle::deflate_stats`], `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeflateStats {
+    /// Messages compressed: a room broadcast counts once, however many members and shards receive it.
+    pub messages_compressed: u64,
+    /// Compressed messages received and inflated.
+    pub messages_inflated: u64,
+    /// Bytes of the messages compressed.
+    pub bytes_compressed: u64,
+    /// What they compressed to.
+    pub bytes_compressed_to: u64,
+}
+
+impl std::ops::AddAssign for DeflateStats {
+    fn add_assign(&mut self, other: DeflateStats) {
+        self.messages_compressed += other.messages_compressed;
+        self.messages_inflated += other.messages_inflated;
+        self.bytes_compressed += other.bytes_compressed;
+        self.bytes_compressed_to += other.bytes_compressed_to;
+    }
+}
+
+/// A snapshot of what a node's bridge to Redis counted ([`crate::ServerHandle::cluster_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Room messages (publications and raw broadcasts) received from Redis (only for rooms with a member
+    /// on this node).
+    pub received: u64,
+    /// Room messages (publications and raw broadcasts) this node published through Redis.
+    pub published: u64,
+    /// Publishes refused with `unavailable`, and raw broadcasts that reached only this node, because
+    /// Redis could not be reached.
+    pub unavailable: u64,
+    /// Publications read back from a room's stream to fill a gap in what the subscription delivered.
+    pub gap_filled: u64,
+    /// Whether the subscriber connection to Redis is up.
+    pub linked: bool,
+}
 
 /// Why an upgrade did not become a session; the `reason` label of `roomcast_handshake_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub(crate) enum HandshakeFailure {
     /// Not a valid upgrade request (400, 426 for another version, 405 for another method).
     InvalidRequest,
@@ -48,10 +86,13 @@ pub(crate) enum HandshakeFailure {
     Timeout,
     /// The client hung up, or the socket failed, before the upgrade completed.
     Disconnected,
+    /// Upgraded while the server was stopping, or past the 2^24 sessions a shard can address.
+    NotServed,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 7] = [
+    /// Every reason, in the order of their discriminants (so `reason as usize` indexes the counts).
+    const ALL: [HandshakeFailure; 8] = [
         HandshakeFailure::InvalidRequest,
         HandshakeFailure::Unauthorized,
         HandshakeFailure::Forbidden,
@@ -59,6 +100,7 @@ impl HandshakeFailure {
         HandshakeFailure::InternalError,
         HandshakeFailure::Timeout,
         HandshakeFailure::Disconnected,
+        HandshakeFailure::NotServed,
     ];
 
     /// The refusal an upgrade was answered with, by its HTTP status.
@@ -81,12 +123,33 @@ impl HandshakeFailure {
             HandshakeFailure::InternalError => "internal_error",
             HandshakeFailure::Timeout => "timeout",
             HandshakeFailure::Disconnected => "disconnected",
+            HandshakeFailure::NotServed => "not_served",
         }
     }
 }
 
 /// The close code counted for a session that ended without a close frame either way (RFC 6455 §7.1.5).
 pub(crate) const NO_CLOSE_FRAME: u16 = 1006;
+
+/// The `code` label of a close: the code itself for the protocol's (1000 to 2999), its class for the
+/// codes applications and libraries choose (3000 to 4999), which a client could otherwise turn into
+/// thousands of series.
+fn close_label(code: u16) -> String {
+    match code {
+        3000..=3999 => "3xxx".to_owned(),
+        4000..=4999 => "4xxx".to_owned(),
+        code => code.to_string(),
+    }
+}
+
+/// The code a close is counted under: itself, or the first of its class (see [`close_label`]).
+fn close_class(code: u16) -> u16 {
+    match code {
+        3000..=3999 => 3000,
+        4000..=4999 => 4000,
+        code => code,
+    }
+}
 
 /// What one shard counted since it started: written by the shard's thread only.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,11 +158,12 @@ pub(crate) struct ShardTotals {
     pub(crate) accepted: u64,
     /// Upgrades that became sessions.
     pub(crate) opened: u64,
-    /// Upgrades refused or abandoned, by [`HandshakeFailure`] (in [`HandshakeFailure::ALL`]'s order).
+    /// Upgrades refused or abandoned, indexed by [`HandshakeFailure`].
     #[serde(skip)]
-    pub(crate) handshake_failures: [u64; 7],
+    pub(crate) handshake_failures: [u64; HandshakeFailure::ALL.len()],
     /// Sessions ended, by the close code of their close handshake: the first close frame's, whoever sent
-    /// it ([`NO_CLOSE_FRAME`] when there was none); few distinct codes, so a short list.
+    /// it (1005 for a close frame without one, [`NO_CLOSE_FRAME`] when there was none), 3xxx and 4xxx
+    /// codes by class ([`close_label`]); so a short list.
     #[serde(skip)]
     pub(crate) closed: Vec<(u16, u64)>,
     /// Data messages (text and binary) received.
@@ -122,24 +186,17 @@ pub(crate) struct ShardTotals {
     pub(crate) cross_shard_posts: u64,
     /// Publications appended to the streams of rooms homed here.
     pub(crate) history_appends: u64,
-    /// Bytes handed to the compressor, and what came out (permessage-deflate).
-    pub(crate) deflate_bytes_in: u64,
-    /// What the compressor produced for them.
-    pub(crate) deflate_bytes_out: u64,
 }
 
 impl ShardTotals {
     /// Counts an upgrade that did not become a session.
     pub(crate) fn handshake_failed(&mut self, why: HandshakeFailure) {
-        let at = HandshakeFailure::ALL
-            .iter()
-            .position(|f| *f == why)
-            .expect("every failure is listed");
-        self.handshake_failures[at] += 1;
+        self.handshake_failures[why as usize] += 1;
     }
 
     /// Counts a session that ended with close `code`.
     pub(crate) fn session_closed(&mut self, code: u16) {
+        let code = close_class(code);
         match self.closed.iter_mut().find(|(c, _)| *c == code) {
             Some((_, n)) => *n += 1,
             None => self.closed.push((code, 1)),
@@ -152,6 +209,8 @@ impl ShardTotals {
 pub(crate) struct ShardSnapshot {
     pub(crate) shard: usize,
     pub(crate) totals: ShardTotals,
+    /// What its deflater and inflater did.
+    pub(crate) deflate: DeflateStats,
     /// Sessions open.
     pub(crate) open: usize,
     /// Rooms with at least one member on this shard.
@@ -174,14 +233,23 @@ pub(crate) struct ServerSnapshot {
     pub(crate) shard_count: usize,
     /// Sessions the process admits at once (`WEBSOCKET_MAX_CONNECTIONS`, or the descriptor limit).
     pub(crate) connection_limit: usize,
+    /// Sessions open that negotiated permessage-deflate.
     pub(crate) deflate_sessions: usize,
-    pub(crate) deflate: DeflateStats,
     /// With `CLUSTER_REDIS_URL`: the bridge's counts.
     pub(crate) cluster: Option<ClusterStats>,
     pub(crate) uptime: Duration,
 }
 
 impl ServerSnapshot {
+    /// What permessage-deflate did, over the shards that answered.
+    pub(crate) fn deflate(&self) -> DeflateStats {
+        let mut total = DeflateStats::default();
+        for shard in &self.shards {
+            total += shard.deflate;
+        }
+        total
+    }
+
     /// The Prometheus text format (version 0.0.4), every metric with `HELP` and `TYPE`.
     pub(crate) fn to_prometheus(&self) -> String {
         let mut registry = Registry::default();
@@ -284,21 +352,23 @@ fn gauge(value: f64, encoder: prometheus_client::encoding::MetricEncoder) -> std
 
 impl Collector for ServerSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let counters: [PerShard<u64>; 14] = [
+        let counters: [PerShard<u64>; 16] = [
             ("roomcast_connections_accepted", "TCP connections accepted on the WebSocket port.", |s| s.totals.accepted),
             ("roomcast_connections_opened", "WebSocket upgrades that became sessions.", |s| s.totals.opened),
             ("roomcast_messages_received", "Data messages (text and binary) received from clients.", |s| s.totals.messages_received),
-            ("roomcast_message_bytes_received", "Payload bytes of the data messages received (inflated when compressed).", |s| s.totals.message_bytes_received),
+            ("roomcast_received_message_bytes", "Payload bytes of the data messages received (inflated when compressed).", |s| s.totals.message_bytes_received),
             ("roomcast_messages_sent", "Data messages queued to sessions: room deliveries and messages to one session.", |s| s.totals.messages_sent),
-            ("roomcast_socket_bytes_read", "Bytes read from sessions' sockets.", |s| s.totals.socket_bytes_read),
-            ("roomcast_socket_bytes_written", "Bytes written to sessions' sockets, frame headers included.", |s| s.totals.socket_bytes_written),
+            ("roomcast_socket_read_bytes", "Bytes read from sessions' sockets after their upgrade.", |s| s.totals.socket_bytes_read),
+            ("roomcast_socket_written_bytes", "Bytes written to sessions' sockets, frame headers included.", |s| s.totals.socket_bytes_written),
             ("roomcast_room_broadcasts", "Messages fanned out by their room's home shard: publications, raw broadcasts, presence changes.", |s| s.totals.broadcasts),
             ("roomcast_room_deliveries", "Room message frames queued to members on this shard.", |s| s.totals.deliveries),
             ("roomcast_slow_consumer_closes", "Sessions closed with 1008 for not reading what they were sent (WEBSOCKET_MAX_BACKPRESSURE).", |s| s.totals.slow_consumers),
             ("roomcast_cross_shard_posts", "Posts this shard took from its inbox: other shards' broadcasts and requests, the history store's and the Redis bridge's answers.", |s| s.totals.cross_shard_posts),
             ("roomcast_history_appends", "Publications appended to the streams of the rooms homed on this shard.", |s| s.totals.history_appends),
-            ("roomcast_deflate_input_bytes", "Bytes handed to permessage-deflate's compressor.", |s| s.totals.deflate_bytes_in),
-            ("roomcast_deflate_output_bytes", "Bytes permessage-deflate's compressor produced from them.", |s| s.totals.deflate_bytes_out),
+            ("roomcast_deflate_compressed_messages", "Messages compressed for permessage-deflate (a room broadcast once, however many members get it).", |s| s.deflate.messages_compressed),
+            ("roomcast_deflate_inflated_messages", "Compressed messages received and inflated.", |s| s.deflate.messages_inflated),
+            ("roomcast_deflate_input_bytes", "Bytes of the messages compressed.", |s| s.deflate.bytes_compressed),
+            ("roomcast_deflate_output_bytes", "What those messages compressed to.", |s| s.deflate.bytes_compressed_to),
         ];
         for (name, help, value) in counters {
             family(
@@ -313,7 +383,7 @@ impl Collector for ServerSnapshot {
         let closes = self.shards.iter().flat_map(|s| {
             s.totals.closed.iter().map(|(code, n)| {
                 (
-                    vec![("shard", s.shard.to_string()), ("code", code.to_string())],
+                    vec![("shard", s.shard.to_string()), ("code", close_label(*code))],
                     *n,
                 )
             })
@@ -321,7 +391,7 @@ impl Collector for ServerSnapshot {
         family(
             &mut encoder,
             "roomcast_connections_closed",
-            "Sessions ended, by the close code of their close handshake (the first close frame's, whoever sent it; 1006 when there was none).",
+            "Sessions ended, by the close code of their close handshake: the first close frame's, whoever sent it (1005: a close frame without a code; 1006: no close frame at all; 3xxx and 4xxx: application codes by class).",
             MetricType::Counter,
             closes,
             counter,
@@ -400,37 +470,19 @@ impl Collector for ServerSnapshot {
                 gauge,
             )?;
         }
-        let (bytes_in, bytes_out) = self.shards.iter().fold((0, 0), |(i, o), s| {
-            (
-                i + s.totals.deflate_bytes_in,
-                o + s.totals.deflate_bytes_out,
-            )
-        });
-        let ratio = if bytes_in == 0 {
-            1.0
-        } else {
-            bytes_out as f64 / bytes_in as f64
+        let deflate = self.deflate();
+        let ratio = match deflate.bytes_compressed {
+            0 => 1.0,
+            before => deflate.bytes_compressed_to as f64 / before as f64,
         };
         family(
             &mut encoder,
             "roomcast_deflate_ratio",
-            "Compressed size over original size of everything compressed so far (1 when nothing was).",
+            "Compressed size over original size of everything compressed since the start (1 when nothing was); rate(roomcast_deflate_output_bytes_total) over rate(roomcast_deflate_input_bytes_total) gives it over a window.",
             MetricType::Gauge,
             [(Vec::new(), ratio)],
             gauge,
         )?;
-        let mut process_counts: Vec<(&str, &str, u64)> = vec![
-            (
-                "roomcast_deflate_compressed_messages",
-                "Messages compressed (a room broadcast once, however many members get it).",
-                self.deflate.messages_compressed,
-            ),
-            (
-                "roomcast_deflate_inflated_messages",
-                "Compressed messages received and inflated.",
-                self.deflate.messages_inflated,
-            ),
-        ];
         if let Some(cluster) = self.cluster {
             family(
                 &mut encoder,
@@ -440,22 +492,22 @@ impl Collector for ServerSnapshot {
                 [(Vec::new(), if cluster.linked { 1.0 } else { 0.0 })],
                 gauge,
             )?;
-            process_counts.extend([
+            let cluster_counts: [(&str, &str, u64); 4] = [
                 ("roomcast_cluster_published", "Room messages this node published through Redis.", cluster.published),
                 ("roomcast_cluster_received", "Room messages received from Redis for rooms with a member on this node.", cluster.received),
                 ("roomcast_cluster_unavailable", "Publishes refused, and raw broadcasts kept to this node, because Redis could not be reached.", cluster.unavailable),
                 ("roomcast_cluster_gap_filled", "Publications read back from a room's stream to fill a gap in the subscription.", cluster.gap_filled),
-            ]);
-        }
-        for (name, help, value) in process_counts {
-            family(
-                &mut encoder,
-                name,
-                help,
-                MetricType::Counter,
-                [(Vec::new(), value)],
-                counter,
-            )?;
+            ];
+            for (name, help, value) in cluster_counts {
+                family(
+                    &mut encoder,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    [(Vec::new(), value)],
+                    counter,
+                )?;
+            }
         }
         let version = env!("CARGO_PKG_VERSION").to_owned();
         family(
@@ -479,6 +531,8 @@ mod tests {
         totals.session_closed(1000);
         totals.session_closed(1000);
         totals.session_closed(NO_CLOSE_FRAME);
+        totals.session_closed(4001);
+        totals.session_closed(4999);
         totals.handshake_failed(HandshakeFailure::OverCapacity);
         totals.messages_received = 3;
         let snapshot = ServerSnapshot {
@@ -490,7 +544,6 @@ mod tests {
             shard_count: 1,
             connection_limit: 100,
             deflate_sessions: 0,
-            deflate: DeflateStats::default(),
             cluster: None,
             uptime: Duration::from_secs(2),
         };
@@ -501,6 +554,10 @@ mod tests {
         );
         assert!(
             text.contains("roomcast_connections_closed_total{shard=\"0\",code=\"1006\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("roomcast_connections_closed_total{shard=\"0\",code=\"4xxx\"} 2\n"),
             "{text}"
         );
         assert!(

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::admission::Admission;
 use crate::auth::{AuthRefusal, AuthorizeJoinFn, Identity, UpgradeRequest};
-use crate::cluster::{bridge, ClusterCounters, ClusterStats};
+use crate::cluster::{bridge, ClusterCounters};
 use crate::config::Config;
 use crate::envelope::TypedMessage;
 use crate::error::{SessionError, StartError};
@@ -29,7 +29,7 @@ use crate::handler::Callbacks;
 use crate::history::store::Store;
 use crate::history::{Author, PublishOptions, Retention};
 use crate::http::{self, HttpContext, JsonRoute, Site};
-use crate::metrics::{ServerSnapshot, ShardSnapshot};
+use crate::metrics::{ClusterStats, DeflateStats, ServerSnapshot, ShardSnapshot};
 use crate::replies::{Ack, Presence, PublishFailure, RoomReplies, TextOnly};
 use crate::session::Session;
 use crate::session_state::SessionId;
@@ -39,7 +39,7 @@ use crate::shard::home::{is_room_name, Asker, Backing, HomeAnswer, PublishReques
 use crate::shard::mesh::{inbox, Peers, ShardMsg};
 use crate::shard::ShardConfig;
 use crate::shutdown::Stop;
-use crate::ws::deflate::{DeflateCounters, DeflateStats};
+use crate::ws::deflate::DeflateSessions;
 use crate::ws::encode::DataKind;
 
 /// The HTTP shard's io_uring depth: glommio's default; it holds few connections (see [`SHARD_RING_DEPTH`]).
@@ -285,14 +285,17 @@ impl Server {
             ..ShardConfig::new(&config)
         };
         let admission = Arc::new(Admission::new(&config.websocket));
-        let deflate_counters = Arc::new(DeflateCounters::default());
+        if let Some(warning) = crate::admission::descriptor_warning(&config.websocket) {
+            tracing::warn!("{warning}");
+        }
+        let deflate_sessions = Arc::new(DeflateSessions::default());
         let mut running = RunningServer {
             websocket_addr,
             http_addr,
             handle: ServerHandle {
                 shards: peers.clone(),
                 stop: stop.clone(),
-                deflate_counters: deflate_counters.clone(),
+                deflate_sessions: deflate_sessions.clone(),
                 cluster_counters: bridge.as_ref().map(|bridge| bridge.counters.clone()),
                 admission: admission.clone(),
                 started: Instant::now(),
@@ -307,7 +310,7 @@ impl Server {
                 index,
                 config: shard_config.clone(),
                 admission: admission.clone(),
-                deflate_counters: deflate_counters.clone(),
+                deflate_sessions: deflate_sessions.clone(),
                 listener,
                 peers: peers.clone(),
                 inbox,
@@ -440,7 +443,7 @@ impl Drop for RunningServer {
 pub struct ServerHandle {
     shards: Peers,
     stop: Arc<Stop>,
-    deflate_counters: Arc<DeflateCounters>,
+    deflate_sessions: Arc<DeflateSessions>,
     cluster_counters: Option<Arc<ClusterCounters>>,
     admission: Arc<Admission>,
     started: Instant,
@@ -468,7 +471,8 @@ impl ServerHandle {
     /// Publishes `text` in `room`'s stream from outside the shards (a backend: the HTTP API's `POST
     /// /api/publish`), as [`Session::publish`] does: the room's home gives it the next offset, keeps it with
     /// history on, and fans it out (through Redis with the cluster). `from` names the publisher in the
-    /// room's replies. Resolves once it is published, with its [`Ack`], or with a [`PublishFailure`]:
+    /// room's replies, and scopes its [`PublishOptions::id`]s as a signed-in user's are (an anonymous
+    /// session's id cannot shadow a backend's). Resolves once it is published, with its [`Ack`], or with a [`PublishFailure`]:
     /// `invalid_room` for a name of 0 or more than 1024 bytes, `unavailable` when the cluster cannot
     /// reach Redis or the server is stopping. The future needs no particular runtime.
     pub fn publish(
@@ -487,9 +491,10 @@ impl ServerHandle {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let request = PublishRequest {
                 text: text.to_owned(),
+                // As an authenticated user's: its ids are its own, apart from anonymous sessions'.
                 from: Author {
                     name: from.to_owned(),
-                    is_user: false,
+                    is_user: true,
                 },
                 options,
                 to: Some(Asker::Caller(reply)),
@@ -519,15 +524,24 @@ impl ServerHandle {
     /// particular runtime.
     pub fn presence(&self, room: &str) -> impl Future<Output = Option<Presence>> + Send + 'static {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let home = self.shards.home_of(room);
-        self.shards.post(
-            home,
-            ShardMsg::Presence {
-                room: Arc::from(room),
-                to: Asker::Caller(reply),
+        // A name that is not a room's has nobody in it.
+        if is_room_name(room) {
+            let home = self.shards.home_of(room);
+            self.shards.post(
+                home,
+                ShardMsg::Presence {
+                    room: Arc::from(room),
+                    to: Asker::Caller(reply),
+                    tag: None,
+                },
+            );
+        } else {
+            let _ = reply.send(HomeAnswer::Presence(Presence {
+                room: room.to_owned(),
+                members: Vec::new(),
                 tag: None,
-            },
-        );
+            }));
+        }
         async move {
             match answer.await {
                 Ok(HomeAnswer::Presence(presence)) => Some(presence),
@@ -551,9 +565,21 @@ impl ServerHandle {
         self.shards.send_to_session(id, DataKind::Binary, data);
     }
 
-    /// What permessage-deflate did since the server started, over every shard.
-    pub fn deflate_stats(&self) -> DeflateStats {
-        self.deflate_counters.stats()
+    /// What permessage-deflate did since the server started, over every shard. Each shard counts its own
+    /// and answers when it next runs, after what was posted to it before: so a broadcast made through this
+    /// handle is counted in the answer. The future needs no particular runtime; a shard that has ended is
+    /// left out.
+    pub fn deflate_stats(&self) -> impl Future<Output = DeflateStats> + Send + 'static {
+        let answers = self.ask_shards();
+        async move {
+            let mut total = DeflateStats::default();
+            for answer in answers {
+                if let Ok(snapshot) = answer.await {
+                    total += snapshot.deflate;
+                }
+            }
+            total
+        }
     }
 
     /// What the bridge to Redis counted, with `CLUSTER_REDIS_URL`; `None` for a single node.
@@ -592,8 +618,7 @@ impl ServerHandle {
             shards,
             shard_count: self.shards.len(),
             connection_limit: self.admission.max_open(),
-            deflate_sessions: self.deflate_counters.sessions(),
-            deflate: self.deflate_counters.stats(),
+            deflate_sessions: self.deflate_sessions.count(),
             cluster: self.cluster_stats(),
             uptime: self.started.elapsed(),
         }

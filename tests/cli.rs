@@ -113,6 +113,13 @@ fn start_up_warns_about_a_misspelt_key_and_says_where_to_point_the_browser() {
 }
 
 #[test]
+fn a_low_descriptor_limit_is_warned_about_at_start_up() {
+    let app = Launch::new().test_network().descriptor_limit(1024).spawn();
+    let warning = "the descriptor limit (ulimit -n) is 1024: at most 896 sessions fit";
+    assert!(app.output.text().contains(warning), "{}", app.output.text());
+}
+
+#[test]
 fn json_logs_are_one_object_per_line_and_summaries_come_at_their_interval() {
     let app = spawn_app(&[("LOG_FORMAT", "json"), ("LOG_STATS_INTERVAL_SEC", "1")]);
     assert!(

@@ -594,7 +594,7 @@ fn compressed_client_messages_are_delivered_and_echoed_compressed() {
     let server = echo_server(&[]);
     let handle = server.handle();
     let mut client = deflate_client(server.websocket_addr());
-    let start = handle.deflate_stats();
+    let start = futures_lite::future::block_on(handle.deflate_stats());
 
     let text = long_text("compressed text");
     client.send(&compressed_frame(FIN | RSV1 | TEXT, text.as_bytes()));
@@ -611,7 +611,7 @@ fn compressed_client_messages_are_delivered_and_echoed_compressed() {
     client.send(&client_frame(TEXT, true, plain.as_bytes()));
     expect_message(&mut client, TEXT, plain.as_bytes(), true, "plain text");
 
-    let end = handle.deflate_stats();
+    let end = futures_lite::future::block_on(handle.deflate_stats());
     assert_eq!(
         end.messages_inflated - start.messages_inflated,
         2,
@@ -732,7 +732,7 @@ fn a_fragmented_compressed_message_with_a_ping_between_fragments_is_delivered() 
     let server = echo_server(&[]);
     let handle = server.handle();
     let mut client = deflate_client(server.websocket_addr());
-    let before = handle.deflate_stats().messages_inflated;
+    let before = futures_lite::future::block_on(handle.deflate_stats()).messages_inflated;
 
     let text = long_text("in three fragments").repeat(3);
     let compressed = deflate(text.as_bytes());
@@ -764,7 +764,7 @@ fn a_fragmented_compressed_message_with_a_ping_between_fragments_is_delivered() 
         "the reassembled message",
     );
     assert_eq!(
-        handle.deflate_stats().messages_inflated - before,
+        futures_lite::future::block_on(handle.deflate_stats()).messages_inflated - before,
         1,
         "a message in three frames is inflated once"
     );
@@ -1089,10 +1089,10 @@ fn broadcast_once(
     data: &[u8],
     broadcast: impl FnOnce(&mut [Member]),
 ) {
-    let before = handle.deflate_stats().messages_compressed;
+    let before = futures_lite::future::block_on(handle.deflate_stats()).messages_compressed;
     broadcast(members);
     expect_everyone(members, opcode, data, what);
-    let after = handle.deflate_stats().messages_compressed;
+    let after = futures_lite::future::block_on(handle.deflate_stats()).messages_compressed;
     assert_eq!(
         after - before,
         1,
@@ -1148,7 +1148,7 @@ fn a_room_of_deflate_and_plain_members_on_both_shards_gets_each_broadcast_right(
     // From a deflate session on shard 0, its request compressed.
     let text = long_text("from a deflate session on shard 0");
     let sender = find(&members, 0, true);
-    let inflated_before = handle.deflate_stats().messages_inflated;
+    let inflated_before = futures_lite::future::block_on(handle.deflate_stats()).messages_inflated;
     broadcast_once(
         &handle,
         &mut members,
@@ -1163,7 +1163,7 @@ fn a_room_of_deflate_and_plain_members_on_both_shards_gets_each_broadcast_right(
         },
     );
     assert_eq!(
-        handle.deflate_stats().messages_inflated - inflated_before,
+        futures_lite::future::block_on(handle.deflate_stats()).messages_inflated - inflated_before,
         1,
         "the compressed request was inflated once"
     );
@@ -1212,12 +1212,15 @@ fn a_room_of_deflate_and_plain_members_on_both_shards_gets_each_broadcast_right(
     );
 
     // A short broadcast goes plain to everyone and compresses nothing.
-    let before = handle.deflate_stats().messages_compressed;
+    let before = futures_lite::future::block_on(handle.deflate_stats()).messages_compressed;
     handle.broadcast_text_to_room(ROOM, "short");
     for member in members.iter_mut() {
         expect_message(&mut member.client, TEXT, b"short", false, &member.name);
     }
-    assert_eq!(handle.deflate_stats().messages_compressed, before);
+    assert_eq!(
+        futures_lite::future::block_on(handle.deflate_stats()).messages_compressed,
+        before
+    );
     drop(members);
     server.stop();
 }

@@ -27,6 +27,14 @@ fn accept_failures_are_logged_sparingly_and_the_server_recovers_when_descriptors
         ])
         .descriptor_limit(64)
         .spawn();
+    // Start-up said so, with the fix.
+    let warning = "WEBSOCKET_MAX_CONNECTIONS=10000, but the descriptor limit (ulimit -n) is 64";
+    assert!(app.output.text().contains(warning), "{}", app.output.text());
+    assert!(
+        app.output.text().contains("LimitNOFILE"),
+        "{}",
+        app.output.text()
+    );
     let request = format!(
         "GET / HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",

@@ -1,7 +1,7 @@
 //! The server API for backends (`API_KEY`) of the chat binary, driven with `curl` and from Python's
 //! standard library as a backend would: `POST /api/publish` reaches a room's members through the same
 //! path as a member's message (its offset in the reply, the member seeing it once, an `id` retried
-//! published once, binary as base64), `GET /api/rooms/{room}` counts and lists the members; a missing or
+//! published once and kept apart from anonymous sessions' ids, binary as base64), `GET /api/rooms/{room}` counts and lists the members; a missing or
 //! wrong key is 401, bad bodies are 400 with a code, and without `API_KEY` both answer 404.
 
 mod common;
@@ -102,6 +102,13 @@ with urllib.request.urlopen(request, timeout=10) as response:
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "3");
     assert_eq!(recv_text(&mut member), "room news: from python");
+
+    // An anonymous session's ids are not the backend's: its `build-7` is a message of its own.
+    send_text(
+        &mut member,
+        r#"{"type":"chat.message","payload":{"room":"news","text":"mine","id":"build-7"}}"#,
+    );
+    assert_eq!(recv_text(&mut member), "room news: mine");
 
     // Binary, as base64: delivered as a binary message, without an offset.
     let (status, sent) = publish(&app, r#"{"room":"news","binary":"AAEC/w=="}"#);

@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::history::RoomLog;
+use crate::metrics::ClusterStats;
 use crate::replies::Member;
 use crate::session_state::SessionId;
 use crate::shard::home::{Asker, PublishRequest};
@@ -213,23 +214,6 @@ pub(crate) struct ClusterCounters {
     pub(crate) gap_filled: AtomicU64,
     /// Whether the subscriber connection is up.
     pub(crate) linked: AtomicBool,
-}
-
-/// A snapshot of what a node's bridge to Redis counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterStats {
-    /// Room messages (publications and raw broadcasts) received from Redis (only for rooms with a member
-    /// on this node).
-    pub received: u64,
-    /// Room messages (publications and raw broadcasts) this node published through Redis.
-    pub published: u64,
-    /// Publishes refused with `unavailable`, and raw broadcasts that reached only this node, because
-    /// Redis could not be reached.
-    pub unavailable: u64,
-    /// Publications read back from a room's stream to fill a gap in what the subscription delivered.
-    pub gap_filled: u64,
-    /// Whether the subscriber connection to Redis is up.
-    pub linked: bool,
 }
 
 impl ClusterCounters {

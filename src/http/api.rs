@@ -4,8 +4,9 @@
 //! - `POST /api/publish` with `{"room": R, "text": T}` publishes `T` in `R`'s stream, the same path as a
 //!   member's message (offset, history, Redis with the cluster), and answers
 //!   `{"room", "offset", "epoch", "duplicate"}`; an optional `"id"` makes a retry publish at most once, and
-//!   `"from"` names the publisher (default `server`). `{"room": R, "binary": BASE64}` sends a binary
-//!   message to the room's members instead (binary messages have no offset and no history).
+//!   `"from"` names the publisher (default `server`) and scopes its ids as a signed-in user's are.
+//!   `{"room": R, "binary": BASE64}` sends a binary message to the room's members instead (binary messages
+//!   have no offset and no history). Either is at most `WEBSOCKET_MAX_MESSAGE_SIZE` bytes, as a member's.
 //! - `GET /api/rooms/{room}` answers `{"room", "members", "presence": [{"session", "user", "node"}]}`.
 //!
 //! Every request needs `Authorization: Bearer <API_KEY>` (401 without it, compared in constant time);
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 
 use crate::history::PublishOptions;
 use crate::server::ServerHandle;
+use crate::shard::home::is_room_name;
 
 /// Where publishes are posted.
 pub(super) const PUBLISH_PATH: &str = "/api/publish";
@@ -67,8 +69,16 @@ struct PublishBody {
     from: Option<String>,
 }
 
-/// Answers an API request; `key` is `API_KEY`, `body_limit` the largest body read
-/// (`WEBSOCKET_MAX_MESSAGE_SIZE`, plus room for the JSON around it, or for base64).
+/// What a publish may carry.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// The largest body read: room for a message of the largest size in its JSON.
+    pub(super) body: usize,
+    /// `WEBSOCKET_MAX_MESSAGE_SIZE`: what its `text` or decoded `binary` may be, as a member's message.
+    pub(super) message: usize,
+}
+
+/// Answers an API request; `key` is `API_KEY`.
 pub(super) async fn respond<B>(
     server: &ServerHandle,
     key: &str,
@@ -76,7 +86,7 @@ pub(super) async fn respond<B>(
     method: &Method,
     headers: &HeaderMap,
     body: B,
-    body_limit: usize,
+    limits: Limits,
 ) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -114,23 +124,19 @@ where
     }
     match endpoint {
         Endpoint::Publish => {
-            let bytes = match Limited::new(body, body_limit).collect().await {
+            let bytes = match Limited::new(body, limits.body).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return refusal(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        &format!("the body may be at most {body_limit} bytes"),
-                    )
+                    return too_large(limits.message)
                 }
                 Err(e) => return refusal(StatusCode::BAD_REQUEST, "invalid_body", &e.to_string()),
             };
-            publish(server, &bytes).await
+            publish(server, &bytes, limits.message).await
         }
         Endpoint::Room(room) => match percent_decode_str(&room).decode_utf8() {
-            Ok(room) if !room.is_empty() => room_info(server, &room).await,
+            Ok(room) if is_room_name(&room) => room_info(server, &room).await,
             _ => refusal(
-                StatusCode::NOT_FOUND,
+                StatusCode::BAD_REQUEST,
                 "invalid_room",
                 "a room name is 1 to 1024 bytes of UTF-8, percent-encoded in the path",
             ),
@@ -152,7 +158,16 @@ fn authorized(headers: &HeaderMap, key: &str) -> bool {
     given.len() == key.len() && given.iter().zip(key).fold(0, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
-async fn publish(server: &ServerHandle, body: &[u8]) -> Response<Full<Bytes>> {
+/// 413: what a publish carried is larger than a member's message may be.
+fn too_large(max: usize) -> Response<Full<Bytes>> {
+    refusal(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        &format!("a message is at most {max} bytes (WEBSOCKET_MAX_MESSAGE_SIZE)"),
+    )
+}
+
+async fn publish(server: &ServerHandle, body: &[u8], max_message: usize) -> Response<Full<Bytes>> {
     let body: PublishBody = match serde_json::from_slice(body) {
         Ok(body) => body,
         Err(e) => {
@@ -163,7 +178,7 @@ async fn publish(server: &ServerHandle, body: &[u8]) -> Response<Full<Bytes>> {
             )
         }
     };
-    if body.room.is_empty() || body.room.len() > 1024 {
+    if !is_room_name(&body.room) {
         return refusal(
             StatusCode::BAD_REQUEST,
             "invalid_room",
@@ -172,6 +187,9 @@ async fn publish(server: &ServerHandle, body: &[u8]) -> Response<Full<Bytes>> {
     }
     match (body.text, body.binary) {
         (Some(text), None) => {
+            if text.len() > max_message {
+                return too_large(max_message);
+            }
             if body
                 .id
                 .as_ref()
@@ -199,11 +217,6 @@ async fn publish(server: &ServerHandle, body: &[u8]) -> Response<Full<Bytes>> {
                         "duplicate": ack.duplicate,
                     }),
                 ),
-                Ok(Err(failure)) if failure.code == "invalid_room" => refusal(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_room",
-                    "a room name is 1 to 1024 bytes",
-                ),
                 Ok(Err(failure)) => refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     failure.code,
@@ -225,6 +238,9 @@ async fn publish(server: &ServerHandle, body: &[u8]) -> Response<Full<Bytes>> {
                     "`binary` must be standard base64",
                 );
             };
+            if data.len() > max_message {
+                return too_large(max_message);
+            }
             server.broadcast_binary_to_room(&body.room, &data);
             answer(
                 StatusCode::OK,

@@ -15,8 +15,9 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode, Version};
 
+use super::api::{self, Limits};
+use super::scrape;
 use super::static_files::StaticFiles;
-use super::{api, scrape};
 use crate::config::{ApiSettings, MetricsSettings, PublicSettings, ServerSettings};
 use crate::server::ServerHandle;
 
@@ -95,12 +96,19 @@ impl std::fmt::Debug for Site {
 pub(super) struct Router {
     site: Rc<Site>,
     files: StaticFiles,
+    /// The last scrape's numbers and when they were gathered, shared by the scrapes that follow within
+    /// [`scrape::REUSE`].
+    last_scrape: scrape::Recent,
 }
 
 impl Router {
     pub(super) fn new(site: Rc<Site>) -> Router {
         let files = StaticFiles::new(&site.public);
-        Router { site, files }
+        Router {
+            site,
+            files,
+            last_scrape: scrape::Recent::default(),
+        }
     }
 
     /// What is served, and how.
@@ -131,8 +139,9 @@ impl Router {
                 return plain_text(StatusCode::NOT_FOUND, head_only);
             };
             let (head, body) = request.into_parts();
-            // A message of the largest size, as base64 (4/3) inside its JSON.
-            let body_limit = self.site.max_message_size / 3 * 4 + 4096;
+            // Room for a message of the largest size in its JSON, written any way JSON allows (`\uXXXX`
+            // escapes take 6 bytes a character); what it decodes to is held to the limit itself.
+            let body_limit = self.site.max_message_size.saturating_mul(6) + 4096;
             return api::respond(
                 self.site.context.server(),
                 key,
@@ -140,7 +149,10 @@ impl Router {
                 &head.method,
                 &head.headers,
                 body,
-                body_limit,
+                Limits {
+                    body: body_limit,
+                    message: self.site.max_message_size,
+                },
             )
             .await;
         }
@@ -189,7 +201,10 @@ impl Router {
             Method::HEAD => true,
             _ => return Some(not_allowed("GET, HEAD")),
         };
-        let snapshot = scrape::gather(self.site.context.server()).await;
+        let snapshot = self
+            .last_scrape
+            .get_or_gather(self.site.context.server())
+            .await;
         Some(if path == STATS_PATH {
             let body = Bytes::from(snapshot.to_json().to_string());
             sized(StatusCode::OK, "application/json", body, head_only)

@@ -3,9 +3,11 @@
 //!
 //! A scrape asks every WebSocket shard for its counters through its inbox and waits at most
 //! [`SHARD_WAIT`] for them all; a shard that has not answered by then is left out (and
-//! `roomcast_shards_answering` says so) rather than holding the answer. It must not count anything:
-//! the shards do ([`crate::metrics`]).
+//! `roomcast_shards_answering` says so) rather than holding the answer. Scrapes within [`REUSE`] of one
+//! another share one gathering. It must not count anything: the shards do ([`crate::metrics`]).
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{ServerSnapshot, ShardSnapshot};
@@ -17,6 +19,28 @@ const SHARD_WAIT: Duration = Duration::from_secs(2);
 
 /// The content type of the Prometheus text format.
 pub(super) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long one scrape's numbers answer the scrapes that follow: however many scrapers and dashboards
+/// ask, the shards are asked at most this often.
+pub(super) const REUSE: Duration = Duration::from_millis(250);
+
+/// The last scrape's numbers, on the HTTP shard.
+#[derive(Debug, Default)]
+pub(super) struct Recent(RefCell<Option<(Instant, Rc<ServerSnapshot>)>>);
+
+impl Recent {
+    /// The last scrape's numbers if they are younger than [`REUSE`], else a new gathering.
+    pub(super) async fn get_or_gather(&self, server: &ServerHandle) -> Rc<ServerSnapshot> {
+        if let Some((at, snapshot)) = &*self.0.borrow() {
+            if at.elapsed() < REUSE {
+                return snapshot.clone();
+            }
+        }
+        let snapshot = Rc::new(gather(server).await);
+        *self.0.borrow_mut() = Some((Instant::now(), snapshot.clone()));
+        snapshot
+    }
+}
 
 /// Gathers what every shard counted (those that answer within [`SHARD_WAIT`]) and the process-wide counts.
 pub(super) async fn gather(server: &ServerHandle) -> ServerSnapshot {
@@ -49,9 +73,10 @@ pub(super) async fn log_summaries(server: ServerHandle, interval: Duration) {
         let (received_per_sec, sent_per_sec) = match last {
             Some((at, before_in, before_out)) => {
                 let seconds = now.duration_since(at).as_secs_f64().max(1e-3);
+                // A shard that missed this scrape takes its counts out of the sums: no negative rate.
                 (
-                    (received - before_in) as f64 / seconds,
-                    (sent - before_out) as f64 / seconds,
+                    received.saturating_sub(before_in) as f64 / seconds,
+                    sent.saturating_sub(before_out) as f64 / seconds,
                 )
             }
             None => (0.0, 0.0),

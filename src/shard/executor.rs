@@ -29,7 +29,7 @@ use crate::connection;
 use crate::error::StartError;
 use crate::handler::Callbacks;
 use crate::shutdown::{self, Stop};
-use crate::ws::deflate::DeflateCounters;
+use crate::ws::deflate::DeflateSessions;
 use crate::ws::encode;
 
 /// What to tell an operator whose kernel refuses to create an io_uring executor.
@@ -58,7 +58,7 @@ pub(crate) struct ShardStart {
     pub(crate) index: usize,
     pub(crate) config: ShardConfig,
     pub(crate) admission: Arc<Admission>,
-    pub(crate) deflate_counters: Arc<DeflateCounters>,
+    pub(crate) deflate_sessions: Arc<DeflateSessions>,
     pub(crate) listener: std::net::TcpListener,
     pub(crate) peers: Peers,
     pub(crate) inbox: InboxReceiver,
@@ -75,7 +75,7 @@ pub(crate) async fn run(start: ShardStart) {
         index,
         config,
         admission,
-        deflate_counters,
+        deflate_sessions,
         listener,
         peers,
         inbox,
@@ -89,7 +89,7 @@ pub(crate) async fn run(start: ShardStart) {
         admission,
         peers,
         inbox,
-        deflate_counters,
+        deflate_sessions,
         backing,
     ));
     let inbox_task = glommio::spawn_local(deliver_loop(shard.clone()));

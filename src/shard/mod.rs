@@ -2,7 +2,8 @@
 //!
 //! [`Shard`] owns its sessions (a slab of [`SessionState`]), its part of every room ([`Rooms`]), its own
 //! io_uring ring, which its sessions receive and its writer sends through ([`ring`], [`writer`]), the
-//! deflater and inflater all its deflate sessions share, its clock, and its inbox ([`mesh`]). The state is `!Send` and reached only
+//! deflater and inflater all its deflate sessions share, its clock, its inbox ([`mesh`]), and what it
+//! counted ([`crate::metrics::ShardTotals`]: plain integers, copied out when a scrape posts for them). The state is `!Send` and reached only
 //! through methods: nothing outside this module touches its fields, and nothing on the message path takes a
 //! lock. Other shards and outside threads reach it only by posting a [`mesh::ShardMsg`].
 //!
@@ -47,7 +48,7 @@ use crate::metrics::{ShardSnapshot, ShardTotals, NO_CLOSE_FRAME};
 use crate::replies::{RoomReplies, TextOnly};
 use crate::room::Rooms;
 use crate::session_state::{SessionId, SessionState};
-use crate::ws::deflate::{DeflateCounters, Deflater, Inflater};
+use crate::ws::deflate::{DeflateSessions, Deflater, Inflater};
 use crate::ws::encode::{self, DataKind, EncodedFrame, Prepared, Renditions};
 use crate::ws::handshake::Agreed;
 use home::Homes;
@@ -146,7 +147,7 @@ pub(crate) struct Shard {
     /// Inflates what every deflate session of this shard receives compressed.
     inflater: RefCell<Inflater>,
     /// Deflate sessions and work across all shards.
-    deflate_counters: Arc<DeflateCounters>,
+    deflate_sessions: Arc<DeflateSessions>,
     /// The rooms whose home this shard is: their order, history in memory and presence.
     homes: RefCell<Homes>,
     /// Where the rooms homed here keep their streams: memory, the history store, or Redis.
@@ -164,14 +165,14 @@ pub(crate) struct Shard {
 
 impl Shard {
     /// Shard `index`'s state with no sessions yet; `peers` holds every shard's inbox, `inbox` is ours;
-    /// `deflate_counters` is shared by every shard; `backing` keeps the streams of the rooms homed here.
+    /// `deflate_sessions` is shared by every shard; `backing` keeps the streams of the rooms homed here.
     pub(crate) fn new(
         index: usize,
         config: ShardConfig,
         admission: Arc<Admission>,
         peers: Peers,
         inbox: InboxReceiver,
-        deflate_counters: Arc<DeflateCounters>,
+        deflate_sessions: Arc<DeflateSessions>,
         backing: home::Backing,
     ) -> Shard {
         let compress_from = config.websocket.compress_from();
@@ -200,9 +201,9 @@ impl Shard {
             ring: RefCell::new(ring),
             receiver: Cell::new(None),
             nudged: Cell::new(false),
-            deflater: RefCell::new(Deflater::new(deflate_counters.clone(), compress_from)),
-            inflater: RefCell::new(Inflater::new(deflate_counters.clone())),
-            deflate_counters,
+            deflater: RefCell::new(Deflater::new(deflate_sessions.clone(), compress_from)),
+            inflater: RefCell::new(Inflater::new()),
+            deflate_sessions,
             homes: RefCell::new(Homes::default()),
             backing,
             peers,
@@ -212,20 +213,21 @@ impl Shard {
         }
     }
 
-    /// Counts something in this shard's totals.
+    /// Counts something in this shard's totals; `count` only adds (it must not reach the shard again,
+    /// which would find the totals borrowed).
     pub(crate) fn count(&self, count: impl FnOnce(&mut ShardTotals)) {
         count(&mut self.totals.borrow_mut());
     }
 
     /// What this shard counted, and its state now; `asked` is when the scrape posted the request.
     fn snapshot(&self, asked: std::time::Instant) -> ShardSnapshot {
-        let mut totals = self.totals.borrow().clone();
-        (totals.deflate_bytes_in, totals.deflate_bytes_out) =
-            self.deflater.borrow().compressed_bytes();
+        let mut deflate = self.deflater.borrow().done();
+        deflate.messages_inflated = self.inflater.borrow().inflated();
         let (rooms, members) = self.rooms.borrow().counts();
         ShardSnapshot {
             shard: self.index,
-            totals,
+            totals: self.totals.borrow().clone(),
+            deflate,
             open: self.sessions.borrow().len(),
             rooms,
             members,
@@ -275,7 +277,7 @@ impl Shard {
         let place = sessions.vacant_entry();
         let id = SessionId::new(self.index, place.key(), n)?;
         if agreed.deflate.is_some() {
-            self.deflate_counters.session_opened();
+            self.deflate_sessions.opened();
         }
         let state = Rc::new(SessionState::new(id, peer, identity, agreed, self.now()));
         place.insert(state.clone());
@@ -299,7 +301,7 @@ impl Shard {
         let code = session.close_code().unwrap_or(NO_CLOSE_FRAME);
         self.count(|t| t.session_closed(code));
         if session.deflate().is_some() {
-            self.deflate_counters.session_ended();
+            self.deflate_sessions.ended();
         }
     }
 
@@ -377,15 +379,19 @@ impl Shard {
                 .frame_for_session(kind, payload, deflate)
         });
         let frame = compressed.unwrap_or_else(|| encode::data_frame(kind, payload));
-        self.count(|t| t.messages_sent += 1);
-        self.send(session, frame);
+        if self.send(session, frame) {
+            self.count(|t| t.messages_sent += 1);
+        }
     }
 
-    /// Queues `frame` for `session` under the backpressure limit (see [`SessionState::send`]).
-    pub(crate) fn send(&self, session: &SessionState, frame: EncodedFrame) {
-        if session.send(frame, self.settings().max_backpressure, self.now()) {
+    /// Queues `frame` for `session` under the backpressure limit (see [`SessionState::send`]); whether it
+    /// was queued.
+    pub(crate) fn send(&self, session: &SessionState, frame: EncodedFrame) -> bool {
+        let queued = session.send(frame, self.settings().max_backpressure, self.now());
+        if queued {
             self.writer.want(session);
         }
+        queued
     }
 
     /// Starts `session`'s close handshake with `code` and `reason`.
@@ -903,7 +909,7 @@ mod tests {
         }
         let text = "{\"type\":\"chat.message\",\"text\":\"hello hello hello hello hello hello\"}";
         shard.broadcast("r", DataKind::Text, text.as_bytes());
-        assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
+        assert_eq!(shard.deflater.borrow().done().messages_compressed, 1);
         let first_byte = |member: &SessionState| member.outbound.front_byte();
         // RSV1 only for the member that can read a 15-bit window; the others share the plain frame.
         assert_eq!(first_byte(&deflate), Some(0xc1));
@@ -914,7 +920,7 @@ mod tests {
             shard.unregister(member);
         }
         shard.broadcast("r", DataKind::Text, text.as_bytes());
-        assert_eq!(shard.deflate_counters.stats().messages_compressed, 1);
+        assert_eq!(shard.deflater.borrow().done().messages_compressed, 1);
     }
 
     #[test]

@@ -46,7 +46,7 @@ fn decode_in_pieces(
     points.sort_unstable();
     points.dedup();
     let mut decoder = Decoder::default();
-    let mut inflater = deflate.then(|| Inflater::new(Arc::default()));
+    let mut inflater = deflate.then(Inflater::new);
     let mut out = Vec::new();
     for piece in points.windows(2) {
         let mut input = stream[piece[0]..piece[1]].to_vec();

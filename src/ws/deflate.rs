@@ -20,13 +20,14 @@
 //!
 //! It must not pick each recipient's frame (the rooms do, by [`Prepared::frame_for`]) nor parse frames.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 use super::encode::{self, DataKind, EncodedFrame, Prepared};
 use super::extensions::{PerMessageDeflate, MAX_WINDOW_BITS};
+use crate::metrics::DeflateStats;
 
 /// The empty stored block a sync flush ends with, dropped from every compressed message (RFC 7692 §7.2.1)
 /// and appended again before inflating (§7.2.2).
@@ -42,51 +43,31 @@ const SESSION_LEVEL: u32 = 1;
 /// message, is given back (the inflater's once the message is handled, the deflater's on its next message).
 const KEPT_OUTPUT: usize = 64 * 1024;
 
-/// Counts across every shard: how many sessions use deflate and what was done for them. Shared by the
-/// shards and the server handle; updated once per message, never per recipient.
+/// How many sessions anywhere negotiated deflate: shared by the shards, changed when such a session opens or
+/// ends (never per message), read before compressing a broadcast.
 #[derive(Debug, Default)]
-pub(crate) struct DeflateCounters {
-    sessions: AtomicUsize,
-    compressed: AtomicU64,
-    inflated: AtomicU64,
-}
+pub(crate) struct DeflateSessions(AtomicUsize);
 
-/// What permessage-deflate did since the server started ([`crate::ServerHandle::deflate_stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeflateStats {
-    /// Messages compressed: a room broadcast counts once, however many members and shards receive it.
-    pub messages_compressed: u64,
-    /// Compressed messages received and inflated.
-    pub messages_inflated: u64,
-}
-
-impl DeflateCounters {
+impl DeflateSessions {
     /// A session that negotiated deflate opened.
-    pub(crate) fn session_opened(&self) {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn opened(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session that negotiated deflate ended.
-    pub(crate) fn session_ended(&self) {
-        self.sessions.fetch_sub(1, Ordering::Relaxed);
+    pub(crate) fn ended(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether any session anywhere negotiated deflate; a broadcast that no member could read compressed
     /// is not compressed. (A member that negotiates a moment later gets the plain frame: always valid.)
-    pub(crate) fn any_session(&self) -> bool {
-        self.sessions.load(Ordering::Relaxed) > 0
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
     }
 
     /// Sessions open that negotiated deflate.
-    pub(crate) fn sessions(&self) -> usize {
-        self.sessions.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn stats(&self) -> DeflateStats {
-        DeflateStats {
-            messages_compressed: self.compressed.load(Ordering::Relaxed),
-            messages_inflated: self.inflated.load(Ordering::Relaxed),
-        }
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -100,31 +81,28 @@ pub(crate) struct Deflater {
     room_stream: Option<Compress>,
     /// The compressed bytes of the message at hand; given back after a message that grew it large.
     out: Vec<u8>,
-    /// Where a compressed message is counted, with every other shard's.
-    counters: Arc<DeflateCounters>,
-    /// Bytes of the messages compressed, and of what they compressed to: this shard's own counts, for
-    /// the compression ratio (`/metrics`).
-    bytes_in: u64,
-    bytes_out: u64,
+    /// Whether any session anywhere could read a compressed broadcast.
+    sessions: Arc<DeflateSessions>,
+    /// What this deflater compressed: the shard's own counts (`/metrics`), read by its scrape.
+    done: DeflateStats,
 }
 
 impl Deflater {
     /// A deflater for messages of at least `min_size` bytes (`None`: compress nothing).
-    pub(crate) fn new(counters: Arc<DeflateCounters>, min_size: Option<usize>) -> Deflater {
+    pub(crate) fn new(sessions: Arc<DeflateSessions>, min_size: Option<usize>) -> Deflater {
         Deflater {
             min_size,
             session_stream: None,
             room_stream: None,
             out: Vec::new(),
-            counters,
-            bytes_in: 0,
-            bytes_out: 0,
+            sessions,
+            done: DeflateStats::default(),
         }
     }
 
-    /// Bytes of the messages this deflater compressed, and of what they compressed to.
-    pub(crate) fn compressed_bytes(&self) -> (u64, u64) {
-        (self.bytes_in, self.bytes_out)
+    /// What this deflater compressed so far (its `messages_inflated` is the inflater's to tell).
+    pub(crate) fn done(&self) -> DeflateStats {
+        self.done
     }
 
     fn worth_compressing(&self, len: usize) -> bool {
@@ -149,7 +127,7 @@ impl Deflater {
     /// The compressed frame of a room broadcast, made once for every member that can read it, or `None`
     /// when it is not worth compressing or no session anywhere negotiated deflate.
     fn frame_for_room(&mut self, kind: DataKind, payload: &[u8]) -> Option<EncodedFrame> {
-        if !self.worth_compressing(payload.len()) || !self.counters.any_session() {
+        if !self.worth_compressing(payload.len()) || !self.sessions.any() {
             return None;
         }
         self.compressed_frame(kind, payload, Audience::Room)
@@ -177,9 +155,9 @@ impl Deflater {
             self.out = Vec::new();
         }
         let (body_len, frame) = frame?;
-        self.counters.compressed.fetch_add(1, Ordering::Relaxed);
-        self.bytes_in += payload.len() as u64;
-        self.bytes_out += body_len as u64;
+        self.done.messages_compressed += 1;
+        self.done.bytes_compressed += payload.len() as u64;
+        self.done.bytes_compressed_to += body_len as u64;
         Some(frame)
     }
 
@@ -271,16 +249,22 @@ pub(crate) struct Inflater {
     /// Reads any window up to 15 bits, so it serves whatever `client_max_window_bits` a client used.
     stream: Decompress,
     out: Vec<u8>,
-    counters: Arc<DeflateCounters>,
+    /// Messages inflated: the shard's own count (`/metrics`).
+    inflated: u64,
 }
 
 impl Inflater {
-    pub(crate) fn new(counters: Arc<DeflateCounters>) -> Inflater {
+    pub(crate) fn new() -> Inflater {
         Inflater {
             stream: Decompress::new_with_window_bits(false, MAX_WINDOW_BITS),
             out: Vec::new(),
-            counters,
+            inflated: 0,
         }
+    }
+
+    /// Messages inflated so far.
+    pub(crate) fn inflated(&self) -> u64 {
+        self.inflated
     }
 
     /// The message whose compressed body is `compressed`, if it inflates to at most `limit` bytes. Never
@@ -332,7 +316,7 @@ impl Inflater {
                 return Err(InflateError::Corrupt); // No progress with input and room: cannot go on.
             }
         }
-        self.counters.inflated.fetch_add(1, Ordering::Relaxed);
+        self.inflated += 1;
         Ok(&self.out)
     }
 
@@ -349,11 +333,7 @@ mod tests {
     use super::*;
 
     fn pair() -> (Deflater, Inflater) {
-        let counters = Arc::new(DeflateCounters::default());
-        (
-            Deflater::new(counters.clone(), Some(0)),
-            Inflater::new(counters),
-        )
+        (Deflater::new(Arc::default(), Some(0)), Inflater::new())
     }
 
     fn chat_json(len: usize) -> Vec<u8> {
@@ -460,15 +440,15 @@ mod tests {
 
     #[test]
     fn counts_messages_sent_compressed_and_inflated() {
-        let counters = Arc::new(DeflateCounters::default());
-        let mut deflater = Deflater::new(counters.clone(), Some(0));
-        let mut inflater = Inflater::new(counters.clone());
+        let sessions = Arc::new(DeflateSessions::default());
+        let mut deflater = Deflater::new(sessions.clone(), Some(0));
+        let mut inflater = Inflater::new();
         // No deflate session anywhere: a broadcast is not even compressed.
         assert_eq!(
             deflater.frame_for_room(DataKind::Text, &chat_json(200)),
             None
         );
-        counters.session_opened();
+        sessions.opened();
         assert!(deflater
             .frame_for_room(DataKind::Text, &chat_json(200))
             .is_some());
@@ -480,12 +460,10 @@ mod tests {
             .to_vec();
         inflater.inflate(&compressed, 1000).unwrap();
         inflater.inflate(&compressed, 1000).unwrap();
-        assert_eq!(
-            counters.stats(),
-            DeflateStats {
-                messages_compressed: 1,
-                messages_inflated: 2
-            }
-        );
+        let done = deflater.done();
+        assert_eq!(done.messages_compressed, 1);
+        assert_eq!(done.bytes_compressed, chat_json(200).len() as u64);
+        assert!(done.bytes_compressed_to > 0 && done.bytes_compressed_to < done.bytes_compressed);
+        assert_eq!(inflater.inflated(), 2);
     }
 }

@@ -28,6 +28,8 @@ export function launchBrowser(profile) {
       "--disable-background-timer-throttling",
       "--disable-renderer-backgrounding",
       "--disable-backgrounding-occluded-windows",
+      // A test's TLS proxy (tests/proxy.rs) has a self-signed certificate.
+      ...(process.env.IGNORE_CERTIFICATE_ERRORS ? ["--ignore-certificate-errors"] : []),
     ],
   });
 }
