@@ -6,8 +6,8 @@
 #     before  the build just before the shards counted anything ($BEFORE, default a986517), built in a
 #             worktree under target/: the counters themselves, off;
 #     off     this build with METRICS_ENABLED=false: the shards count, nothing reads it;
-#     on      this build, with /metrics and /api/stats each scraped every second while the load runs (a
-#             Prometheus scraping every 15 s asks 15 times less).
+#     on      this build, with /metrics and /api/stats each scraped every second over one keep-alive
+#             connection while the load runs (a Prometheus scraping every 15 s asks 15 times less).
 #   Each set-up runs `saturate` (1,000 members of one room, 100 B, a window of 32, 10 s) and `rooms` (2,000
 #   clients, 200 rooms, 2 msg/s each, 10 s) on fresh processes, interleaved over $ROUNDS rounds (default
 #   3) so that the shared machine's drift hits all three alike.
@@ -79,12 +79,27 @@ server() {
     wait_listening 9090
     wait_listening 8080
     if [ "$1" = on ]; then
-        # Bounded: it stops with the server (stop_server), and each request has a deadline.
-        (while kill -0 "$pid" 2>/dev/null; do
-            curl -s --max-time 2 -o /dev/null http://127.0.0.1:8080/metrics || true
-            curl -s --max-time 2 -o /dev/null http://127.0.0.1:8080/api/stats || true
-            sleep 1
-        done) &
+        # One keep-alive connection, as Prometheus keeps one: what is measured is roomcast answering, not
+        # a process started per request. Bounded: it ends with the server (or stop_server), and each
+        # request has a deadline.
+        python3 - "$pid" <<'PY' &
+import http.client, os, sys, time
+server = int(sys.argv[1])
+connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=2)
+while True:
+    try:
+        os.kill(server, 0)
+    except OSError:
+        break
+    for path in ("/metrics", "/api/stats"):
+        try:
+            connection.request("GET", path)
+            connection.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=2)
+    time.sleep(1)
+PY
         scraper=$!
     fi
 }
