@@ -484,24 +484,51 @@ impl Shard {
             }
         };
         if load {
-            match &self.backing {
-                Backing::Store(store) => {
-                    let _ = store.send(StoreOp::Load {
+            let asked = match &self.backing {
+                Backing::Store(store) => store
+                    .send(StoreOp::Load {
                         home: self.index,
                         room: room.clone(),
-                    });
-                }
-                Backing::Cluster(bridge) => {
-                    let _ = bridge.send(ClusterOp::Load {
+                    })
+                    .is_ok(),
+                Backing::Cluster(bridge) => bridge
+                    .send(ClusterOp::Load {
                         room: room.clone(),
                         home: self.index,
-                    });
+                    })
+                    .is_ok(),
+                Backing::Memory => {
+                    debug_assert!(false, "a log in memory is never loaded");
+                    true
                 }
-                Backing::Memory => debug_assert!(false, "a log in memory is never loaded"),
+            };
+            if !asked {
+                self.load_refused(&room);
             }
         }
         if let Some(op) = op {
             self.on_log(&room, op);
+        }
+    }
+
+    /// The store's thread (or the bridge's) has ended and will never read `room`'s log back: what waits
+    /// for it goes on with what memory has, a fresh log if none, rather than waiting for ever (a session
+    /// never a member, a publisher never answered).
+    fn load_refused(&self, room: &Arc<str>) {
+        tracing::error!(%room, "room history unavailable (its thread has ended); the room goes on without what it could not read");
+        let joins = {
+            let mut homes = self.homes.borrow_mut();
+            match homes.rooms.get_mut(room) {
+                Some(entry) if matches!(entry.log, Log::Ready(_)) => entry.reloading.take(),
+                _ => None,
+            }
+        };
+        match joins {
+            // Joins that wanted publications memory dropped: they get what memory still has.
+            Some(joins) => joins
+                .into_iter()
+                .for_each(|join| self.answer_join(room, join)),
+            None => self.log_loaded(room.clone(), RoomLog::fresh(room)),
         }
     }
 

@@ -864,6 +864,42 @@ mod tests {
         }
     }
 
+    /// The history store's thread has ended (it failed): a room it cannot read back still takes joins
+    /// and publications, from memory, instead of keeping its members joining and its publishers
+    /// unanswered for ever.
+    #[test]
+    fn a_room_whose_store_has_ended_goes_on_without_it() {
+        let (tx, rx) = mesh::inbox();
+        let peers = Peers::new(vec![tx]);
+        let config = ShardConfig::new(&Config::default());
+        let admission = Arc::new(Admission::new(&config.websocket));
+        let (store, store_thread) = crossbeam_channel::unbounded();
+        drop(store_thread);
+        let shard = Shard::new(
+            0,
+            config,
+            admission,
+            peers,
+            rx,
+            Arc::default(),
+            home::Backing::Store(store),
+        );
+        let member = shard
+            .register("127.0.0.1:1".parse().unwrap(), None, Agreed::default())
+            .unwrap();
+        shard.join(&member, "r", Default::default()).unwrap();
+        assert_eq!(
+            shard.rooms.borrow().counts(),
+            (1, 1),
+            "a member, not joining for ever"
+        );
+        shard.publish(&member, "r", "still here", Default::default());
+        assert!(
+            member.outbound.queued() > 0,
+            "the publication was delivered"
+        );
+    }
+
     #[test]
     fn posted_broadcasts_reach_local_members_in_order() {
         let (shard, peers) = lone_shard();
